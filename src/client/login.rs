@@ -1,0 +1,212 @@
+//! The start of a client connection: the untagged first packet (SSL/GSS negotiation, cancel, startup) and
+//! client authentication (SCRAM-SHA-256, md5, trust).
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::{md5, ScramServer};
+use crate::config::AuthMethod;
+use crate::protocol::frame::read_cstr;
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::sqlstate;
+use crate::protocol::startup::{self, Startup, StartupError};
+use crate::protocol::Frame;
+use crate::proxy::Shared;
+
+/// Largest message accepted during authentication.
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+/// A failure that ends the connection with a FATAL ErrorResponse.
+#[derive(Debug)]
+pub struct LoginError {
+    /// SQLSTATE.
+    pub code: &'static str,
+    /// Message for the client.
+    pub message: String,
+}
+
+impl LoginError {
+    fn new(code: &'static str, message: impl Into<String>) -> LoginError {
+        LoginError { code, message: message.into() }
+    }
+}
+
+/// What the first packet asked for.
+pub enum Opening {
+    /// A client that wants a session, with its startup parameters.
+    Startup { params: Vec<(String, String)> },
+    /// A cancel request (answered by closing the connection).
+    Cancel { pid: i32, secret: i32 },
+    /// The client went away before saying anything useful.
+    Gone,
+}
+
+/// Reads the first packet, answering SSLRequest and GSSENCRequest with `N` (TLS is not offered yet).
+pub async fn read_opening(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, LoginError> {
+    loop {
+        let len = loop {
+            match startup::check(buf) {
+                Ok(Some(len)) => break len,
+                Ok(None) => {}
+                Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            }
+            match socket.read_buf(buf).await {
+                Ok(0) | Err(_) => return Ok(Opening::Gone),
+                Ok(_) => {}
+            }
+        };
+        let packet = buf.split_to(len);
+        match startup::decode(&packet) {
+            Ok(Startup::Ssl) | Ok(Startup::GssEnc) => {
+                if !buf.is_empty() {
+                    // Bytes after the request would be read as part of a TLS handshake: a protocol violation.
+                    return Err(LoginError::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request",
+                    ));
+                }
+                if socket.write_all(b"N").await.is_err() {
+                    return Ok(Opening::Gone);
+                }
+            }
+            Ok(Startup::Cancel { pid, secret }) => return Ok(Opening::Cancel { pid, secret }),
+            Ok(Startup::Startup { minor, params }) => {
+                let unrecognized: Vec<String> =
+                    params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+                if minor > 0 || !unrecognized.is_empty() {
+                    let mut out = BytesMut::new();
+                    startup::negotiate_protocol_version(&mut out, &unrecognized);
+                    if socket.write_all(&out).await.is_err() {
+                        return Ok(Opening::Gone);
+                    }
+                }
+                let params = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
+                return Ok(Opening::Startup { params });
+            }
+            Err(e @ StartupError::Unsupported(..)) => {
+                return Err(LoginError::new(sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()))
+            }
+            Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        }
+    }
+}
+
+/// Authenticates `user` by its configured method. On success nothing has been sent yet past the exchange.
+pub async fn authenticate(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+) -> Result<(), LoginError> {
+    let Some(cfg) = shared.config.user(user) else {
+        return Err(LoginError::new(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("role \"{user}\" is not configured in pgsplit"),
+        ));
+    };
+    let failed = || LoginError::new(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""));
+    let mut out = BytesMut::new();
+    match cfg.auth {
+        AuthMethod::Trust => Ok(()),
+        AuthMethod::Md5 => {
+            let Some(password) = cfg.password.as_deref() else { return Err(failed()) };
+            let salt = md5::random_salt();
+            messages::authentication(&mut out, messages::AUTH_MD5, &salt);
+            send(socket, &out).await?;
+            let body = read_password(socket, buf).await?;
+            let response = read_cstr(&body).map(|(r, _)| r).unwrap_or(&body[..]);
+            if md5::verify(user, password, salt, response) {
+                Ok(())
+            } else {
+                Err(failed())
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let Some(verifier) = shared.verifiers.get(user) else { return Err(failed()) };
+            let mut scram = ScramServer::new(verifier.clone());
+            messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);
+            send(socket, &out).await?;
+            // SASLInitialResponse: mechanism, length-prefixed client-first-message.
+            let body = read_password(socket, buf).await?;
+            let (mechanism, mut rest) = read_cstr(&body)
+                .ok_or_else(|| LoginError::new(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"))?;
+            if rest.len() < 4 {
+                return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"));
+            }
+            let n = rest.get_i32();
+            let data = if n < 0 { &[][..] } else { rest.get(..n as usize).unwrap_or(rest) };
+            let mechanism = std::str::from_utf8(mechanism).unwrap_or("");
+            let server_first = scram.client_first(mechanism, data).map_err(|e| auth_error(e, user))?;
+            out.clear();
+            messages::authentication(&mut out, messages::AUTH_SASL_CONTINUE, &server_first);
+            send(socket, &out).await?;
+            let body = read_password(socket, buf).await?;
+            let server_final = scram.client_final(&body).map_err(|e| auth_error(e, user))?;
+            out.clear();
+            messages::authentication(&mut out, messages::AUTH_SASL_FINAL, &server_final);
+            send(socket, &out).await?;
+            Ok(())
+        }
+    }
+}
+
+fn auth_error(e: crate::auth::AuthError, user: &str) -> LoginError {
+    match e {
+        crate::auth::AuthError::Failed => {
+            LoginError::new(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
+        }
+        crate::auth::AuthError::UnsupportedMechanism(m) => LoginError::new(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("client selected an invalid SASL authentication mechanism \"{m}\""),
+        ),
+        crate::auth::AuthError::Protocol(m) => LoginError::new(sqlstate::PROTOCOL_VIOLATION, m),
+    }
+}
+
+async fn send(socket: &mut TcpStream, out: &[u8]) -> Result<(), LoginError> {
+    socket
+        .write_all(out)
+        .await
+        .map_err(|e| LoginError::new(sqlstate::CONNECTION_FAILURE, format!("client connection lost: {e}")))
+}
+
+/// Reads the next message, which must be a password-type message (`p`).
+async fn read_password(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, LoginError> {
+    loop {
+        match Frame::split(buf, MAX_AUTH_MESSAGE) {
+            Ok(Some(f)) if f.tag == b'p' => return Ok(f.body),
+            Ok(Some(f)) => {
+                return Err(LoginError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("expected password response, got message type '{}'", printable(f.tag)),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        }
+        match socket.read_buf(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(LoginError::new(sqlstate::CONNECTION_FAILURE, "client closed the connection during authentication"))
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A message type byte as a printable character, for error messages.
+pub fn printable(tag: u8) -> char {
+    if tag.is_ascii_graphic() {
+        tag as char
+    } else {
+        '?'
+    }
+}
+
+/// Sends a FATAL ErrorResponse and closes.
+pub async fn fatal(socket: &mut TcpStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    messages::error_response(&mut out, Severity::Fatal, code, message);
+    let _ = socket.write_all(&out).await;
+    let _ = socket.shutdown().await;
+}

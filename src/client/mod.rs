@@ -1,0 +1,89 @@
+//! The per-client session: startup, authentication, then the message loop that routes each unit of work to a
+//! pooled server connection and relays raw frames both ways.
+
+mod login;
+mod session;
+mod statements;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::protocol::sqlstate;
+use crate::proxy::Shared;
+
+pub use login::printable;
+
+/// Serves one client connection to the end.
+pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let login_timeout = shared.config.timeouts.client_login;
+    let opened = tokio::time::timeout(login_timeout, async {
+        let opening = login::read_opening(&mut socket, &mut buf).await?;
+        let params = match opening {
+            login::Opening::Startup { params } => params,
+            login::Opening::Cancel { pid, secret } => {
+                shared.cancels.cancel(pid, secret, shared.config.timeouts.server_connect).await;
+                return Ok(None);
+            }
+            login::Opening::Gone => return Ok(None),
+        };
+        let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.clone()).unwrap_or_default();
+        if user.is_empty() {
+            return Err(login::LoginError {
+                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                message: "no PostgreSQL user name specified in startup packet".into(),
+            });
+        }
+        let database = params
+            .iter()
+            .find(|(k, _)| k == "database")
+            .map(|(_, v)| v.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
+        if shared.config.database(&database).is_none() {
+            return Err(login::LoginError {
+                code: sqlstate::INVALID_CATALOG_NAME,
+                message: format!("database \"{database}\" does not exist"),
+            });
+        }
+        login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
+        Ok(Some((user, database, params)))
+    })
+    .await;
+    let (user, database, params) = match opened {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, code = e.code, message = %e.message, "login refused");
+            login::fatal(&mut socket, e.code, &e.message).await;
+            return;
+        }
+        Err(_) => {
+            login::fatal(&mut socket, sqlstate::PROTOCOL_VIOLATION, "client did not finish logging in in time").await;
+            return;
+        }
+    };
+    let Some(pools) = shared.pools(&user, &database) else {
+        login::fatal(&mut socket, sqlstate::INVALID_CATALOG_NAME, "unknown user or database").await;
+        return;
+    };
+    let mut s = session::Session::new(shared, socket, peer, buf, user, database, params, pools, stop);
+    s.run().await;
+}
+
+/// Reads a client's startup packet, then refuses it with a FATAL error (used when over the client limit).
+pub async fn reject(shared: Arc<Shared>, mut socket: TcpStream, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    let opened = tokio::time::timeout(shared.config.timeouts.client_login, login::read_opening(&mut socket, &mut buf)).await;
+    match opened {
+        Ok(Ok(login::Opening::Startup { .. })) => login::fatal(&mut socket, code, message).await,
+        Ok(Ok(login::Opening::Cancel { pid, secret })) => {
+            shared.cancels.cancel(pid, secret, shared.config.timeouts.server_connect).await
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,977 @@
+//! The message loop of one authenticated client.
+//!
+//! Client frames are routed per unit of work (a simple Query, or an extended-protocol batch up to Sync): the
+//! first routable message decides the server, the unit's frames follow it, and in transaction pooling the server
+//! connection goes back to its pool when every forwarded unit has been answered with ReadyForQuery `I`.
+//! Server frames are relayed as raw bytes; only their headers are read, except the few messages bookkeeping
+//! needs (ReadyForQuery, ParseComplete/CloseComplete of statements pgsplit injected, ParameterStatus, fatal
+//! errors).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::statements::{Statement, Statements};
+use crate::cancel::CancelSlot;
+use crate::classify::{Decision, Reason, Route};
+use crate::config::PoolMode;
+use crate::error::Error;
+use crate::pool::PooledConn;
+use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::messages::{self, BindView, ParseView, Severity};
+use crate::protocol::{sqlstate, Frame};
+use crate::proxy::Shared;
+use crate::router::{PoolSet, Target};
+use crate::server::ServerConn;
+
+/// Stop reading from one side while this much is waiting to be written to the other.
+const BUFFER_LIMIT: usize = 256 * 1024;
+
+/// What a server answer to a message pgsplit forwarded or injected means for bookkeeping.
+#[derive(Debug)]
+enum Expect {
+    /// A Parse: `swallow` for Parses pgsplit injected; `created` when it makes a new server statement.
+    Parse { name: Bytes, swallow: bool, created: bool },
+    /// A Close: `swallow` for Closes pgsplit injected.
+    Close { swallow: bool },
+    /// A Sync or simple Query: answered by ReadyForQuery.
+    Sync,
+}
+
+/// A server connection the client is using.
+struct Held {
+    conn: PooledConn,
+    target: Target,
+    expect: VecDeque<Expect>,
+    /// Syncs and Queries forwarded and not yet answered by ReadyForQuery.
+    pending: usize,
+    /// Extended-protocol messages were forwarded after the last Sync.
+    unsynced: bool,
+    /// Bytes of a large server frame still to relay as they come.
+    pass: usize,
+}
+
+impl Held {
+    fn in_transaction(&self) -> bool {
+        self.conn.status != b'I'
+    }
+}
+
+/// Why the session ended.
+#[derive(Debug)]
+pub enum End {
+    /// Terminate, or the client closed its socket.
+    ClientGone,
+    /// pgsplit sent a FATAL error and closes.
+    Fatal,
+}
+
+/// Where a new unit of work can go right now.
+enum Placement {
+    /// No server held: route it.
+    Route,
+    /// It follows the held server.
+    Held,
+    /// It must wait until the held server has answered what it has (a write behind reads on a replica).
+    Wait,
+}
+
+/// What happened while waiting.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    Shutdown,
+    Idle,
+}
+
+/// One client's session.
+pub struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    client: TcpStream,
+    peer: SocketAddr,
+    crbuf: BytesMut,
+    cout: BytesMut,
+    sout: BytesMut,
+    user: String,
+    database: String,
+    pools: Arc<PoolSet>,
+    key: (i32, i32),
+    cancel: Arc<CancelSlot>,
+    held: Option<Held>,
+    parked: Vec<Held>,
+    keep_servers: bool,
+    statements: Statements,
+    /// Session parameters to carry to every server connection (lower-case name, value).
+    params: Vec<(String, String)>,
+    stalled: Option<Frame>,
+    skip_to_sync: bool,
+    stop: watch::Receiver<bool>,
+    max_message: usize,
+}
+
+impl Session {
+    /// A session for an authenticated client.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        client: TcpStream,
+        peer: SocketAddr,
+        crbuf: BytesMut,
+        user: String,
+        database: String,
+        startup: Vec<(String, String)>,
+        pools: Arc<PoolSet>,
+        stop: watch::Receiver<bool>,
+    ) -> Session {
+        let (key, cancel) = shared.cancels.register();
+        let keep_servers = shared.config.pool_mode == PoolMode::Session;
+        let max_message = shared.config.max_message_bytes;
+        Session {
+            id: shared.next_client_id(),
+            shared,
+            client,
+            peer,
+            crbuf,
+            cout: BytesMut::with_capacity(16 * 1024),
+            sout: BytesMut::with_capacity(16 * 1024),
+            user,
+            database,
+            pools,
+            key,
+            cancel,
+            held: None,
+            parked: Vec::new(),
+            keep_servers,
+            statements: Statements::default(),
+            params: session_params(&startup),
+            stalled: None,
+            skip_to_sync: false,
+            stop,
+            max_message,
+        }
+    }
+
+    /// Greets the client and serves it until it leaves.
+    pub async fn run(&mut self) {
+        tracing::debug!(client = self.id, peer = %self.peer, user = %self.user, db = %self.database, "client connected");
+        let end = match self.greet().await {
+            Ok(()) => self.serve().await,
+            Err(end) => end,
+        };
+        let _ = self.flush_client().await;
+        self.finish().await;
+        self.shared.cancels.unregister(self.key.0);
+        tracing::debug!(client = self.id, ?end, "client disconnected");
+    }
+
+    /// Sends AuthenticationOk, the server's parameters (as a server connection with this client's settings
+    /// reports them), BackendKeyData and ReadyForQuery.
+    async fn greet(&mut self) -> Result<(), End> {
+        let mut last_error = None;
+        for route in [Route::Write, Route::Read] {
+            match self.checkout(route).await {
+                Ok(held) => {
+                    self.held = Some(held);
+                    break;
+                }
+                Err(Checkout::Server(frame)) => {
+                    // The server refused this client's settings (e.g. a bad client_encoding): refuse the login.
+                    let msg = messages::error_field(&frame.body, b'M').unwrap_or("invalid startup parameter");
+                    let code = messages::error_field(&frame.body, b'C').unwrap_or(sqlstate::PROTOCOL_VIOLATION);
+                    self.queue_error(Severity::Fatal, code, msg);
+                    return Err(End::Fatal);
+                }
+                Err(Checkout::Failed(e)) => last_error = Some(e),
+            }
+        }
+        let Some(held) = self.held.as_ref() else {
+            let msg = last_error.map_or_else(|| "no server is available".to_string(), |e| e.to_string());
+            self.queue_error(Severity::Fatal, sqlstate::CANNOT_CONNECT_NOW, &msg);
+            return Err(End::Fatal);
+        };
+        let mut out = BytesMut::with_capacity(512);
+        messages::authentication(&mut out, messages::AUTH_OK, &[]);
+        let mut names: Vec<&String> = held.conn.params.keys().collect();
+        names.sort();
+        for name in names {
+            messages::parameter_status(&mut out, name, &held.conn.params[name]);
+        }
+        messages::backend_key_data(&mut out, self.key.0, self.key.1);
+        messages::ready_for_query(&mut out, b'I');
+        self.cout.extend_from_slice(&out);
+        self.maybe_release();
+        Ok(())
+    }
+
+    /// The message loop.
+    async fn serve(&mut self) -> End {
+        loop {
+            if let Err(end) = self.dispatch().await {
+                return end;
+            }
+            self.maybe_release();
+            if self.held.is_none() && self.stalled.is_none() && *self.stop.borrow() {
+                self.queue_error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "terminating connection: pgsplit is shutting down");
+                return End::Fatal;
+            }
+            match self.wait().await {
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) | Event::ClientWrote(Err(_)) => return End::ClientGone,
+                Event::ClientRead(Ok(_)) | Event::ClientWrote(Ok(_)) | Event::ServerWrote(Ok(_)) => {}
+                Event::ServerRead(Ok(0)) => {
+                    if let Err(end) = self.server_lost("the server closed the connection") {
+                        return end;
+                    }
+                }
+                Event::ServerRead(Err(e)) | Event::ServerWrote(Err(e)) => {
+                    if let Err(end) = self.server_lost(&e.to_string()) {
+                        return end;
+                    }
+                }
+                Event::ServerRead(Ok(_)) => {
+                    if let Err(end) = self.relay_server() {
+                        return end;
+                    }
+                }
+                Event::Shutdown => {}
+                Event::Idle => {
+                    self.queue_error(
+                        Severity::Fatal,
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "terminating connection due to idle timeout (timeouts.client_idle)",
+                    );
+                    return End::Fatal;
+                }
+            }
+        }
+    }
+
+    /// Waits for the next I/O event on either side.
+    async fn wait(&mut self) -> Event {
+        let Session { client, crbuf, cout, sout, held, stop, stalled, shared, .. } = self;
+        let read_client = stalled.is_none() && crbuf.len() < BUFFER_LIMIT && sout.len() < BUFFER_LIMIT;
+        let idle = shared.config.timeouts.client_idle;
+        let watch_idle = held.is_none() && !idle.is_zero();
+        let has_server = held.is_some();
+        let (mut sread, mut swrite, srbuf) = match held {
+            Some(h) => {
+                let ServerConn { stream, rbuf, .. } = &mut *h.conn;
+                let (r, w) = stream.split();
+                (Some(r), Some(w), Some(rbuf))
+            }
+            None => (None, None, None),
+        };
+        let (mut cread, mut cwrite) = client.split();
+        tokio::select! {
+            r = cread.read_buf(crbuf), if read_client => Event::ClientRead(r),
+            r = cwrite.write_buf(cout), if !cout.is_empty() => Event::ClientWrote(r),
+            r = async {
+                match (sread.as_mut(), srbuf) {
+                    (Some(r), Some(b)) => r.read_buf(b).await,
+                    _ => std::future::pending().await,
+                }
+            }, if has_server && cout.len() < BUFFER_LIMIT => Event::ServerRead(r),
+            r = async {
+                match swrite.as_mut() {
+                    Some(w) => w.write_buf(sout).await,
+                    None => std::future::pending().await,
+                }
+            }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
+            _ = stop.changed(), if !has_server && !*stop.borrow() => Event::Shutdown,
+            _ = tokio::time::sleep(idle), if watch_idle => Event::Idle,
+        }
+    }
+
+    /// Routes and forwards every complete client frame it can.
+    async fn dispatch(&mut self) -> Result<(), End> {
+        loop {
+            let frame = match self.stalled.take() {
+                Some(f) => f,
+                None => match Frame::split(&mut self.crbuf, self.max_message) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(self.violation(&e.to_string())),
+                },
+            };
+            if self.skip_to_sync {
+                if frame.tag == b'S' {
+                    self.skip_to_sync = false;
+                    messages::ready_for_query(&mut self.cout, b'I');
+                }
+                continue;
+            }
+            if let Some(stalled) = self.on_frame(frame).await? {
+                self.stalled = Some(stalled);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one client frame; returns it back when it has to wait for the held server.
+    async fn on_frame(&mut self, frame: Frame) -> Result<Option<Frame>, End> {
+        match frame.tag {
+            b'Q' => {
+                let Some(text) = messages::query_text(&frame.body) else {
+                    return Err(self.violation("invalid Query message"));
+                };
+                let decision = self.shared.classifier.classify(text);
+                self.start_unit(frame, decision).await
+            }
+            b'P' => {
+                let Some(view) = ParseView::decode(&frame.body) else {
+                    return Err(self.violation("invalid Parse message"));
+                };
+                let decision = match std::str::from_utf8(view.query) {
+                    Ok(text) => self.shared.classifier.classify(text),
+                    Err(_) => write_decision(),
+                };
+                self.start_unit(frame, decision).await
+            }
+            b'B' => {
+                let Some(view) = BindView::decode(&frame.body) else {
+                    return Err(self.violation("invalid Bind message"));
+                };
+                let decision = self.statement_decision(view.statement);
+                self.start_unit(frame, decision).await
+            }
+            b'D' | b'C' => {
+                let Some((kind, name)) = messages::target(&frame.body) else {
+                    return Err(self.violation("invalid Describe or Close message"));
+                };
+                if self.held.is_none() && frame.tag == b'C' {
+                    // Nothing is open on any server outside a held connection: answer locally.
+                    if kind == b'S' {
+                        self.statements.close(name);
+                    }
+                    messages::empty(&mut self.cout, b'3');
+                    return Ok(None);
+                }
+                let decision = if kind == b'S' { self.statement_decision(name) } else { write_decision() };
+                self.start_unit(frame, decision).await
+            }
+            b'E' | b'F' => self.start_unit(frame, write_decision()).await,
+            b'S' => {
+                if self.held.is_some() {
+                    self.forward(&frame);
+                } else {
+                    messages::ready_for_query(&mut self.cout, b'I');
+                }
+                Ok(None)
+            }
+            b'H' | b'd' | b'c' | b'f' => {
+                if self.held.is_some() {
+                    self.forward(&frame);
+                }
+                Ok(None)
+            }
+            b'X' => Err(End::ClientGone),
+            b'p' => Err(self.violation("unexpected password message after authentication")),
+            other => Err(self.violation(&format!("invalid frontend message type {}", other))),
+        }
+    }
+
+    /// The decision for a message that uses a prepared statement: the statement's, or the primary when unknown.
+    fn statement_decision(&self, name: &[u8]) -> Decision {
+        self.statements.get(name).map_or_else(write_decision, |s| s.decision)
+    }
+
+    /// Places a routable frame on a server (acquiring one if needed) and forwards it.
+    async fn start_unit(&mut self, frame: Frame, decision: Decision) -> Result<Option<Frame>, End> {
+        if decision.pins && !self.keep_servers {
+            tracing::debug!(client = self.id, "statement pins the client to its server connections");
+            self.keep_servers = true;
+        }
+        match self.placement(decision.route) {
+            Placement::Wait => return Ok(Some(frame)),
+            Placement::Held => {}
+            Placement::Route => {
+                if !self.acquire(decision, frame.tag).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        self.forward_routed(frame, decision)?;
+        Ok(None)
+    }
+
+    fn placement(&self, route: Route) -> Placement {
+        let Some(h) = &self.held else { return Placement::Route };
+        if h.unsynced || (h.pending == 0 && h.in_transaction()) {
+            return Placement::Held;
+        }
+        match (h.target, route) {
+            // A write must not follow reads onto a replica outside a transaction: wait to learn whether the
+            // replica's connection ends up idle (then route afresh) or in a transaction (then it stays).
+            (Target::Replica(_), Route::Write) => Placement::Wait,
+            _ => Placement::Held,
+        }
+    }
+
+    /// Takes a server for a new unit: a parked one of this session, or one from a pool. Reports failures to the
+    /// client; returns false when the unit's frames must be dropped.
+    async fn acquire(&mut self, decision: Decision, tag: u8) -> Result<bool, End> {
+        tracing::debug!(client = self.id, route = ?decision.route, reason = decision.reason.label(), "routing");
+        match self.checkout(decision.route).await {
+            Ok(held) => {
+                self.held = Some(held);
+                Ok(true)
+            }
+            Err(Checkout::Server(frame)) => {
+                frame.encode(&mut self.cout);
+                self.after_failed_unit(tag);
+                Ok(false)
+            }
+            Err(Checkout::Failed(e)) => {
+                self.queue_error(Severity::Error, e.sqlstate(), &e.to_string());
+                self.after_failed_unit(tag);
+                Ok(false)
+            }
+        }
+    }
+
+    /// After an error for a unit that never reached a server: end it the way the server would have.
+    fn after_failed_unit(&mut self, tag: u8) {
+        if matches!(tag, b'Q' | b'F') {
+            messages::ready_for_query(&mut self.cout, b'I');
+        } else {
+            self.skip_to_sync = true;
+        }
+    }
+
+    async fn checkout(&mut self, route: Route) -> Result<Held, Checkout> {
+        if let Some(i) = self.parked_for(route) {
+            return Ok(self.parked.swap_remove(i));
+        }
+        let router = &self.shared.router;
+        let mut target = match route {
+            Route::Write => Target::Primary,
+            Route::Read => router.pick_read(None).map_or(Target::Primary, Target::Replica),
+        };
+        let mut tried_replica = None;
+        let conn = loop {
+            match self.pools.pool(target).checkout().await {
+                Ok(c) => {
+                    router.backend(target).mark_ok();
+                    break c;
+                }
+                Err(e) => match target {
+                    Target::Replica(i) if e.retryable() => {
+                        tracing::warn!(server = %router.backend(target).name, error = %e, "replica unavailable; trying another server");
+                        router.backend(target).mark_failed();
+                        if tried_replica.is_some() {
+                            target = Target::Primary;
+                        } else {
+                            tried_replica = Some(i);
+                            target = router.pick_read(Some(i)).map_or(Target::Primary, Target::Replica);
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(server = %router.backend(target).name, error = %e, "server unavailable");
+                        return Err(Checkout::Failed(e));
+                    }
+                },
+            }
+        };
+        let mut held = Held { conn, target, expect: VecDeque::new(), pending: 0, unsynced: false, pass: 0 };
+        self.sync_params(&mut held).await?;
+        self.cancel.set(held.conn.address.clone(), held.conn.backend_key);
+        Ok(held)
+    }
+
+    fn parked_for(&self, route: Route) -> Option<usize> {
+        let want_primary = route == Route::Write;
+        let usable = |h: &Held| match h.target {
+            Target::Primary => true,
+            Target::Replica(i) => !want_primary && self.shared.router.replicas[i].is_usable(),
+        };
+        // Prefer the exact kind (a replica for reads), then the primary for reads.
+        self.parked
+            .iter()
+            .position(|h| usable(h) && (h.target == Target::Primary) == want_primary)
+            .or_else(|| self.parked.iter().position(usable))
+    }
+
+    /// Applies this client's session parameters to a server connection, resetting what other clients set.
+    async fn sync_params(&self, held: &mut Held) -> Result<(), Checkout> {
+        let conn: &mut ServerConn = &mut held.conn;
+        let mut sql = String::new();
+        for (name, value) in &self.params {
+            let current = conn.applied.get(name).or_else(|| {
+                conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+            });
+            if current != Some(value) {
+                sql.push_str(&format!("SET {} TO {};", quote_ident(name), quote_literal(value)));
+            }
+        }
+        let stale: Vec<String> =
+            conn.applied.keys().filter(|k| !self.params.iter().any(|(n, _)| n == *k)).cloned().collect();
+        for name in &stale {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        match conn.run_internal(&sql).await {
+            Ok(None) => {
+                for name in stale {
+                    conn.applied.remove(&name);
+                }
+                for (name, value) in &self.params {
+                    conn.applied.insert(name.clone(), value.clone());
+                }
+                Ok(())
+            }
+            Ok(Some(error)) => Err(Checkout::Server(error)),
+            Err(e) => Err(Checkout::Failed(e)),
+        }
+    }
+
+    /// Forwards a routable frame to the held server, rewriting statement names and re-preparing statements the
+    /// connection lacks.
+    fn forward_routed(&mut self, frame: Frame, decision: Decision) -> Result<(), End> {
+        match frame.tag {
+            b'P' => {
+                let Some(view) = ParseView::decode(&frame.body) else { return Err(self.violation("invalid Parse")) };
+                let (stmt, created) = self.statements.parse(self.id, &view, decision);
+                if stmt.server_name.is_empty() {
+                    if let Some(h) = self.held.as_mut() {
+                        h.conn.unnamed_owner = Some((self.id, stmt.generation));
+                    }
+                    self.send_parse(&stmt, false, false);
+                } else if created {
+                    self.make_room();
+                    self.send_parse(&stmt, false, true);
+                } else {
+                    // A duplicate name: make sure the server has it, then let the server report the duplicate.
+                    self.ensure_prepared(&stmt);
+                    self.send_parse(&stmt, false, false);
+                }
+            }
+            b'B' => {
+                let Some(view) = BindView::decode(&frame.body) else { return Err(self.violation("invalid Bind")) };
+                match self.statements.get(view.statement).cloned() {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt);
+                        view.encode_renamed(&mut self.sout, &stmt.server_name);
+                        self.note_sent(b'B');
+                    }
+                    None => self.forward(&frame),
+                }
+            }
+            b'D' | b'C' => {
+                let Some((kind, name)) = messages::target(&frame.body) else {
+                    return Err(self.violation("invalid Describe or Close"));
+                };
+                let stmt = if kind == b'S' { self.statements.get(name).cloned() } else { None };
+                match stmt {
+                    Some(stmt) if frame.tag == b'D' => {
+                        self.ensure_prepared(&stmt);
+                        messages::target_message(&mut self.sout, b'D', b'S', &stmt.server_name);
+                        self.note_sent(b'D');
+                    }
+                    Some(stmt) => {
+                        self.statements.close(name);
+                        if let Some(h) = self.held.as_mut() {
+                            if stmt.server_name.is_empty() {
+                                h.conn.unnamed_owner = None;
+                            } else {
+                                h.conn.prepared.remove(&stmt.server_name);
+                            }
+                        }
+                        messages::target_message(&mut self.sout, b'C', b'S', &stmt.server_name);
+                        self.note_sent(b'C');
+                    }
+                    None => self.forward(&frame),
+                }
+            }
+            _ => self.forward(&frame),
+        }
+        Ok(())
+    }
+
+    /// Closes the least recently used statement on the held connection when it is at its cap.
+    fn make_room(&mut self) {
+        let cap = self.shared.config.pools.prepared_statements_per_server;
+        let Some(h) = self.held.as_mut() else { return };
+        while h.conn.prepared.len() >= cap {
+            let Some(victim) = h.conn.prepared.lru_victim(b"") else { break };
+            h.conn.prepared.remove(&victim);
+            messages::close(&mut self.sout, b'S', &victim);
+            h.expect.push_back(Expect::Close { swallow: true });
+            h.unsynced = true;
+        }
+    }
+
+    /// Prepares `stmt` on the held connection first if it is not there (its ParseComplete is swallowed).
+    fn ensure_prepared(&mut self, stmt: &Statement) {
+        let Some(h) = self.held.as_mut() else { return };
+        if stmt.server_name.is_empty() {
+            if h.conn.unnamed_owner != Some((self.id, stmt.generation)) {
+                h.conn.unnamed_owner = Some((self.id, stmt.generation));
+                self.send_parse(stmt, true, false);
+            }
+        } else if !h.conn.prepared.touch(&stmt.server_name) {
+            self.make_room();
+            self.send_parse(stmt, true, true);
+        }
+    }
+
+    fn send_parse(&mut self, stmt: &Statement, swallow: bool, created: bool) {
+        let Some(h) = self.held.as_mut() else { return };
+        Frame { tag: b'P', body: stmt.parse.clone() }.encode(&mut self.sout);
+        if created {
+            h.conn.prepared.insert(&stmt.server_name);
+        }
+        h.expect.push_back(Expect::Parse { name: stmt.server_name.clone(), swallow, created });
+        h.unsynced = true;
+    }
+
+    /// Forwards a frame unchanged to the held server.
+    fn forward(&mut self, frame: &Frame) {
+        if frame.tag == b'C' {
+            if let Some(h) = self.held.as_mut() {
+                h.expect.push_back(Expect::Close { swallow: false });
+            }
+            frame.encode(&mut self.sout);
+            self.note_sent(b'-');
+            return;
+        }
+        frame.encode(&mut self.sout);
+        self.note_sent(frame.tag);
+    }
+
+    /// Updates the unit bookkeeping for a message sent to the held server.
+    fn note_sent(&mut self, tag: u8) {
+        let Some(h) = self.held.as_mut() else { return };
+        match tag {
+            b'S' | b'Q' | b'F' => {
+                h.pending += 1;
+                h.expect.push_back(Expect::Sync);
+                h.unsynced = false;
+            }
+            b'd' | b'c' | b'f' => {}
+            _ => h.unsynced = true,
+        }
+    }
+
+    /// Relays complete server frames (and the available part of large rows) to the client.
+    fn relay_server(&mut self) -> Result<(), End> {
+        let Some(h) = self.held.as_mut() else { return Ok(()) };
+        let ServerConn { rbuf: buf, status, prepared, params, applied, unnamed_owner, .. } = &mut *h.conn;
+        let mut pos = 0usize;
+        let mut lost: Option<String> = None;
+        loop {
+            if h.pass > 0 {
+                let n = h.pass.min(buf.len() - pos);
+                pos += n;
+                h.pass -= n;
+                if h.pass > 0 {
+                    break;
+                }
+                continue;
+            }
+            let rest = &buf[pos..];
+            if rest.len() < HEADER_LEN {
+                break;
+            }
+            let tag = rest[0];
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            if len < 4 {
+                lost = Some(format!("invalid message length {len}"));
+                break;
+            }
+            let total = len + 1;
+            if rest.len() < total {
+                if matches!(tag, b'D' | b'd') {
+                    // Relay what is here of a large row; the rest passes through as it arrives.
+                    h.pass = total - rest.len();
+                    pos = buf.len();
+                }
+                break;
+            }
+            let mut swallow = false;
+            match tag {
+                b'Z' => {
+                    *status = rest.get(5).copied().unwrap_or(b'I');
+                    h.pending = h.pending.saturating_sub(1);
+                    while let Some(e) = h.expect.pop_front() {
+                        match e {
+                            Expect::Sync => break,
+                            // Not answered before the Sync: failed or skipped after an error.
+                            Expect::Parse { name, created: true, .. } => prepared.remove(&name),
+                            _ => {}
+                        }
+                    }
+                }
+                b'1' => match h.expect.pop_front() {
+                    Some(Expect::Parse { swallow: s, .. }) => swallow = s,
+                    _ => {
+                        lost = Some("unexpected ParseComplete".into());
+                        break;
+                    }
+                },
+                b'3' => match h.expect.pop_front() {
+                    Some(Expect::Close { swallow: s }) => swallow = s,
+                    _ => {
+                        lost = Some("unexpected CloseComplete".into());
+                        break;
+                    }
+                },
+                b'S' => {
+                    if let Some((name, value)) = messages::parameter_status_view(&rest[HEADER_LEN..total]) {
+                        let lower = name.to_ascii_lowercase();
+                        params.insert(name.to_string(), value.to_string());
+                        // The client changed a reported setting: it is now part of its session (and must be
+                        // reset before another client uses this connection).
+                        applied.insert(lower.clone(), value.to_string());
+                        match self.params.iter_mut().find(|(n, _)| *n == lower) {
+                            Some(p) => p.1 = value.to_string(),
+                            None => self.params.push((lower, value.to_string())),
+                        }
+                    }
+                }
+                b'E' => {
+                    let body = &rest[HEADER_LEN..total];
+                    if matches!(messages::error_field(body, b'S'), Some("FATAL") | Some("PANIC")) {
+                        let detail = messages::error_field(body, b'M').unwrap_or("fatal server error");
+                        lost = Some(detail.to_string());
+                        break;
+                    }
+                }
+                b'C' => {
+                    let body = &rest[HEADER_LEN..total];
+                    if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
+                        prepared.clear();
+                        *unnamed_owner = None;
+                        self.statements.clear();
+                    }
+                }
+                _ => {}
+            }
+            if swallow {
+                self.cout.extend_from_slice(&buf[..pos]);
+                buf.advance(pos + total);
+                pos = 0;
+            } else {
+                pos += total;
+            }
+        }
+        if pos > 0 {
+            self.cout.extend_from_slice(&buf[..pos]);
+            buf.advance(pos);
+        }
+        match lost {
+            Some(detail) => {
+                h.conn.broken = true;
+                self.server_lost(&detail)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Returns the held server to its pool (or parks it, when the session keeps its servers) once every unit
+    /// sent to it has been answered and it is outside a transaction.
+    fn maybe_release(&mut self) {
+        let Some(h) = &self.held else { return };
+        if h.pending > 0 || h.unsynced || h.pass > 0 || h.in_transaction() || !h.conn.rbuf.is_empty() {
+            return;
+        }
+        if !self.sout.is_empty() {
+            return;
+        }
+        let Some(h) = self.held.take() else { return };
+        self.cancel.clear();
+        if self.keep_servers {
+            self.parked.push(h);
+        } else {
+            h.conn.release();
+        }
+    }
+
+    /// The held server failed: drop it and tell the client. Inside a transaction the client cannot go on.
+    fn server_lost(&mut self, detail: &str) -> Result<(), End> {
+        let Some(h) = self.held.take() else { return Ok(()) };
+        self.cancel.clear();
+        self.sout.clear();
+        let backend = self.shared.router.backend(h.target).clone();
+        let err = Error::server_io(&backend.name, detail);
+        tracing::warn!(client = self.id, server = %backend.name, error = %err, "server connection lost");
+        if h.target != Target::Primary {
+            backend.mark_failed();
+        }
+        let in_transaction = h.in_transaction();
+        let (pending, unsynced) = (h.pending, h.unsynced);
+        drop(h);
+        if in_transaction {
+            self.queue_error(Severity::Fatal, sqlstate::CONNECTION_FAILURE, &err.to_string());
+            return Err(End::Fatal);
+        }
+        self.queue_error(Severity::Error, sqlstate::CONNECTION_FAILURE, &err.to_string());
+        for _ in 0..pending {
+            messages::ready_for_query(&mut self.cout, b'I');
+        }
+        if unsynced {
+            self.skip_to_sync = true;
+        }
+        Ok(())
+    }
+
+    /// At the end of the session: give back clean connections, roll back open transactions, close the rest.
+    async fn finish(&mut self) {
+        let mut all: Vec<Held> = self.parked.drain(..).collect();
+        all.extend(self.held.take());
+        for mut h in all {
+            if h.pending == 0 && !h.unsynced && h.pass == 0 && h.conn.rbuf.is_empty() {
+                if h.in_transaction() {
+                    let rolled_back = tokio::time::timeout(Duration::from_secs(2), h.conn.run_internal("ROLLBACK")).await;
+                    if !matches!(rolled_back, Ok(Ok(None))) {
+                        continue; // dropped: closed
+                    }
+                }
+                if self.keep_servers {
+                    // Session state (prepared statements, temp tables, LISTEN) must not reach another client.
+                    match tokio::time::timeout(Duration::from_secs(2), h.conn.run_internal("DISCARD ALL")).await {
+                        Ok(Ok(None)) => {
+                            h.conn.prepared.clear();
+                            h.conn.unnamed_owner = None;
+                            h.conn.applied.clear();
+                            h.conn.applied.insert("application_name".into(), String::new());
+                        }
+                        _ => continue,
+                    }
+                }
+                h.conn.release();
+            }
+        }
+        self.cancel.clear();
+    }
+
+    async fn flush_client(&mut self) -> std::io::Result<()> {
+        if !self.cout.is_empty() {
+            self.client.write_all(&self.cout).await?;
+            self.cout.clear();
+        }
+        Ok(())
+    }
+
+    fn queue_error(&mut self, severity: Severity, code: &str, message: &str) {
+        messages::error_response(&mut self.cout, severity, code, message);
+    }
+
+    /// A protocol violation by the client: FATAL 08P01, then the session ends.
+    fn violation(&mut self, detail: &str) -> End {
+        tracing::info!(client = self.id, peer = %self.peer, detail, "protocol violation");
+        self.queue_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, detail);
+        End::Fatal
+    }
+}
+
+/// Why a checkout failed.
+enum Checkout {
+    /// The server answered a session-setup statement with this ErrorResponse.
+    Server(Frame),
+    /// No usable connection.
+    Failed(Error),
+}
+
+impl From<Error> for Checkout {
+    fn from(e: Error) -> Self {
+        Checkout::Failed(e)
+    }
+}
+
+fn write_decision() -> Decision {
+    Decision { route: Route::Write, reason: Reason::WriteStatement, pins: false }
+}
+
+/// The startup parameters carried to server connections, with `options` (`-c name=value`) expanded.
+fn session_params(startup: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut push = |name: &str, value: &str| {
+        let name = name.to_ascii_lowercase();
+        if !is_plain_name(&name) {
+            return;
+        }
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some(p) => p.1 = value.to_string(),
+            None => out.push((name, value.to_string())),
+        }
+    };
+    for (k, v) in startup {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                let mut words = v.split_whitespace();
+                while let Some(w) = words.next() {
+                    let setting = if w == "-c" { words.next() } else { w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) };
+                    if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+                        push(&name.replace('-', "_"), value);
+                    }
+                }
+            }
+            _ => push(k, v),
+        }
+    }
+    out
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+fn quote_ident(name: &str) -> String {
+    // Names are checked by `is_plain_name`; dotted names are custom settings and go unquoted.
+    name.to_string()
+}
+
+fn quote_literal(value: &str) -> String {
+    let mut s = String::with_capacity(value.len() + 3);
+    s.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => s.push_str("''"),
+            '\\' => s.push_str("\\\\"),
+            _ => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_expanded() {
+        let p = session_params(&[
+            ("user".into(), "u".into()),
+            ("application_name".into(), "psql".into()),
+            ("options".into(), "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".into()),
+            ("bad;name".into(), "x".into()),
+        ]);
+        assert_eq!(
+            p,
+            vec![
+                ("application_name".into(), "psql".into()),
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "4MB".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+}

@@ -1,0 +1,106 @@
+//! `pgsplit demo`: a local primary and streaming replicas from the installed PostgreSQL binaries, with pgsplit
+//! in front, for a first look. Ctrl-C stops everything and removes the temporary directory.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::config::Config;
+use crate::proxy::Proxy;
+
+/// The demo's login through pgsplit and on the servers.
+const DEMO_USER: &str = "app";
+const DEMO_PASSWORD: &str = "app";
+const DEMO_DB: &str = "app";
+
+/// The configuration pgsplit runs with in the demo.
+pub fn demo_config(cluster: &Cluster, listen_port: u16) -> Result<Config, crate::config::ConfigError> {
+    let mut toml = format!(
+        "listen = \"127.0.0.1:{listen_port}\"\n\
+         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        cluster.primary().port
+    );
+    for r in cluster.replicas() {
+        toml.push_str(&format!("[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n", r.name, r.port));
+    }
+    toml.push_str(&format!(
+        "[[databases]]\nname = \"{DEMO_DB}\"\n\
+         [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n"
+    ));
+    Config::from_toml_str(&toml, "<demo>")
+}
+
+/// Runs the demo until `stop` completes.
+pub async fn run(replicas: usize, port: Option<u16>, stop: impl std::future::Future<Output = ()>) -> ExitCode {
+    if let Err(e) = Cluster::find_bindir() {
+        eprintln!("pgsplit demo: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("pgsplit demo: starting a primary and {replicas} streaming replica(s)…");
+    let options = ClusterOptions {
+        replicas,
+        setup_sql: vec![
+            format!("CREATE ROLE {DEMO_USER} LOGIN PASSWORD '{DEMO_PASSWORD}'"),
+            format!("CREATE DATABASE {DEMO_DB} OWNER {DEMO_USER}"),
+        ],
+        hba: vec![format!("host all {DEMO_USER} 127.0.0.1/32 scram-sha-256")],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = match tokio::task::spawn_blocking(move || Cluster::start(options)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            eprintln!("pgsplit demo: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("pgsplit demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let wanted = port.unwrap_or(6432);
+    let config = match demo_config(&cluster, wanted) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsplit demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let proxy = match Proxy::bind(config.clone()).await {
+        Ok(p) => p,
+        Err(_) if port.is_none() => {
+            let mut c = config;
+            c.listen.set_port(0);
+            match Proxy::bind(c).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("pgsplit demo: cannot listen: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("pgsplit demo: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match proxy.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pgsplit demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = |port: u16| format!("postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DB}");
+    let replica_urls: Vec<String> = cluster.replicas().iter().map(|r| url(r.port)).collect();
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "DATABASE_URL={}", url(addr.port()));
+    let _ = writeln!(out, "PRIMARY_URL={}", url(cluster.primary().port));
+    let _ = writeln!(out, "REPLICA_URLS={}", replica_urls.join(","));
+    let _ = out.flush();
+    eprintln!("pgsplit demo: ready. Try: psql \"{}\" -c 'SELECT inet_server_port(), pg_is_in_recovery()'", url(addr.port()));
+    eprintln!("pgsplit demo: press Ctrl-C to stop and remove everything.");
+    proxy.run(stop).await;
+    eprintln!("pgsplit demo: stopping…");
+    let _ = tokio::task::spawn_blocking(move || cluster.shutdown()).await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,83 @@
+//! One error type that says where a failure came from and whether the request may be retried elsewhere.
+
+use std::io;
+
+use crate::protocol::sqlstate;
+
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client broke the protocol or went away.
+    Client,
+    /// A server failed, refused or sent something unexpected.
+    Server,
+    /// pgsplit's own limits or state (pool wait, shutdown).
+    Internal,
+}
+
+/// A failure on the data path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client broke the protocol.
+    #[error("{0}")]
+    ClientProtocol(String),
+    /// The client connection failed or closed.
+    #[error("client connection: {0}")]
+    ClientIo(#[source] io::Error),
+    /// No connection could be opened to a server.
+    #[error("could not connect to server \"{server}\": {detail}")]
+    Connect { server: String, detail: String },
+    /// A server refused pgsplit's login.
+    #[error("server \"{server}\" refused the login: {detail}")]
+    ServerLogin { server: String, sqlstate: String, detail: String },
+    /// A server connection failed mid-use.
+    #[error("lost the connection to server \"{server}\": {detail}")]
+    ServerIo { server: String, detail: String },
+    /// A server sent something pgsplit cannot follow.
+    #[error("server \"{server}\" broke the protocol: {detail}")]
+    ServerProtocol { server: String, detail: String },
+    /// No pooled connection became free in time.
+    #[error("no server connection to \"{server}\" became free within {waited_ms} ms (pool size {size})")]
+    PoolTimeout { server: String, waited_ms: u128, size: usize },
+    /// No server can take the statement.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// Where the failure came from.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Error::ClientProtocol(_) | Error::ClientIo(_) => Origin::Client,
+            Error::Connect { .. } | Error::ServerLogin { .. } | Error::ServerIo { .. } | Error::ServerProtocol { .. } => {
+                Origin::Server
+            }
+            Error::PoolTimeout { .. } | Error::Unavailable(_) => Origin::Internal,
+        }
+    }
+
+    /// Whether a request that failed this way, before any byte reached the client, may be tried on another server.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::ServerIo { .. } | Error::PoolTimeout { .. })
+    }
+
+    /// The SQLSTATE pgsplit reports to the client for this failure.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            Error::ClientProtocol(_) | Error::ClientIo(_) => sqlstate::PROTOCOL_VIOLATION,
+            Error::Connect { .. } => sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            Error::ServerLogin { sqlstate, .. } => sqlstate,
+            Error::ServerIo { .. } | Error::ServerProtocol { .. } => sqlstate::CONNECTION_FAILURE,
+            Error::PoolTimeout { .. } => sqlstate::QUERY_CANCELED,
+            Error::Unavailable(_) => sqlstate::CANNOT_CONNECT_NOW,
+        }
+    }
+
+    /// A server I/O failure.
+    pub fn server_io(server: &str, e: impl std::fmt::Display) -> Error {
+        Error::ServerIo { server: server.to_string(), detail: e.to_string() }
+    }
+}
+
+/// Result with pgsplit's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,130 @@
+//! The `pgsplit` command: `run`, `check-config`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pgsplit::config::Config;
+use pgsplit::proxy::Proxy;
+
+#[derive(Parser)]
+#[command(name = "pgsplit", version, about = "Replication-aware connection proxy for PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Start a local primary and streaming replicas with pgsplit in front, for a first look.
+    Demo {
+        /// Number of streaming replicas.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// Port for pgsplit (0: any free port; default 6432, or a free one if taken).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    raise_fd_limit();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                print!("{}", config.effective_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime().block_on(async move {
+                let proxy = match Proxy::bind(config.clone()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("pgsplit: cannot listen on {}: {e}", config.listen);
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tracing::info!(listen = %config.listen, primary = %config.primary.address(), replicas = config.replicas.len(), "pgsplit listening");
+                proxy.run(shutdown_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo { replicas, port } => runtime().block_on(pgsplit::demo::run(replicas, port, shutdown_signal())),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgsplit: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGSPLIT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Lets pgsplit hold as many sockets as the hard limit allows.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,28 @@
+//! SQLSTATE codes pgsplit itself sends, as named constants.
+
+/// 08P01: the peer broke the wire protocol.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// 08006: a server connection failed.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// 08001: pgsplit could not establish a server connection.
+pub const SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: &str = "08001";
+/// 0A000: a feature pgsplit does not support.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// 28000: the authorization specification is invalid (unknown user, bad method).
+pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+/// 28P01: wrong password.
+pub const INVALID_PASSWORD: &str = "28P01";
+/// 3D000: unknown database.
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+/// 53300: too many client connections.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// 57P01: pgsplit is shutting down.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// 57P03: no server can take the statement right now.
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
+/// 57014: a statement or wait was cancelled by a timeout.
+pub const QUERY_CANCELED: &str = "57014";
+/// 58000: an internal pgsplit failure.
+pub const SYSTEM_ERROR: &str = "58000";
+/// 25006: a write reached a read-only transaction (Postgres sends it; tests look for it).
+pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";

@@ -1,0 +1,346 @@
+//! One connection from pgsplit to a Postgres server: connect, log in, and the state the pool and session track.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+use crate::protocol::messages::{self, error_field};
+use crate::protocol::{startup, Frame};
+
+/// Largest message accepted from a server (Postgres itself caps a field at 1 GiB).
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// Where and as whom to log in.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// The backend's configured name (for messages and logs).
+    pub server: String,
+    /// host:port.
+    pub address: String,
+    /// Role to log in as.
+    pub user: String,
+    /// Password for md5/SCRAM/cleartext, if the server asks.
+    pub password: Option<String>,
+    /// Database on the server.
+    pub database: String,
+}
+
+/// Statements this connection has prepared under pgsplit's names, with a use counter for LRU eviction.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    names: HashMap<Box<[u8]>, u64>,
+    tick: u64,
+}
+
+impl PreparedSet {
+    /// Whether the statement exists here; marks it used.
+    pub fn touch(&mut self, name: &[u8]) -> bool {
+        self.tick += 1;
+        match self.names.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a statement as prepared.
+    pub fn insert(&mut self, name: &[u8]) {
+        self.tick += 1;
+        self.names.insert(name.into(), self.tick);
+    }
+
+    /// Forgets a statement.
+    pub fn remove(&mut self, name: &[u8]) {
+        self.names.remove(name);
+    }
+
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether none are prepared.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The least recently used statement other than `keep`, to close when the set is full.
+    pub fn lru_victim(&self, keep: &[u8]) -> Option<Box<[u8]>> {
+        self.names.iter().filter(|(n, _)| &***n != keep).min_by_key(|(_, t)| **t).map(|(n, _)| n.clone())
+    }
+
+    /// Forgets everything (after DISCARD ALL / DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+}
+
+/// A logged-in server connection.
+pub struct ServerConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet forwarded.
+    pub rbuf: BytesMut,
+    /// The server's cancel key.
+    pub backend_key: (i32, i32),
+    /// ParameterStatus values the server reported (names as the server spells them).
+    pub params: HashMap<String, String>,
+    /// Session settings pgsplit applied on behalf of clients (lower-case names), to be reset for other clients.
+    pub applied: HashMap<String, String>,
+    /// When the connection was opened.
+    pub created: Instant,
+    /// When it was last checked in.
+    pub last_used: Instant,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+    /// Set when the connection must not be reused.
+    pub broken: bool,
+    /// Statements prepared here under pgsplit's names.
+    pub prepared: PreparedSet,
+    /// Which client statement the server's unnamed statement holds, as (client id, generation).
+    pub unnamed_owner: Option<(u64, u64)>,
+    /// The target it is logged in to.
+    pub server: std::sync::Arc<str>,
+    /// The address (for cancel requests).
+    pub address: std::sync::Arc<str>,
+}
+
+impl ServerConn {
+    /// Connects and logs in, all within `timeout`.
+    pub async fn connect(target: &ServerTarget, timeout: Duration) -> Result<ServerConn> {
+        match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Connect {
+                server: target.server.clone(),
+                detail: format!("timed out after {} ms ({})", timeout.as_millis(), target.address),
+            }),
+        }
+    }
+
+    async fn connect_inner(target: &ServerTarget) -> Result<ServerConn> {
+        let stream = TcpStream::connect(&target.address)
+            .await
+            .map_err(|e| Error::Connect { server: target.server.clone(), detail: format!("{} ({})", e, target.address) })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            backend_key: (0, 0),
+            params: HashMap::new(),
+            applied: HashMap::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            status: b'I',
+            broken: false,
+            prepared: PreparedSet::default(),
+            unnamed_owner: None,
+            server: target.server.as_str().into(),
+            address: target.address.as_str().into(),
+        };
+        conn.login(target).await?;
+        Ok(conn)
+    }
+
+    async fn login(&mut self, target: &ServerTarget) -> Result<()> {
+        let mut out = BytesMut::new();
+        startup::encode_startup(
+            &mut out,
+            &[("user", &target.user), ("database", &target.database), ("client_encoding", "UTF8")],
+        );
+        self.write_all(&out).await?;
+        let mut scram: Option<ScramSha256> = None;
+        let password = || {
+            target.password.as_deref().ok_or_else(|| Error::ServerLogin {
+                server: target.server.clone(),
+                sqlstate: "28000".into(),
+                detail: format!("server asks for a password and none is configured for \"{}\"", target.user),
+            })
+        };
+        loop {
+            let frame = self.read_frame().await?;
+            out.clear();
+            match frame.tag {
+                b'R' => {
+                    let mut body = frame.body.clone();
+                    if body.len() < 4 {
+                        return Err(self.protocol_error("short authentication message"));
+                    }
+                    let code = body.get_u32();
+                    match code {
+                        messages::AUTH_OK => {}
+                        messages::AUTH_CLEARTEXT => {
+                            frontend::password_message(password()?.as_bytes(), &mut out).map_err(|e| self.io_error(e))?;
+                        }
+                        messages::AUTH_MD5 => {
+                            if body.len() < 4 {
+                                return Err(self.protocol_error("short md5 salt"));
+                            }
+                            let salt = [body[0], body[1], body[2], body[3]];
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                target.user.as_bytes(),
+                                password()?.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| self.io_error(e))?;
+                        }
+                        messages::AUTH_SASL => {
+                            let offers_scram = body.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                            if !offers_scram {
+                                return Err(self.login_error("28000", "server offers no SASL mechanism pgsplit supports"));
+                            }
+                            let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                                .map_err(|e| self.io_error(e))?;
+                            scram = Some(s);
+                        }
+                        messages::AUTH_SASL_CONTINUE => {
+                            let s = scram.as_mut().ok_or_else(|| self.protocol_error("SASL continue without start"))?;
+                            s.update(&body).map_err(|e| self.login_error("28000", &e.to_string()))?;
+                            frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io_error(e))?;
+                        }
+                        messages::AUTH_SASL_FINAL => {
+                            let s = scram.as_mut().ok_or_else(|| self.protocol_error("SASL final without start"))?;
+                            s.finish(&body).map_err(|e| self.login_error("28000", &e.to_string()))?;
+                        }
+                        other => {
+                            return Err(self.login_error(
+                                "28000",
+                                &format!("server asks for authentication method {other}, which pgsplit does not support"),
+                            ))
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.write_all(&out).await?;
+                    }
+                }
+                b'S' => {
+                    if let Some((k, v)) = messages::parameter_status_view(&frame.body) {
+                        self.params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                b'K' => {
+                    let b = &frame.body;
+                    if b.len() >= 8 {
+                        self.backend_key = (
+                            i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                            i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                        );
+                    }
+                }
+                b'Z' => {
+                    self.status = frame.body.first().copied().unwrap_or(b'I');
+                    return Ok(());
+                }
+                b'E' => {
+                    let code = error_field(&frame.body, b'C').unwrap_or("08006").to_string();
+                    let msg = error_field(&frame.body, b'M').unwrap_or("login failed").to_string();
+                    return Err(Error::ServerLogin { server: self.server.to_string(), sqlstate: code, detail: msg });
+                }
+                b'N' | b'v' => {}
+                other => return Err(self.protocol_error(&format!("unexpected message '{}' during login", other as char))),
+            }
+        }
+    }
+
+    /// Reads one whole frame from the server (used outside the data path: login, session setup).
+    pub async fn read_frame(&mut self) -> Result<Frame> {
+        loop {
+            match Frame::split(&mut self.rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(self.protocol_error(&e.to_string())),
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| self.io_error(e))?;
+            if n == 0 {
+                self.broken = true;
+                return Err(Error::server_io(&self.server, "server closed the connection"));
+            }
+        }
+    }
+
+    /// Writes bytes to the server.
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        if let Err(e) = self.stream.write_all(buf).await {
+            self.broken = true;
+            return Err(Error::server_io(&self.server, e));
+        }
+        Ok(())
+    }
+
+    /// Runs a statement pgsplit issues itself (session setup); its results are consumed, not forwarded.
+    /// Returns the server's ErrorResponse body if the statement failed.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<Option<Frame>> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.write_all(&out).await?;
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'Z' => {
+                    self.status = f.body.first().copied().unwrap_or(b'I');
+                    return Ok(error);
+                }
+                b'E' => error = Some(f),
+                b'S' => {
+                    if let Some((k, v)) = messages::parameter_status_view(&f.body) {
+                        self.params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// True when nothing suggests the connection is unusable: idle status, nothing buffered, not marked broken,
+    /// and the socket has neither closed nor sent unsolicited bytes.
+    pub fn is_reusable(&self) -> bool {
+        if self.broken || self.status != b'I' || !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => false,
+        }
+    }
+
+    fn io_error(&mut self, e: impl std::fmt::Display) -> Error {
+        self.broken = true;
+        Error::server_io(&self.server, e)
+    }
+
+    fn protocol_error(&mut self, detail: &str) -> Error {
+        self.broken = true;
+        Error::ServerProtocol { server: self.server.to_string(), detail: detail.to_string() }
+    }
+
+    fn login_error(&self, sqlstate: &str, detail: &str) -> Error {
+        Error::ServerLogin { server: self.server.to_string(), sqlstate: sqlstate.to_string(), detail: detail.to_string() }
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server at `address`.
+pub async fn send_cancel(address: &str, key: (i32, i32), timeout: Duration) -> std::io::Result<()> {
+    let fut = async {
+        let mut s = TcpStream::connect(address).await?;
+        let mut out = BytesMut::new();
+        startup::encode_cancel(&mut out, key.0, key.1);
+        s.write_all(&out).await?;
+        // The server closes the connection once it has read the request.
+        let mut sink = [0u8; 16];
+        let _ = s.read(&mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out")))
+}
