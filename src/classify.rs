@@ -6,7 +6,8 @@ use std::ops::ControlFlow;
 use std::sync::RwLock;
 
 use sqlparser::ast::{
-    Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode, TransactionMode, Visit, Visitor,
+    Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
+    TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -84,10 +85,18 @@ pub struct Decision {
 
 impl Decision {
     const fn write(reason: Reason) -> Decision {
-        Decision { route: Route::Write, reason, pins: false }
+        Decision {
+            route: Route::Write,
+            reason,
+            pins: false,
+        }
     }
     const fn read(reason: Reason) -> Decision {
-        Decision { route: Route::Read, reason, pins: false }
+        Decision {
+            route: Route::Read,
+            reason,
+            pins: false,
+        }
     }
 }
 
@@ -116,7 +125,12 @@ const WRITE_FUNCTIONS: &[&str] = &[
 ];
 
 /// Name prefixes of functions that write or lock.
-const WRITE_FUNCTION_PREFIXES: &[&str] = &["pg_advisory", "pg_try_advisory", "lo_", "pg_replication_origin"];
+const WRITE_FUNCTION_PREFIXES: &[&str] = &[
+    "pg_advisory",
+    "pg_try_advisory",
+    "lo_",
+    "pg_replication_origin",
+];
 
 /// Largest number of cached decisions; the cache is cleared when it fills.
 const CACHE_CAPACITY: usize = 16_384;
@@ -131,7 +145,10 @@ impl Classifier {
     /// A classifier that also treats `write_functions` (case-insensitive, unqualified names) as writes.
     pub fn new(write_functions: &[String]) -> Classifier {
         Classifier {
-            extra_write_functions: write_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            extra_write_functions: write_functions
+                .iter()
+                .map(|f| f.to_ascii_lowercase())
+                .collect(),
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -178,14 +195,21 @@ impl Classifier {
             Statement::Query(q) => self.query(q),
             Statement::Explain { statement, .. } => self.statement(statement),
             Statement::StartTransaction { modes, .. } => {
-                let read_only = modes.iter().any(|m| matches!(m, TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)));
+                let read_only = modes.iter().any(|m| {
+                    matches!(
+                        m,
+                        TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)
+                    )
+                });
                 if read_only {
                     Decision::read(Reason::ReadOnlyTransaction)
                 } else {
                     Decision::write(Reason::TransactionStart)
                 }
             }
-            Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => Decision::read(Reason::ReadOnlyQuery),
+            Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => {
+                Decision::read(Reason::ReadOnlyQuery)
+            }
             _ => Decision::write(Reason::WriteStatement),
         }
     }
@@ -249,7 +273,11 @@ impl Visitor for ReadCheck<'_> {
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<Reason> {
         let name = match t {
-            TableFactor::Table { name, args: Some(_), .. } => name,
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => name,
             TableFactor::Function { name, .. } => name,
             _ => return ControlFlow::Continue(()),
         };
@@ -270,7 +298,10 @@ pub fn pins_session(sql: &str) -> bool {
         || starts("listen")
         || (starts("declare") && lower.contains("with hold"))
         || (starts("create")
-            && matches!(words.get(1), Some(&"temp") | Some(&"temporary") | Some(&"local") | Some(&"global")))
+            && matches!(
+                words.get(1),
+                Some(&"temp") | Some(&"temporary") | Some(&"local") | Some(&"global")
+            ))
         || lower.contains("pg_advisory_lock")
         || lower.contains("pg_try_advisory_lock")
         || lower.contains("set_config")
@@ -285,7 +316,9 @@ fn strip_leading(sql: &str) -> (&str, Option<Route>) {
         if let Some(rest) = s.strip_prefix("--") {
             s = rest.find('\n').map_or("", |i| &rest[i + 1..]);
         } else if let Some(rest) = s.strip_prefix("/*") {
-            let Some(end) = rest.find("*/") else { return ("", hint) };
+            let Some(end) = rest.find("*/") else {
+                return ("", hint);
+            };
             let body = rest[..end].trim();
             match body {
                 "pgsplit:primary" => hint = Some(Route::Write),
@@ -303,16 +336,28 @@ fn strip_leading(sql: &str) -> (&str, Option<Route>) {
 fn fast_path(sql: &str) -> Option<Decision> {
     let (body, hint) = strip_leading(sql);
     if let Some(route) = hint {
-        return Some(Decision { route, reason: Reason::Hint, pins: false });
+        return Some(Decision {
+            route,
+            reason: Reason::Hint,
+            pins: false,
+        });
     }
     let trimmed = body.trim_end().trim_end_matches(';');
     if trimmed.contains(';') {
         return None;
     }
-    let word_end = trimmed.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(trimmed.len());
+    let word_end = trimmed
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(trimmed.len());
     let first = &trimmed[..word_end];
     let is = |w: &str| first.eq_ignore_ascii_case(w);
-    if is("commit") || is("end") || is("rollback") || is("abort") || is("savepoint") || is("release") {
+    if is("commit")
+        || is("end")
+        || is("rollback")
+        || is("abort")
+        || is("savepoint")
+        || is("release")
+    {
         Some(Decision::write(Reason::TransactionControl))
     } else if is("set") || is("reset") || is("discard") {
         Some(Decision::write(Reason::SessionState))
@@ -338,7 +383,9 @@ mod tests {
     use super::*;
 
     fn route(sql: &str) -> Route {
-        Classifier::new(&["audit_log".to_string()]).classify(sql).route
+        Classifier::new(&["audit_log".to_string()])
+            .classify(sql)
+            .route
     }
 
     #[test]

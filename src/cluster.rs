@@ -1,9 +1,10 @@
 //! A throw-away local PostgreSQL cluster: one primary and N streaming replicas built from the installed
 //! PostgreSQL binaries, used by `pgsplit demo` and by the integration tests.
 //!
-//! Everything lives in one temporary directory (`$TMPDIR/pgsplit-XXXXXX`): a data directory per server
-//! (`primary`, `replica1`, …), each with its `server.log`, and the servers' unix sockets. Servers listen on
-//! 127.0.0.1 only, on free ports.
+//! Everything lives in one temporary directory, `pgsplit-XXXXXX` under `$TMPDIR` when that is set, else under
+//! `/dev/shm` when it has 2 GiB free (tmpfs makes initdb and pg_basebackup several times faster), else under the
+//! system temp directory. It holds a data directory per server (`primary`, `replica1`, …), each with its
+//! `server.log`, and the servers' unix sockets. Servers listen on 127.0.0.1 only, on free ports.
 //!
 //! The API is synchronous (it runs external programs and polls); call it from `spawn_blocking` in async code.
 //!
@@ -115,6 +116,9 @@ pub enum ClusterError {
         /// psql's error output.
         message: String,
     },
+    /// No running server is out of recovery.
+    #[error("no running primary: every running server is in recovery or unreachable")]
+    NoPrimary,
     /// The operation needs a running server.
     #[error("server `{0}` is not running")]
     NotRunning(String),
@@ -296,6 +300,7 @@ impl Cluster {
             }
         }
         let owner = postgres_owner()?;
+        let ports = free_ports(opts.replicas + 1)?;
         let dir = make_temp_dir(owner)?;
 
         let mut servers = vec![PgServer {
@@ -311,7 +316,6 @@ impl Cluster {
                 port: 0,
             });
         }
-        let ports = free_ports(servers.len())?;
         for (server, port) in servers.iter_mut().zip(ports) {
             server.port = port;
         }
@@ -319,11 +323,7 @@ impl Cluster {
         let watchdog = spawn_watchdog(&dir, &servers);
         // From here on, dropping `cluster` (on any error) cleans up.
         let mut cluster = Cluster {
-            run: Runner {
-                bindir,
-                dir,
-                owner,
-            },
+            run: Runner { bindir, dir, owner },
             servers,
             procs: Mutex::new(HashMap::new()),
             watchdog: None,
@@ -350,10 +350,16 @@ impl Cluster {
     fn init_primary(&mut self, opts: &ClusterOptions) -> Result<()> {
         let mut primary = self.servers[0].clone();
         let mut initdb = self.run.command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&primary.data_dir)
-            .args(["--no-sync", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"]);
+        initdb.arg("-D").arg(&primary.data_dir).args([
+            "--no-sync",
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         run(&mut initdb, None, "initdb")?;
 
         let mut hba = String::from("# written by the pgsplit cluster harness\n");
@@ -394,8 +400,11 @@ impl Cluster {
             conf.push_str(line);
             conf.push('\n');
         }
-        self.run
-            .write_file(&primary.data_dir.join("postgresql.conf"), conf.as_bytes(), true)?;
+        self.run.write_file(
+            &primary.data_dir.join("postgresql.conf"),
+            conf.as_bytes(),
+            true,
+        )?;
 
         let child = self.run.launch_fresh(&mut primary)?;
         self.servers[0].port = primary.port;
@@ -422,7 +431,9 @@ impl Cluster {
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(ClusterError::Environment("replica setup thread panicked".into()))
+                        Err(ClusterError::Environment(
+                            "replica setup thread panicked".into(),
+                        ))
                     })
                 })
                 .collect()
@@ -464,12 +475,18 @@ impl Cluster {
 
     /// The servers created as replicas (every server except `primary`).
     pub fn replicas(&self) -> Vec<&PgServer> {
-        self.servers.iter().filter(|s| s.name != "primary").collect()
+        self.servers
+            .iter()
+            .filter(|s| s.name != "primary")
+            .collect()
     }
 
     /// `postgres://user@127.0.0.1:PORT/db` for the named server. Panics on an unknown name.
     pub fn url(&self, name: &str, user: &str, db: &str) -> String {
-        format!("postgres://{user}@127.0.0.1:{}/{db}", self.server(name).port)
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{db}",
+            self.server(name).port
+        )
     }
 
     /// The temporary directory holding all data directories and sockets.
@@ -529,8 +546,12 @@ impl Cluster {
             if !self.is_running(&server.name) {
                 continue;
             }
-            match self.psql(&server.name, "SELECT pg_is_in_recovery()").as_deref() {
-                Ok("f") => primaries.push(server),
+            match self
+                .psql(&server.name, "SELECT pg_is_in_recovery()")
+                .ok()
+                .as_deref()
+            {
+                Some("f") => primaries.push(server),
                 // In recovery, or not answering yet: either way it must end up streaming.
                 _ => replicas.push(server),
             }
@@ -572,7 +593,29 @@ impl Cluster {
     /// flushed first, so asynchronous commits made before the call are included).
     pub fn wait_replayed(&self, name: &str, timeout: Duration) -> Result<()> {
         let replica = self.get(name)?;
-        let primary = self.current_primary(Some(name))?;
+        let state = self.psql(
+            name,
+            "SELECT pg_is_in_recovery(), (SELECT sender_port FROM pg_stat_wal_receiver)",
+        )?;
+        let (in_recovery, sender_port) = state.split_once('|').unwrap_or((&state, ""));
+        if in_recovery == "f" {
+            return Err(ClusterError::NotReplica(name.into()));
+        }
+        // Prefer the server this replica streams from, when that one is a primary.
+        let upstream = self
+            .servers
+            .iter()
+            .find(|s| s.name != name && sender_port == s.port.to_string())
+            .filter(|s| {
+                self.psql(&s.name, "SELECT pg_is_in_recovery()")
+                    .ok()
+                    .as_deref()
+                    == Some("f")
+            });
+        let primary = match upstream {
+            Some(s) => s,
+            None => self.current_primary(Some(name))?,
+        };
         // A synchronously committed transaction that writes WAL flushes everything before it.
         let out = self.psql(
             &primary.name,
@@ -592,9 +635,8 @@ impl Cluster {
              pg_last_wal_replay_lsn()"
         );
         let deadline = Instant::now() + timeout;
-        let mut last = String::new();
         loop {
-            match self.psql(&replica.name, &sql) {
+            let last = match self.psql(&replica.name, &sql) {
                 Ok(out) => {
                     let cols: Vec<&str> = out.split('|').collect();
                     if cols.first() == Some(&"f") {
@@ -603,10 +645,10 @@ impl Cluster {
                     if cols.get(1) == Some(&"t") {
                         return Ok(());
                     }
-                    last = format!("replayed up to {}", cols.get(2).copied().unwrap_or("?"));
+                    format!("replayed up to {}", cols.get(2).copied().unwrap_or("?"))
                 }
-                Err(e) => last = e.to_string(),
-            }
+                Err(e) => e.to_string(),
+            };
             if Instant::now() >= deadline {
                 let paused = self
                     .psql(&replica.name, "SELECT pg_is_wal_replay_paused()")
@@ -615,7 +657,10 @@ impl Cluster {
                 return Err(ClusterError::Timeout {
                     what: format!("{name} to replay up to {target} from {}", primary.name),
                     waited: timeout,
-                    details: format!(" ({last}{})", if paused { "; replay is paused" } else { "" }),
+                    details: format!(
+                        " ({last}{})",
+                        if paused { "; replay is paused" } else { "" }
+                    ),
                 });
             }
             thread::sleep(Duration::from_millis(10));
@@ -628,13 +673,16 @@ impl Cluster {
             if Some(server.name.as_str()) == except || !self.is_running(&server.name) {
                 continue;
             }
-            if self.psql(&server.name, "SELECT pg_is_in_recovery()").is_ok_and(|s| s == "f") {
+            if self
+                .psql(&server.name, "SELECT pg_is_in_recovery()")
+                .ok()
+                .as_deref()
+                == Some("f")
+            {
                 return Ok(server);
             }
         }
-        Err(ClusterError::Environment(
-            "no running primary: every running server is in recovery or unreachable".into(),
-        ))
+        Err(ClusterError::NoPrimary)
     }
 
     /// Stops the named server and waits until its postmaster has exited. Stopping a stopped server is a no-op.
@@ -756,7 +804,7 @@ impl Cluster {
             server.name
         );
         loop {
-            if self.psql(new_primary, &sql).is_ok_and(|s| s == "1") {
+            if self.psql(new_primary, &sql).ok().as_deref() == Some("1") {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -966,9 +1014,17 @@ impl Runner {
     /// pg_basebackup from the primary, then the replica's own settings.
     fn make_replica(&self, replica: &PgServer, primary_port: u16) -> Result<()> {
         let mut cmd = self.command("pg_basebackup");
-        cmd.args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres", "-D"])
-            .arg(&replica.data_dir)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+        ])
+        .arg(&replica.data_dir)
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
         run(
             &mut cmd,
             None,
@@ -1125,7 +1181,7 @@ fn run(cmd: &mut Command, input: Option<&[u8]>, what: &str) -> Result<String> {
     }
 }
 
-/// Runs a program with stdout/stderr captured in anonymous temp files (never pipes: a daemon that inherits a
+/// Runs a program with stdin/stdout/stderr in anonymous temp files (never pipes: a daemon that inherited a
 /// pipe would keep it open), feeding `input` on stdin, and kills it after `timeout`.
 fn run_capture(
     cmd: &mut Command,
@@ -1136,18 +1192,20 @@ fn run_capture(
     let err = |e: io::Error| ClusterError::io(format!("run {what}"), e);
     let mut out_file = tempfile::tempfile().map_err(err)?;
     let mut err_file = tempfile::tempfile().map_err(err)?;
+    let stdin = match input {
+        // A file rather than a pipe: no SIGPIPE/EPIPE if the program exits without reading.
+        Some(input) => {
+            let mut file = tempfile::tempfile().map_err(err)?;
+            file.write_all(input).map_err(err)?;
+            file.seek(SeekFrom::Start(0)).map_err(err)?;
+            Stdio::from(file)
+        }
+        None => Stdio::null(),
+    };
     cmd.stdout(out_file.try_clone().map_err(err)?)
         .stderr(err_file.try_clone().map_err(err)?)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        .stdin(stdin);
     let mut child = cmd.spawn().map_err(err)?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        // The program may exit early (e.g. cannot connect); its output says why.
-        let _ = stdin.write_all(input);
-    }
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     let status = loop {
@@ -1217,20 +1275,16 @@ fn postgres_owner() -> Result<Option<(u32, u32)>> {
 
 /// Creates the cluster directory: short (for unix sockets), reachable by the server user, owned by it.
 fn make_temp_dir(owner: Option<(u32, u32)>) -> Result<PathBuf> {
-    let mut base = std::env::temp_dir();
-    let base_ok = |b: &Path| {
-        let canonical = fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf());
-        // `pgsplit-XXXXXX` adds 15 bytes.
-        canonical.as_os_str().len() + 15 <= MAX_SOCKET_DIR_LEN
-            && (owner.is_none() || traversable_by_others(&canonical))
-    };
-    if !base_ok(&base) {
-        base = PathBuf::from("/tmp");
-    }
+    let base = temp_base(owner);
     let dir = tempfile::Builder::new()
         .prefix("pgsplit-")
         .tempdir_in(&base)
-        .map_err(|e| ClusterError::io(format!("create a temporary directory in {}", base.display()), e))?
+        .map_err(|e| {
+            ClusterError::io(
+                format!("create a temporary directory in {}", base.display()),
+                e,
+            )
+        })?
         .keep();
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
     if let Some((uid, gid)) = owner {
@@ -1243,6 +1297,42 @@ fn make_temp_dir(owner: Option<(u32, u32)>) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Where cluster directories go: `$TMPDIR` when set; otherwise `/dev/shm` (tmpfs: initdb and pg_basebackup
+/// are several times faster than on disk) when it has room, else the system temp directory.
+fn temp_base(owner: Option<(u32, u32)>) -> PathBuf {
+    let usable = |b: &Path| {
+        let canonical = fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf());
+        // `pgsplit-XXXXXX` adds 15 bytes.
+        canonical.as_os_str().len() + 15 <= MAX_SOCKET_DIR_LEN
+            && (owner.is_none() || traversable_by_others(&canonical))
+    };
+    let shm = Path::new("/dev/shm");
+    if std::env::var_os("TMPDIR").is_none() && free_bytes(shm) >= 2 << 30 && usable(shm) {
+        return shm.to_path_buf();
+    }
+    let base = std::env::temp_dir();
+    if usable(&base) {
+        base
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `path` (0 when unknown).
+fn free_bytes(path: &Path) -> u64 {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs only writes into the zeroed struct we pass; the path is a valid C string.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+    }
 }
 
 fn traversable_by_others(path: &Path) -> bool {
@@ -1409,8 +1499,9 @@ fn spawn_watchdog(dir: &Path, servers: &[PgServer]) -> Result<(Child, ChildStdin
             return Err(ClusterError::io("start the cleanup watchdog (sh)", e));
         }
     };
-    let stdin = child.stdin.take().ok_or_else(|| {
-        ClusterError::Environment("cleanup watchdog has no stdin pipe".into())
-    })?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| ClusterError::Environment("cleanup watchdog has no stdin pipe".into()))?;
     Ok((child, stdin))
 }

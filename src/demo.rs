@@ -14,14 +14,20 @@ const DEMO_PASSWORD: &str = "app";
 const DEMO_DB: &str = "app";
 
 /// The configuration pgsplit runs with in the demo.
-pub fn demo_config(cluster: &Cluster, listen_port: u16) -> Result<Config, crate::config::ConfigError> {
+pub fn demo_config(
+    cluster: &Cluster,
+    listen_port: u16,
+) -> Result<Config, crate::config::ConfigError> {
     let mut toml = format!(
         "listen = \"127.0.0.1:{listen_port}\"\n\
          [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
         cluster.primary().port
     );
     for r in cluster.replicas() {
-        toml.push_str(&format!("[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n", r.name, r.port));
+        toml.push_str(&format!(
+            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            r.name, r.port
+        ));
     }
     toml.push_str(&format!(
         "[[databases]]\nname = \"{DEMO_DB}\"\n\
@@ -31,7 +37,11 @@ pub fn demo_config(cluster: &Cluster, listen_port: u16) -> Result<Config, crate:
 }
 
 /// Runs the demo until `stop` completes.
-pub async fn run(replicas: usize, port: Option<u16>, stop: impl std::future::Future<Output = ()>) -> ExitCode {
+pub async fn run(
+    replicas: usize,
+    port: Option<u16>,
+    stop: impl std::future::Future<Output = ()>,
+) -> ExitCode {
     if let Err(e) = Cluster::find_bindir() {
         eprintln!("pgsplit demo: {e}");
         return ExitCode::FAILURE;
@@ -90,14 +100,18 @@ pub async fn run(replicas: usize, port: Option<u16>, stop: impl std::future::Fut
             return ExitCode::FAILURE;
         }
     };
-    let url = |port: u16| format!("postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DB}");
+    let url =
+        |port: u16| format!("postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DB}");
     let replica_urls: Vec<String> = cluster.replicas().iter().map(|r| url(r.port)).collect();
     let mut out = std::io::stdout();
     let _ = writeln!(out, "DATABASE_URL={}", url(addr.port()));
     let _ = writeln!(out, "PRIMARY_URL={}", url(cluster.primary().port));
     let _ = writeln!(out, "REPLICA_URLS={}", replica_urls.join(","));
     let _ = out.flush();
-    eprintln!("pgsplit demo: ready. Try: psql \"{}\" -c 'SELECT inet_server_port(), pg_is_in_recovery()'", url(addr.port()));
+    eprintln!(
+        "pgsplit demo: ready. Try: psql \"{}\" -c 'SELECT inet_server_port(), pg_is_in_recovery()'",
+        url(addr.port())
+    );
     eprintln!("pgsplit demo: press Ctrl-C to stop and remove everything.");
     proxy.run(stop).await;
     eprintln!("pgsplit demo: stopping…");

@@ -29,7 +29,11 @@ pub enum Error {
     Connect { server: String, detail: String },
     /// A server refused pgsplit's login.
     #[error("server \"{server}\" refused the login: {detail}")]
-    ServerLogin { server: String, sqlstate: String, detail: String },
+    ServerLogin {
+        server: String,
+        sqlstate: String,
+        detail: String,
+    },
     /// A server connection failed mid-use.
     #[error("lost the connection to server \"{server}\": {detail}")]
     ServerIo { server: String, detail: String },
@@ -37,8 +41,14 @@ pub enum Error {
     #[error("server \"{server}\" broke the protocol: {detail}")]
     ServerProtocol { server: String, detail: String },
     /// No pooled connection became free in time.
-    #[error("no server connection to \"{server}\" became free within {waited_ms} ms (pool size {size})")]
-    PoolTimeout { server: String, waited_ms: u128, size: usize },
+    #[error(
+        "no server connection to \"{server}\" became free within {waited_ms} ms (pool size {size})"
+    )]
+    PoolTimeout {
+        server: String,
+        waited_ms: u128,
+        size: usize,
+    },
     /// No server can take the statement.
     #[error("{0}")]
     Unavailable(String),
@@ -49,16 +59,20 @@ impl Error {
     pub fn origin(&self) -> Origin {
         match self {
             Error::ClientProtocol(_) | Error::ClientIo(_) => Origin::Client,
-            Error::Connect { .. } | Error::ServerLogin { .. } | Error::ServerIo { .. } | Error::ServerProtocol { .. } => {
-                Origin::Server
-            }
+            Error::Connect { .. }
+            | Error::ServerLogin { .. }
+            | Error::ServerIo { .. }
+            | Error::ServerProtocol { .. } => Origin::Server,
             Error::PoolTimeout { .. } | Error::Unavailable(_) => Origin::Internal,
         }
     }
 
     /// Whether a request that failed this way, before any byte reached the client, may be tried on another server.
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::ServerIo { .. } | Error::PoolTimeout { .. })
+        matches!(
+            self,
+            Error::Connect { .. } | Error::ServerIo { .. } | Error::PoolTimeout { .. }
+        )
     }
 
     /// The SQLSTATE pgsplit reports to the client for this failure.
@@ -75,7 +89,10 @@ impl Error {
 
     /// A server I/O failure.
     pub fn server_io(server: &str, e: impl std::fmt::Display) -> Error {
-        Error::ServerIo { server: server.to_string(), detail: e.to_string() }
+        Error::ServerIo {
+            server: server.to_string(),
+            detail: e.to_string(),
+        }
     }
 }
 

@@ -9,7 +9,11 @@ use pgsplit::config::Config;
 use pgsplit::proxy::Proxy;
 
 #[derive(Parser)]
-#[command(name = "pgsplit", version, about = "Replication-aware connection proxy for PostgreSQL")]
+#[command(
+    name = "pgsplit",
+    version,
+    about = "Replication-aware connection proxy for PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,12 +79,17 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Command::Demo { replicas, port } => runtime().block_on(pgsplit::demo::run(replicas, port, shutdown_signal())),
+        Command::Demo { replicas, port } => {
+            runtime().block_on(pgsplit::demo::run(replicas, port, shutdown_signal()))
+        }
     }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgsplit: cannot start the runtime: {e}");
@@ -93,14 +102,20 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGSPLIT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Lets pgsplit hold as many sockets as the hard limit allows.
 fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -113,13 +128,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

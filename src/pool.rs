@@ -82,7 +82,9 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 inner.waiting.fetch_add(1, Ordering::Relaxed);
-                let waited = tokio::time::timeout(inner.timeouts.wait, inner.slots.clone().acquire_owned()).await;
+                let waited =
+                    tokio::time::timeout(inner.timeouts.wait, inner.slots.clone().acquire_owned())
+                        .await;
                 inner.waiting.fetch_sub(1, Ordering::Relaxed);
                 match waited {
                     Ok(Ok(p)) => p,
@@ -104,11 +106,19 @@ impl Pool {
                 continue; // dropped: the socket closes
             }
             inner.active.fetch_add(1, Ordering::Relaxed);
-            return Ok(PooledConn { conn: Some(conn), pool: self.clone(), _permit: permit });
+            return Ok(PooledConn {
+                conn: Some(conn),
+                pool: self.clone(),
+                _permit: permit,
+            });
         }
         let conn = ServerConn::connect(&inner.target, inner.timeouts.connect).await?;
         inner.active.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn { conn: Some(conn), pool: self.clone(), _permit: permit })
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
     }
 
     fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
@@ -185,12 +195,16 @@ impl Deref for PooledConn {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
         // Present from checkout until release/drop, which consume self.
-        self.conn.as_ref().unwrap_or_else(|| unreachable!("pooled connection used after release"))
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("pooled connection used after release"))
     }
 }
 
 impl DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().unwrap_or_else(|| unreachable!("pooled connection used after release"))
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("pooled connection used after release"))
     }
 }

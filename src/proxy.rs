@@ -115,7 +115,10 @@ impl Proxy {
     /// Binds the client listener.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Proxy { shared: Arc::new(Shared::new(config)), listener })
+        Ok(Proxy {
+            shared: Arc::new(Shared::new(config)),
+            listener,
+        })
     }
 
     /// The bound address.
@@ -139,7 +142,12 @@ impl Proxy {
             })
             .await
         });
-        Ok(ProxyHandle { addr, shared, stop, task })
+        Ok(ProxyHandle {
+            addr,
+            shared,
+            stop,
+            task,
+        })
     }
 
     /// Accepts clients until `shutdown` completes, then shuts down gracefully.
@@ -184,10 +192,20 @@ impl Proxy {
         drop(listener);
         let _ = stop_tx.send(true);
         let grace = shared.config.timeouts.shutdown;
-        tracing::info!(clients = sessions.len(), grace_ms = grace.as_millis() as u64, "shutting down");
-        let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+        tracing::info!(
+            clients = sessions.len(),
+            grace_ms = grace.as_millis() as u64,
+            "shutting down"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(clients = sessions.len(), "shutdown timeout: closing the remaining clients");
+            tracing::warn!(
+                clients = sessions.len(),
+                "shutdown timeout: closing the remaining clients"
+            );
             sessions.shutdown().await;
         }
         reaper.abort();
@@ -198,8 +216,13 @@ impl Proxy {
 }
 
 async fn reject_too_many(shared: Arc<Shared>, socket: TcpStream) {
-    crate::client::reject(shared, socket, crate::protocol::sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-        .await;
+    crate::client::reject(
+        shared,
+        socket,
+        crate::protocol::sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    )
+    .await;
 }
 
 async fn reap_pools(shared: Arc<Shared>) {

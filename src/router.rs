@@ -32,7 +32,14 @@ pub struct Backend {
 
 impl Backend {
     fn new(name: String, address: String, weight: u32, epoch: Instant) -> Backend {
-        Backend { name, address, weight, outstanding: AtomicUsize::new(0), down_until_ms: AtomicU64::new(0), epoch }
+        Backend {
+            name,
+            address,
+            weight,
+            outstanding: AtomicUsize::new(0),
+            down_until_ms: AtomicU64::new(0),
+            epoch,
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -105,7 +112,9 @@ impl Router {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|k| (start + k) % n).find(|&i| Some(i) != exclude && self.replicas[i].is_usable())
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| Some(i) != exclude && self.replicas[i].is_usable())
     }
 }
 
@@ -121,8 +130,12 @@ impl PoolSet {
     /// Creates the pools for a user and database.
     pub fn new(config: &Config, user: &UserConfig, db: &DatabaseConfig) -> PoolSet {
         let t = &config.timeouts;
-        let timeouts =
-            PoolTimeouts { connect: t.server_connect, wait: t.pool_wait, idle: t.server_idle, lifetime: t.server_lifetime };
+        let timeouts = PoolTimeouts {
+            connect: t.server_connect,
+            wait: t.pool_wait,
+            idle: t.server_idle,
+            lifetime: t.server_lifetime,
+        };
         let target = |s: &crate::config::ServerConfig| ServerTarget {
             server: s.display_name(),
             address: s.address(),
@@ -131,8 +144,16 @@ impl PoolSet {
             database: db.server_database().to_string(),
         };
         PoolSet {
-            write: Pool::new(target(&config.primary), config.pools.write_pool_size, timeouts),
-            reads: config.replicas.iter().map(|r| Pool::new(target(r), config.pools.read_pool_size, timeouts)).collect(),
+            write: Pool::new(
+                target(&config.primary),
+                config.pools.write_pool_size,
+                timeouts,
+            ),
+            reads: config
+                .replicas
+                .iter()
+                .map(|r| Pool::new(target(r), config.pools.read_pool_size, timeouts))
+                .collect(),
         }
     }
 

@@ -74,7 +74,11 @@ impl PreparedSet {
 
     /// The least recently used statement other than `keep`, to close when the set is full.
     pub fn lru_victim(&self, keep: &[u8]) -> Option<Box<[u8]>> {
-        self.names.iter().filter(|(n, _)| &***n != keep).min_by_key(|(_, t)| **t).map(|(n, _)| n.clone())
+        self.names
+            .iter()
+            .filter(|(n, _)| &***n != keep)
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())
     }
 
     /// Forgets everything (after DISCARD ALL / DEALLOCATE ALL).
@@ -120,7 +124,11 @@ impl ServerConn {
             Ok(r) => r,
             Err(_) => Err(Error::Connect {
                 server: target.server.clone(),
-                detail: format!("timed out after {} ms ({})", timeout.as_millis(), target.address),
+                detail: format!(
+                    "timed out after {} ms ({})",
+                    timeout.as_millis(),
+                    target.address
+                ),
             }),
         }
     }
@@ -128,7 +136,10 @@ impl ServerConn {
     async fn connect_inner(target: &ServerTarget) -> Result<ServerConn> {
         let stream = TcpStream::connect(&target.address)
             .await
-            .map_err(|e| Error::Connect { server: target.server.clone(), detail: format!("{} ({})", e, target.address) })?;
+            .map_err(|e| Error::Connect {
+                server: target.server.clone(),
+                detail: format!("{} ({})", e, target.address),
+            })?;
         let _ = stream.set_nodelay(true);
         let mut conn = ServerConn {
             stream,
@@ -153,16 +164,26 @@ impl ServerConn {
         let mut out = BytesMut::new();
         startup::encode_startup(
             &mut out,
-            &[("user", &target.user), ("database", &target.database), ("client_encoding", "UTF8")],
+            &[
+                ("user", &target.user),
+                ("database", &target.database),
+                ("client_encoding", "UTF8"),
+            ],
         );
         self.write_all(&out).await?;
         let mut scram: Option<ScramSha256> = None;
         let password = || {
-            target.password.as_deref().ok_or_else(|| Error::ServerLogin {
-                server: target.server.clone(),
-                sqlstate: "28000".into(),
-                detail: format!("server asks for a password and none is configured for \"{}\"", target.user),
-            })
+            target
+                .password
+                .as_deref()
+                .ok_or_else(|| Error::ServerLogin {
+                    server: target.server.clone(),
+                    sqlstate: "28000".into(),
+                    detail: format!(
+                        "server asks for a password and none is configured for \"{}\"",
+                        target.user
+                    ),
+                })
         };
         loop {
             let frame = self.read_frame().await?;
@@ -240,12 +261,25 @@ impl ServerConn {
                     return Ok(());
                 }
                 b'E' => {
-                    let code = error_field(&frame.body, b'C').unwrap_or("08006").to_string();
-                    let msg = error_field(&frame.body, b'M').unwrap_or("login failed").to_string();
-                    return Err(Error::ServerLogin { server: self.server.to_string(), sqlstate: code, detail: msg });
+                    let code = error_field(&frame.body, b'C')
+                        .unwrap_or("08006")
+                        .to_string();
+                    let msg = error_field(&frame.body, b'M')
+                        .unwrap_or("login failed")
+                        .to_string();
+                    return Err(Error::ServerLogin {
+                        server: self.server.to_string(),
+                        sqlstate: code,
+                        detail: msg,
+                    });
                 }
                 b'N' | b'v' => {}
-                other => return Err(self.protocol_error(&format!("unexpected message '{}' during login", other as char))),
+                other => {
+                    return Err(self.protocol_error(&format!(
+                        "unexpected message '{}' during login",
+                        other as char
+                    )))
+                }
             }
         }
     }
@@ -258,10 +292,17 @@ impl ServerConn {
                 Ok(None) => {}
                 Err(e) => return Err(self.protocol_error(&e.to_string())),
             }
-            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| self.io_error(e))?;
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| self.io_error(e))?;
             if n == 0 {
                 self.broken = true;
-                return Err(Error::server_io(&self.server, "server closed the connection"));
+                return Err(Error::server_io(
+                    &self.server,
+                    "server closed the connection",
+                ));
             }
         }
     }
@@ -320,11 +361,18 @@ impl ServerConn {
 
     fn protocol_error(&mut self, detail: &str) -> Error {
         self.broken = true;
-        Error::ServerProtocol { server: self.server.to_string(), detail: detail.to_string() }
+        Error::ServerProtocol {
+            server: self.server.to_string(),
+            detail: detail.to_string(),
+        }
     }
 
     fn login_error(&self, sqlstate: &str, detail: &str) -> Error {
-        Error::ServerLogin { server: self.server.to_string(), sqlstate: sqlstate.to_string(), detail: detail.to_string() }
+        Error::ServerLogin {
+            server: self.server.to_string(),
+            sqlstate: sqlstate.to_string(),
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -342,5 +390,10 @@ pub async fn send_cancel(address: &str, key: (i32, i32), timeout: Duration) -> s
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "cancel timed out",
+            ))
+        })
 }

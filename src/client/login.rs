@@ -28,7 +28,10 @@ pub struct LoginError {
 
 impl LoginError {
     fn new(code: &'static str, message: impl Into<String>) -> LoginError {
-        LoginError { code, message: message.into() }
+        LoginError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -43,7 +46,10 @@ pub enum Opening {
 }
 
 /// Reads the first packet, answering SSLRequest and GSSENCRequest with `N` (TLS is not offered yet).
-pub async fn read_opening(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, LoginError> {
+pub async fn read_opening(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Opening, LoginError> {
     loop {
         let len = loop {
             match startup::check(buf) {
@@ -72,8 +78,11 @@ pub async fn read_opening(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<
             }
             Ok(Startup::Cancel { pid, secret }) => return Ok(Opening::Cancel { pid, secret }),
             Ok(Startup::Startup { minor, params }) => {
-                let unrecognized: Vec<String> =
-                    params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+                let unrecognized: Vec<String> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 if minor > 0 || !unrecognized.is_empty() {
                     let mut out = BytesMut::new();
                     startup::negotiate_protocol_version(&mut out, &unrecognized);
@@ -81,11 +90,17 @@ pub async fn read_opening(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<
                         return Ok(Opening::Gone);
                     }
                 }
-                let params = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
+                let params = params
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("_pq_."))
+                    .collect();
                 return Ok(Opening::Startup { params });
             }
             Err(e @ StartupError::Unsupported(..)) => {
-                return Err(LoginError::new(sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()))
+                return Err(LoginError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    e.to_string(),
+                ))
             }
             Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
         }
@@ -105,12 +120,19 @@ pub async fn authenticate(
             format!("role \"{user}\" is not configured in pgsplit"),
         ));
     };
-    let failed = || LoginError::new(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""));
+    let failed = || {
+        LoginError::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
     let mut out = BytesMut::new();
     match cfg.auth {
         AuthMethod::Trust => Ok(()),
         AuthMethod::Md5 => {
-            let Some(password) = cfg.password.as_deref() else { return Err(failed()) };
+            let Some(password) = cfg.password.as_deref() else {
+                return Err(failed());
+            };
             let salt = md5::random_salt();
             messages::authentication(&mut out, messages::AUTH_MD5, &salt);
             send(socket, &out).await?;
@@ -123,21 +145,36 @@ pub async fn authenticate(
             }
         }
         AuthMethod::ScramSha256 => {
-            let Some(verifier) = shared.verifiers.get(user) else { return Err(failed()) };
+            let Some(verifier) = shared.verifiers.get(user) else {
+                return Err(failed());
+            };
             let mut scram = ScramServer::new(verifier.clone());
             messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);
             send(socket, &out).await?;
             // SASLInitialResponse: mechanism, length-prefixed client-first-message.
             let body = read_password(socket, buf).await?;
-            let (mechanism, mut rest) = read_cstr(&body)
-                .ok_or_else(|| LoginError::new(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"))?;
+            let (mechanism, mut rest) = read_cstr(&body).ok_or_else(|| {
+                LoginError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "malformed SASLInitialResponse",
+                )
+            })?;
             if rest.len() < 4 {
-                return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"));
+                return Err(LoginError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "malformed SASLInitialResponse",
+                ));
             }
             let n = rest.get_i32();
-            let data = if n < 0 { &[][..] } else { rest.get(..n as usize).unwrap_or(rest) };
+            let data = if n < 0 {
+                &[][..]
+            } else {
+                rest.get(..n as usize).unwrap_or(rest)
+            };
             let mechanism = std::str::from_utf8(mechanism).unwrap_or("");
-            let server_first = scram.client_first(mechanism, data).map_err(|e| auth_error(e, user))?;
+            let server_first = scram
+                .client_first(mechanism, data)
+                .map_err(|e| auth_error(e, user))?;
             out.clear();
             messages::authentication(&mut out, messages::AUTH_SASL_CONTINUE, &server_first);
             send(socket, &out).await?;
@@ -153,9 +190,10 @@ pub async fn authenticate(
 
 fn auth_error(e: crate::auth::AuthError, user: &str) -> LoginError {
     match e {
-        crate::auth::AuthError::Failed => {
-            LoginError::new(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
-        }
+        crate::auth::AuthError::Failed => LoginError::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ),
         crate::auth::AuthError::UnsupportedMechanism(m) => LoginError::new(
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             format!("client selected an invalid SASL authentication mechanism \"{m}\""),
@@ -165,21 +203,29 @@ fn auth_error(e: crate::auth::AuthError, user: &str) -> LoginError {
 }
 
 async fn send(socket: &mut TcpStream, out: &[u8]) -> Result<(), LoginError> {
-    socket
-        .write_all(out)
-        .await
-        .map_err(|e| LoginError::new(sqlstate::CONNECTION_FAILURE, format!("client connection lost: {e}")))
+    socket.write_all(out).await.map_err(|e| {
+        LoginError::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!("client connection lost: {e}"),
+        )
+    })
 }
 
 /// Reads the next message, which must be a password-type message (`p`).
-async fn read_password(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, LoginError> {
+async fn read_password(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, LoginError> {
     loop {
         match Frame::split(buf, MAX_AUTH_MESSAGE) {
             Ok(Some(f)) if f.tag == b'p' => return Ok(f.body),
             Ok(Some(f)) => {
                 return Err(LoginError::new(
                     sqlstate::PROTOCOL_VIOLATION,
-                    format!("expected password response, got message type '{}'", printable(f.tag)),
+                    format!(
+                        "expected password response, got message type '{}'",
+                        printable(f.tag)
+                    ),
                 ))
             }
             Ok(None) => {}
@@ -187,7 +233,10 @@ async fn read_password(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<byt
         }
         match socket.read_buf(buf).await {
             Ok(0) | Err(_) => {
-                return Err(LoginError::new(sqlstate::CONNECTION_FAILURE, "client closed the connection during authentication"))
+                return Err(LoginError::new(
+                    sqlstate::CONNECTION_FAILURE,
+                    "client closed the connection during authentication",
+                ))
             }
             Ok(_) => {}
         }

@@ -18,7 +18,12 @@ use crate::proxy::Shared;
 pub use login::printable;
 
 /// Serves one client connection to the end.
-pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let login_timeout = shared.config.timeouts.client_login;
     let opened = tokio::time::timeout(login_timeout, async {
@@ -26,12 +31,19 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr,
         let params = match opening {
             login::Opening::Startup { params } => params,
             login::Opening::Cancel { pid, secret } => {
-                shared.cancels.cancel(pid, secret, shared.config.timeouts.server_connect).await;
+                shared
+                    .cancels
+                    .cancel(pid, secret, shared.config.timeouts.server_connect)
+                    .await;
                 return Ok(None);
             }
             login::Opening::Gone => return Ok(None),
         };
-        let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.clone()).unwrap_or_default();
+        let user = params
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         if user.is_empty() {
             return Err(login::LoginError {
                 code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -63,26 +75,45 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, peer: SocketAddr,
             return;
         }
         Err(_) => {
-            login::fatal(&mut socket, sqlstate::PROTOCOL_VIOLATION, "client did not finish logging in in time").await;
+            login::fatal(
+                &mut socket,
+                sqlstate::PROTOCOL_VIOLATION,
+                "client did not finish logging in in time",
+            )
+            .await;
             return;
         }
     };
     let Some(pools) = shared.pools(&user, &database) else {
-        login::fatal(&mut socket, sqlstate::INVALID_CATALOG_NAME, "unknown user or database").await;
+        login::fatal(
+            &mut socket,
+            sqlstate::INVALID_CATALOG_NAME,
+            "unknown user or database",
+        )
+        .await;
         return;
     };
-    let mut s = session::Session::new(shared, socket, peer, buf, user, database, params, pools, stop);
+    let mut s = session::Session::new(
+        shared, socket, peer, buf, user, database, params, pools, stop,
+    );
     s.run().await;
 }
 
 /// Reads a client's startup packet, then refuses it with a FATAL error (used when over the client limit).
 pub async fn reject(shared: Arc<Shared>, mut socket: TcpStream, code: &str, message: &str) {
     let mut buf = BytesMut::new();
-    let opened = tokio::time::timeout(shared.config.timeouts.client_login, login::read_opening(&mut socket, &mut buf)).await;
+    let opened = tokio::time::timeout(
+        shared.config.timeouts.client_login,
+        login::read_opening(&mut socket, &mut buf),
+    )
+    .await;
     match opened {
         Ok(Ok(login::Opening::Startup { .. })) => login::fatal(&mut socket, code, message).await,
         Ok(Ok(login::Opening::Cancel { pid, secret })) => {
-            shared.cancels.cancel(pid, secret, shared.config.timeouts.server_connect).await
+            shared
+                .cancels
+                .cancel(pid, secret, shared.config.timeouts.server_connect)
+                .await
         }
         _ => {}
     }

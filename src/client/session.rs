@@ -37,7 +37,11 @@ const BUFFER_LIMIT: usize = 256 * 1024;
 #[derive(Debug)]
 enum Expect {
     /// A Parse: `swallow` for Parses pgsplit injected; `created` when it makes a new server statement.
-    Parse { name: Bytes, swallow: bool, created: bool },
+    Parse {
+        name: Bytes,
+        swallow: bool,
+        created: bool,
+    },
     /// A Close: `swallow` for Closes pgsplit injected.
     Close { swallow: bool },
     /// A Sync or simple Query: answered by ReadyForQuery.
@@ -55,6 +59,9 @@ struct Held {
     unsynced: bool,
     /// Bytes of a large server frame still to relay as they come.
     pass: usize,
+    /// `pending` right after the last Execute or Query: Syncs forwarded after it, before the client ends a
+    /// COPY FROM STDIN it started, are ignored by the server and get no ReadyForQuery.
+    pending_at_execute: usize,
 }
 
 impl Held {
@@ -185,8 +192,10 @@ impl Session {
                 }
                 Err(Checkout::Server(frame)) => {
                     // The server refused this client's settings (e.g. a bad client_encoding): refuse the login.
-                    let msg = messages::error_field(&frame.body, b'M').unwrap_or("invalid startup parameter");
-                    let code = messages::error_field(&frame.body, b'C').unwrap_or(sqlstate::PROTOCOL_VIOLATION);
+                    let msg = messages::error_field(&frame.body, b'M')
+                        .unwrap_or("invalid startup parameter");
+                    let code = messages::error_field(&frame.body, b'C')
+                        .unwrap_or(sqlstate::PROTOCOL_VIOLATION);
                     self.queue_error(Severity::Fatal, code, msg);
                     return Err(End::Fatal);
                 }
@@ -194,7 +203,8 @@ impl Session {
             }
         }
         let Some(held) = self.held.as_ref() else {
-            let msg = last_error.map_or_else(|| "no server is available".to_string(), |e| e.to_string());
+            let msg =
+                last_error.map_or_else(|| "no server is available".to_string(), |e| e.to_string());
             self.queue_error(Severity::Fatal, sqlstate::CANNOT_CONNECT_NOW, &msg);
             return Err(End::Fatal);
         };
@@ -220,12 +230,20 @@ impl Session {
             }
             self.maybe_release();
             if self.held.is_none() && self.stalled.is_none() && *self.stop.borrow() {
-                self.queue_error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "terminating connection: pgsplit is shutting down");
+                self.queue_error(
+                    Severity::Fatal,
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection: pgsplit is shutting down",
+                );
                 return End::Fatal;
             }
             match self.wait().await {
-                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) | Event::ClientWrote(Err(_)) => return End::ClientGone,
-                Event::ClientRead(Ok(_)) | Event::ClientWrote(Ok(_)) | Event::ServerWrote(Ok(_)) => {}
+                Event::ClientRead(Ok(0))
+                | Event::ClientRead(Err(_))
+                | Event::ClientWrote(Err(_)) => return End::ClientGone,
+                Event::ClientRead(Ok(_))
+                | Event::ClientWrote(Ok(_))
+                | Event::ServerWrote(Ok(_)) => {}
                 Event::ServerRead(Ok(0)) => {
                     if let Err(end) = self.server_lost("the server closed the connection") {
                         return end;
@@ -256,8 +274,19 @@ impl Session {
 
     /// Waits for the next I/O event on either side.
     async fn wait(&mut self) -> Event {
-        let Session { client, crbuf, cout, sout, held, stop, stalled, shared, .. } = self;
-        let read_client = stalled.is_none() && crbuf.len() < BUFFER_LIMIT && sout.len() < BUFFER_LIMIT;
+        let Session {
+            client,
+            crbuf,
+            cout,
+            sout,
+            held,
+            stop,
+            stalled,
+            shared,
+            ..
+        } = self;
+        let read_client =
+            stalled.is_none() && crbuf.len() < BUFFER_LIMIT && sout.len() < BUFFER_LIMIT;
         let idle = shared.config.timeouts.client_idle;
         let watch_idle = held.is_none() && !idle.is_zero();
         let has_server = held.is_some();
@@ -354,7 +383,11 @@ impl Session {
                     messages::empty(&mut self.cout, b'3');
                     return Ok(None);
                 }
-                let decision = if kind == b'S' { self.statement_decision(name) } else { write_decision() };
+                let decision = if kind == b'S' {
+                    self.statement_decision(name)
+                } else {
+                    write_decision()
+                };
                 self.start_unit(frame, decision).await
             }
             b'E' | b'F' => self.start_unit(frame, write_decision()).await,
@@ -380,13 +413,18 @@ impl Session {
 
     /// The decision for a message that uses a prepared statement: the statement's, or the primary when unknown.
     fn statement_decision(&self, name: &[u8]) -> Decision {
-        self.statements.get(name).map_or_else(write_decision, |s| s.decision)
+        self.statements
+            .get(name)
+            .map_or_else(write_decision, |s| s.decision)
     }
 
     /// Places a routable frame on a server (acquiring one if needed) and forwards it.
     async fn start_unit(&mut self, frame: Frame, decision: Decision) -> Result<Option<Frame>, End> {
         if decision.pins && !self.keep_servers {
-            tracing::debug!(client = self.id, "statement pins the client to its server connections");
+            tracing::debug!(
+                client = self.id,
+                "statement pins the client to its server connections"
+            );
             self.keep_servers = true;
         }
         match self.placement(decision.route) {
@@ -403,7 +441,9 @@ impl Session {
     }
 
     fn placement(&self, route: Route) -> Placement {
-        let Some(h) = &self.held else { return Placement::Route };
+        let Some(h) = &self.held else {
+            return Placement::Route;
+        };
         if h.unsynced || (h.pending == 0 && h.in_transaction()) {
             return Placement::Held;
         }
@@ -453,7 +493,9 @@ impl Session {
         let router = &self.shared.router;
         let mut target = match route {
             Route::Write => Target::Primary,
-            Route::Read => router.pick_read(None).map_or(Target::Primary, Target::Replica),
+            Route::Read => router
+                .pick_read(None)
+                .map_or(Target::Primary, Target::Replica),
         };
         let mut tried_replica = None;
         let conn = loop {
@@ -470,7 +512,9 @@ impl Session {
                             target = Target::Primary;
                         } else {
                             tried_replica = Some(i);
-                            target = router.pick_read(Some(i)).map_or(Target::Primary, Target::Replica);
+                            target = router
+                                .pick_read(Some(i))
+                                .map_or(Target::Primary, Target::Replica);
                         }
                     }
                     _ => {
@@ -480,9 +524,18 @@ impl Session {
                 },
             }
         };
-        let mut held = Held { conn, target, expect: VecDeque::new(), pending: 0, unsynced: false, pass: 0 };
+        let mut held = Held {
+            conn,
+            target,
+            expect: VecDeque::new(),
+            pending: 0,
+            unsynced: false,
+            pass: 0,
+            pending_at_execute: 0,
+        };
         self.sync_params(&mut held).await?;
-        self.cancel.set(held.conn.address.clone(), held.conn.backend_key);
+        self.cancel
+            .set(held.conn.address.clone(), held.conn.backend_key);
         Ok(held)
     }
 
@@ -505,14 +558,25 @@ impl Session {
         let mut sql = String::new();
         for (name, value) in &self.params {
             let current = conn.applied.get(name).or_else(|| {
-                conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+                conn.params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
             });
             if current != Some(value) {
-                sql.push_str(&format!("SET {} TO {};", quote_ident(name), quote_literal(value)));
+                sql.push_str(&format!(
+                    "SET {} TO {};",
+                    quote_ident(name),
+                    quote_literal(value)
+                ));
             }
         }
-        let stale: Vec<String> =
-            conn.applied.keys().filter(|k| !self.params.iter().any(|(n, _)| n == *k)).cloned().collect();
+        let stale: Vec<String> = conn
+            .applied
+            .keys()
+            .filter(|k| !self.params.iter().any(|(n, _)| n == *k))
+            .cloned()
+            .collect();
         for name in &stale {
             sql.push_str(&format!("RESET {};", quote_ident(name)));
         }
@@ -539,7 +603,9 @@ impl Session {
     fn forward_routed(&mut self, frame: Frame, decision: Decision) -> Result<(), End> {
         match frame.tag {
             b'P' => {
-                let Some(view) = ParseView::decode(&frame.body) else { return Err(self.violation("invalid Parse")) };
+                let Some(view) = ParseView::decode(&frame.body) else {
+                    return Err(self.violation("invalid Parse"));
+                };
                 let (stmt, created) = self.statements.parse(self.id, &view, decision);
                 if stmt.server_name.is_empty() {
                     if let Some(h) = self.held.as_mut() {
@@ -556,7 +622,9 @@ impl Session {
                 }
             }
             b'B' => {
-                let Some(view) = BindView::decode(&frame.body) else { return Err(self.violation("invalid Bind")) };
+                let Some(view) = BindView::decode(&frame.body) else {
+                    return Err(self.violation("invalid Bind"));
+                };
                 match self.statements.get(view.statement).cloned() {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
@@ -570,7 +638,11 @@ impl Session {
                 let Some((kind, name)) = messages::target(&frame.body) else {
                     return Err(self.violation("invalid Describe or Close"));
                 };
-                let stmt = if kind == b'S' { self.statements.get(name).cloned() } else { None };
+                let stmt = if kind == b'S' {
+                    self.statements.get(name).cloned()
+                } else {
+                    None
+                };
                 match stmt {
                     Some(stmt) if frame.tag == b'D' => {
                         self.ensure_prepared(&stmt);
@@ -587,6 +659,9 @@ impl Session {
                             }
                         }
                         messages::target_message(&mut self.sout, b'C', b'S', &stmt.server_name);
+                        if let Some(h) = self.held.as_mut() {
+                            h.expect.push_back(Expect::Close { swallow: false });
+                        }
                         self.note_sent(b'C');
                     }
                     None => self.forward(&frame),
@@ -602,7 +677,9 @@ impl Session {
         let cap = self.shared.config.pools.prepared_statements_per_server;
         let Some(h) = self.held.as_mut() else { return };
         while h.conn.prepared.len() >= cap {
-            let Some(victim) = h.conn.prepared.lru_victim(b"") else { break };
+            let Some(victim) = h.conn.prepared.lru_victim(b"") else {
+                break;
+            };
             h.conn.prepared.remove(&victim);
             messages::close(&mut self.sout, b'S', &victim);
             h.expect.push_back(Expect::Close { swallow: true });
@@ -626,11 +703,19 @@ impl Session {
 
     fn send_parse(&mut self, stmt: &Statement, swallow: bool, created: bool) {
         let Some(h) = self.held.as_mut() else { return };
-        Frame { tag: b'P', body: stmt.parse.clone() }.encode(&mut self.sout);
+        Frame {
+            tag: b'P',
+            body: stmt.parse.clone(),
+        }
+        .encode(&mut self.sout);
         if created {
             h.conn.prepared.insert(&stmt.server_name);
         }
-        h.expect.push_back(Expect::Parse { name: stmt.server_name.clone(), swallow, created });
+        h.expect.push_back(Expect::Parse {
+            name: stmt.server_name.clone(),
+            swallow,
+            created,
+        });
         h.unsynced = true;
     }
 
@@ -656,16 +741,42 @@ impl Session {
                 h.pending += 1;
                 h.expect.push_back(Expect::Sync);
                 h.unsynced = false;
+                if tag == b'Q' {
+                    h.pending_at_execute = h.pending;
+                }
             }
-            b'd' | b'c' | b'f' => {}
+            b'E' => {
+                h.unsynced = true;
+                h.pending_at_execute = h.pending;
+            }
+            b'c' | b'f' => {
+                // The client ends a COPY FROM STDIN: Syncs it sent during the copy were ignored by the server.
+                while h.pending > h.pending_at_execute
+                    && matches!(h.expect.back(), Some(Expect::Sync))
+                {
+                    h.expect.pop_back();
+                    h.pending -= 1;
+                }
+            }
+            b'd' => {}
             _ => h.unsynced = true,
         }
     }
 
     /// Relays complete server frames (and the available part of large rows) to the client.
     fn relay_server(&mut self) -> Result<(), End> {
-        let Some(h) = self.held.as_mut() else { return Ok(()) };
-        let ServerConn { rbuf: buf, status, prepared, params, applied, unnamed_owner, .. } = &mut *h.conn;
+        let Some(h) = self.held.as_mut() else {
+            return Ok(());
+        };
+        let ServerConn {
+            rbuf: buf,
+            status,
+            prepared,
+            params,
+            applied,
+            unnamed_owner,
+            ..
+        } = &mut *h.conn;
         let mut pos = 0usize;
         let mut lost: Option<String> = None;
         loop {
@@ -706,7 +817,11 @@ impl Session {
                         match e {
                             Expect::Sync => break,
                             // Not answered before the Sync: failed or skipped after an error.
-                            Expect::Parse { name, created: true, .. } => prepared.remove(&name),
+                            Expect::Parse {
+                                name,
+                                created: true,
+                                ..
+                            } => prepared.remove(&name),
                             _ => {}
                         }
                     }
@@ -726,7 +841,9 @@ impl Session {
                     }
                 },
                 b'S' => {
-                    if let Some((name, value)) = messages::parameter_status_view(&rest[HEADER_LEN..total]) {
+                    if let Some((name, value)) =
+                        messages::parameter_status_view(&rest[HEADER_LEN..total])
+                    {
                         let lower = name.to_ascii_lowercase();
                         params.insert(name.to_string(), value.to_string());
                         // The client changed a reported setting: it is now part of its session (and must be
@@ -740,8 +857,12 @@ impl Session {
                 }
                 b'E' => {
                     let body = &rest[HEADER_LEN..total];
-                    if matches!(messages::error_field(body, b'S'), Some("FATAL") | Some("PANIC")) {
-                        let detail = messages::error_field(body, b'M').unwrap_or("fatal server error");
+                    if matches!(
+                        messages::error_field(body, b'S'),
+                        Some("FATAL") | Some("PANIC")
+                    ) {
+                        let detail =
+                            messages::error_field(body, b'M').unwrap_or("fatal server error");
                         lost = Some(detail.to_string());
                         break;
                     }
@@ -781,7 +902,12 @@ impl Session {
     /// sent to it has been answered and it is outside a transaction.
     fn maybe_release(&mut self) {
         let Some(h) = &self.held else { return };
-        if h.pending > 0 || h.unsynced || h.pass > 0 || h.in_transaction() || !h.conn.rbuf.is_empty() {
+        if h.pending > 0
+            || h.unsynced
+            || h.pass > 0
+            || h.in_transaction()
+            || !h.conn.rbuf.is_empty()
+        {
             return;
         }
         if !self.sout.is_empty() {
@@ -798,7 +924,9 @@ impl Session {
 
     /// The held server failed: drop it and tell the client. Inside a transaction the client cannot go on.
     fn server_lost(&mut self, detail: &str) -> Result<(), End> {
-        let Some(h) = self.held.take() else { return Ok(()) };
+        let Some(h) = self.held.take() else {
+            return Ok(());
+        };
         self.cancel.clear();
         self.sout.clear();
         let backend = self.shared.router.backend(h.target).clone();
@@ -811,10 +939,18 @@ impl Session {
         let (pending, unsynced) = (h.pending, h.unsynced);
         drop(h);
         if in_transaction {
-            self.queue_error(Severity::Fatal, sqlstate::CONNECTION_FAILURE, &err.to_string());
+            self.queue_error(
+                Severity::Fatal,
+                sqlstate::CONNECTION_FAILURE,
+                &err.to_string(),
+            );
             return Err(End::Fatal);
         }
-        self.queue_error(Severity::Error, sqlstate::CONNECTION_FAILURE, &err.to_string());
+        self.queue_error(
+            Severity::Error,
+            sqlstate::CONNECTION_FAILURE,
+            &err.to_string(),
+        );
         for _ in 0..pending {
             messages::ready_for_query(&mut self.cout, b'I');
         }
@@ -831,19 +967,30 @@ impl Session {
         for mut h in all {
             if h.pending == 0 && !h.unsynced && h.pass == 0 && h.conn.rbuf.is_empty() {
                 if h.in_transaction() {
-                    let rolled_back = tokio::time::timeout(Duration::from_secs(2), h.conn.run_internal("ROLLBACK")).await;
+                    let rolled_back = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        h.conn.run_internal("ROLLBACK"),
+                    )
+                    .await;
                     if !matches!(rolled_back, Ok(Ok(None))) {
                         continue; // dropped: closed
                     }
                 }
                 if self.keep_servers {
                     // Session state (prepared statements, temp tables, LISTEN) must not reach another client.
-                    match tokio::time::timeout(Duration::from_secs(2), h.conn.run_internal("DISCARD ALL")).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        h.conn.run_internal("DISCARD ALL"),
+                    )
+                    .await
+                    {
                         Ok(Ok(None)) => {
                             h.conn.prepared.clear();
                             h.conn.unnamed_owner = None;
                             h.conn.applied.clear();
-                            h.conn.applied.insert("application_name".into(), String::new());
+                            h.conn
+                                .applied
+                                .insert("application_name".into(), String::new());
                         }
                         _ => continue,
                     }
@@ -889,7 +1036,11 @@ impl From<Error> for Checkout {
 }
 
 fn write_decision() -> Decision {
-    Decision { route: Route::Write, reason: Reason::WriteStatement, pins: false }
+    Decision {
+        route: Route::Write,
+        reason: Reason::WriteStatement,
+        pins: false,
+    }
 }
 
 /// The startup parameters carried to server connections, with `options` (`-c name=value`) expanded.
@@ -911,7 +1062,11 @@ fn session_params(startup: &[(String, String)]) -> Vec<(String, String)> {
             "options" => {
                 let mut words = v.split_whitespace();
                 while let Some(w) = words.next() {
-                    let setting = if w == "-c" { words.next() } else { w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) };
+                    let setting = if w == "-c" {
+                        words.next()
+                    } else {
+                        w.strip_prefix("-c").or_else(|| w.strip_prefix("--"))
+                    };
                     if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
                         push(&name.replace('-', "_"), value);
                     }
@@ -924,7 +1079,10 @@ fn session_params(startup: &[(String, String)]) -> Vec<(String, String)> {
 }
 
 fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
 fn quote_ident(name: &str) -> String {
@@ -955,7 +1113,10 @@ mod tests {
         let p = session_params(&[
             ("user".into(), "u".into()),
             ("application_name".into(), "psql".into()),
-            ("options".into(), "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".into()),
+            (
+                "options".into(),
+                "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".into(),
+            ),
             ("bad;name".into(), "x".into()),
         ]);
         assert_eq!(

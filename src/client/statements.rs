@@ -32,7 +32,12 @@ pub struct Statements {
 impl Statements {
     /// Records a Parse; returns the statement as it must be prepared on the server. For a name the client
     /// already uses, returns the existing statement and `false` (the server then reports the duplicate).
-    pub fn parse(&mut self, client_id: u64, view: &ParseView<'_>, decision: Decision) -> (Statement, bool) {
+    pub fn parse(
+        &mut self,
+        client_id: u64,
+        view: &ParseView<'_>,
+        decision: Decision,
+    ) -> (Statement, bool) {
         self.seq += 1;
         if view.name.is_empty() {
             let s = Statement {
@@ -48,8 +53,14 @@ impl Statements {
             return (existing.clone(), false);
         }
         let server_name = Bytes::from(format!("pgsplit_{client_id}_{}", self.seq));
-        let s = Statement { parse: encode_parse(&server_name, view), server_name, decision, generation: self.seq };
-        self.named.insert(Bytes::copy_from_slice(view.name), s.clone());
+        let s = Statement {
+            parse: encode_parse(&server_name, view),
+            server_name,
+            decision,
+            generation: self.seq,
+        };
+        self.named
+            .insert(Bytes::copy_from_slice(view.name), s.clone());
         (s, true)
     }
 

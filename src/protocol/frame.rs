@@ -41,7 +41,11 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
         return Err(FrameError::TooShort(len, buf[0] as char));
     }
     if len as usize > max {
-        return Err(FrameError::TooLong { tag: buf[0] as char, len, max });
+        return Err(FrameError::TooLong {
+            tag: buf[0] as char,
+            len,
+            max,
+        });
     }
     let total = len as usize + 1;
     Ok((buf.len() >= total).then_some(total))
@@ -56,7 +60,10 @@ impl Frame {
         let mut raw = buf.split_to(total);
         let tag = raw[0];
         raw.advance(HEADER_LEN);
-        Ok(Some(Frame { tag, body: raw.freeze() }))
+        Ok(Some(Frame {
+            tag,
+            body: raw.freeze(),
+        }))
     }
 
     /// Appends the frame, header included, to `out`.
@@ -93,13 +100,22 @@ mod tests {
 
     #[test]
     fn bad_lengths_are_errors() {
-        assert!(matches!(check(b"Q\0\0\0\x03", 1024), Err(FrameError::TooShort(3, 'Q'))));
-        assert!(matches!(check(b"Q\x7f\xff\xff\xff", 1024), Err(FrameError::TooLong { .. })));
+        assert!(matches!(
+            check(b"Q\0\0\0\x03", 1024),
+            Err(FrameError::TooShort(3, 'Q'))
+        ));
+        assert!(matches!(
+            check(b"Q\x7f\xff\xff\xff", 1024),
+            Err(FrameError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn encode_round_trips() {
-        let f = Frame { tag: b'X', body: Bytes::new() };
+        let f = Frame {
+            tag: b'X',
+            body: Bytes::new(),
+        };
         let mut out = BytesMut::new();
         f.encode(&mut out);
         assert_eq!(&out[..], b"X\0\0\0\x04");

@@ -47,7 +47,12 @@ impl Severity {
 /// Appends an ErrorResponse with severity, SQLSTATE and message.
 pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
     let at = begin(out, b'E');
-    for (field, value) in [(b'S', severity.as_str()), (b'V', severity.as_str()), (b'C', code), (b'M', message)] {
+    for (field, value) in [
+        (b'S', severity.as_str()),
+        (b'V', severity.as_str()),
+        (b'C', code),
+        (b'M', message),
+    ] {
         out.put_u8(field);
         put_cstr(out, value.as_bytes());
     }
@@ -65,7 +70,12 @@ pub fn error_bytes(severity: Severity, code: &str, message: &str) -> Bytes {
 /// Appends a NoticeResponse (severity NOTICE).
 pub fn notice_response(out: &mut BytesMut, code: &str, message: &str) {
     let at = begin(out, b'N');
-    for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', code), (b'M', message)] {
+    for (field, value) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', code),
+        (b'M', message),
+    ] {
         out.put_u8(field);
         put_cstr(out, value.as_bytes());
     }
@@ -193,7 +203,11 @@ impl<'a> ParseView<'a> {
         if param_types.len() != 2 + 4 * n {
             return None;
         }
-        Some(ParseView { name, query, param_types })
+        Some(ParseView {
+            name,
+            query,
+            param_types,
+        })
     }
 }
 
@@ -213,7 +227,11 @@ impl<'a> BindView<'a> {
     pub fn decode(body: &'a [u8]) -> Option<Self> {
         let (portal, rest) = read_cstr(body)?;
         let (statement, rest) = read_cstr(rest)?;
-        Some(BindView { portal, statement, rest })
+        Some(BindView {
+            portal,
+            statement,
+            rest,
+        })
     }
 
     /// Appends a Bind with the same portal and parameters but another statement name.
@@ -245,7 +263,10 @@ pub fn target_message(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
 pub fn parameter_status_view(body: &[u8]) -> Option<(&str, &str)> {
     let (name, rest) = read_cstr(body)?;
     let (value, _) = read_cstr(rest)?;
-    Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?))
+    Some((
+        std::str::from_utf8(name).ok()?,
+        std::str::from_utf8(value).ok()?,
+    ))
 }
 
 /// One field of an ErrorResponse or NoticeResponse body (`C` for SQLSTATE, `M` for message, …).
@@ -272,12 +293,20 @@ mod tests {
     #[test]
     fn error_response_has_fields() {
         let mut out = BytesMut::new();
-        error_response(&mut out, Severity::Fatal, "28P01", "password authentication failed");
+        error_response(
+            &mut out,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed",
+        );
         let f = Frame::split(&mut out, 1 << 20).unwrap().unwrap();
         assert_eq!(f.tag, b'E');
         assert_eq!(error_field(&f.body, b'C'), Some("28P01"));
         assert_eq!(error_field(&f.body, b'S'), Some("FATAL"));
-        assert_eq!(error_field(&f.body, b'M'), Some("password authentication failed"));
+        assert_eq!(
+            error_field(&f.body, b'M'),
+            Some("password authentication failed")
+        );
     }
 
     #[test]

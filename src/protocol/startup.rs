@@ -19,7 +19,10 @@ pub const CANCEL_REQUEST: u32 = 80_877_102;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Startup {
     /// StartupMessage: protocol minor version and parameters in order.
-    Startup { minor: u16, params: Vec<(String, String)> },
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
     /// SSLRequest.
     Ssl,
     /// GSSENCRequest.
@@ -77,16 +80,20 @@ pub fn decode(packet: &[u8]) -> Result<Startup, StartupError> {
             let mut params = Vec::new();
             let mut rest = body;
             loop {
-                let (name, after) = read_cstr(rest).ok_or(StartupError::Malformed("missing terminator"))?;
+                let (name, after) =
+                    read_cstr(rest).ok_or(StartupError::Malformed("missing terminator"))?;
                 if name.is_empty() {
                     if !after.is_empty() {
                         return Err(StartupError::Malformed("bytes after the terminator"));
                     }
                     break;
                 }
-                let (value, after) = read_cstr(after).ok_or(StartupError::Malformed("parameter without value"))?;
-                let name = String::from_utf8(name.to_vec()).map_err(|_| StartupError::Malformed("non-UTF-8 name"))?;
-                let value = String::from_utf8(value.to_vec()).map_err(|_| StartupError::Malformed("non-UTF-8 value"))?;
+                let (value, after) =
+                    read_cstr(after).ok_or(StartupError::Malformed("parameter without value"))?;
+                let name = String::from_utf8(name.to_vec())
+                    .map_err(|_| StartupError::Malformed("non-UTF-8 name"))?;
+                let value = String::from_utf8(value.to_vec())
+                    .map_err(|_| StartupError::Malformed("non-UTF-8 value"))?;
                 params.push((name, value));
                 rest = after;
             }
@@ -147,14 +154,23 @@ mod tests {
         let s = decode(&out).unwrap();
         assert_eq!(
             s,
-            Startup::Startup { minor: 0, params: vec![("user".into(), "app".into()), ("database".into(), "db".into())] }
+            Startup::Startup {
+                minor: 0,
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
+            }
         );
     }
 
     #[test]
     fn rejects_v2_and_bad_lengths() {
         assert_eq!(check(&[0, 0, 0, 3]), Err(StartupError::BadLength(3)));
-        assert_eq!(check(&[0x7f, 0xff, 0xff, 0xff]), Err(StartupError::BadLength(0x7fff_ffff)));
+        assert_eq!(
+            check(&[0x7f, 0xff, 0xff, 0xff]),
+            Err(StartupError::BadLength(0x7fff_ffff))
+        );
         let v2 = [0, 0, 0, 8, 0, 2, 0, 0];
         assert_eq!(decode(&v2), Err(StartupError::Unsupported(2, 0)));
         let mut c = BytesMut::new();

@@ -1,0 +1,145 @@
+//! Test harness: one real local cluster (primary + 2 streaming replicas) per test binary, and pgsplit proxies
+//! running on a background runtime in front of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use pgsplit::cluster::{Cluster, ClusterOptions};
+use pgsplit::config::Config;
+use pgsplit::proxy::Proxy;
+use tokio_postgres::{Client, NoTls};
+
+/// The shared cluster and the default proxy in front of it.
+pub struct Env {
+    pub cluster: Cluster,
+    pub proxy: SocketAddr,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("proxy runtime")
+    })
+}
+
+/// Users the cluster and proxies know: (client name, password, auth method through pgsplit).
+pub const APP: (&str, &str) = ("app", "app-secret");
+pub const MD5: (&str, &str) = ("md5client", "md5-secret");
+pub const TRUST: (&str, &str) = ("trustclient", "");
+
+/// The shared environment, started on first use.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("PGSPLIT_LOG").unwrap_or_else(|_| "warn".into())).try_init();
+        let cluster = Cluster::start(ClusterOptions {
+            replicas: 2,
+            hba: vec![
+                "host all app 127.0.0.1/32 scram-sha-256".into(),
+                "host all md5user 127.0.0.1/32 md5".into(),
+            ],
+            setup_sql: vec![
+                "CREATE ROLE app LOGIN PASSWORD 'app-secret'".into(),
+                "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5-server-secret'".into(),
+                "CREATE DATABASE app OWNER app".into(),
+            ],
+            ..ClusterOptions::default()
+        })
+        .expect("start the local cluster");
+        let proxy = spawn_proxy(config(&cluster, 8, 8, ""));
+        Env { cluster, proxy }
+    })
+}
+
+/// A pgsplit configuration in front of the cluster; `extra` is appended at top level (before tables).
+pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &str) -> Config {
+    let mut toml = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n\
+         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        cluster.primary().port
+    );
+    for r in cluster.replicas() {
+        toml.push_str(&format!(
+            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            r.name, r.port
+        ));
+    }
+    toml.push_str(&format!(
+        "[pools]\nwrite_pool_size = {write_pool}\nread_pool_size = {read_pool}\n\
+         [timeouts]\npool_wait = \"20s\"\n\
+         [[databases]]\nname = \"app\"\n\
+         [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\
+         [[users]]\nname = \"md5client\"\npassword = \"md5-secret\"\nauth = \"md5\"\nserver_user = \"md5user\"\nserver_password = \"md5-server-secret\"\n\
+         [[users]]\nname = \"trustclient\"\nauth = \"trust\"\nserver_user = \"postgres\"\n"
+    ));
+    Config::from_toml_str(&toml, "<test>").expect("test config")
+}
+
+/// Starts a proxy on the background runtime; returns its address.
+pub fn spawn_proxy(config: Config) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime().spawn(async move {
+        let proxy = Proxy::bind(config).await.expect("bind proxy");
+        tx.send(proxy.local_addr().expect("addr"))
+            .expect("send addr");
+        proxy.run(std::future::pending()).await;
+    });
+    rx.recv().expect("proxy address")
+}
+
+/// A connection string through `proxy`.
+pub fn url(proxy: SocketAddr, user: (&str, &str)) -> String {
+    format!(
+        "postgres://{}:{}@{}:{}/app",
+        user.0,
+        user.1,
+        proxy.ip(),
+        proxy.port()
+    )
+}
+
+/// A tokio-postgres client through `proxy`.
+pub async fn connect_to(
+    proxy: SocketAddr,
+    user: (&str, &str),
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&url(proxy, user), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A tokio-postgres client through the default proxy as `app`.
+pub async fn connect() -> Client {
+    connect_to(env().proxy, APP)
+        .await
+        .expect("connect through pgsplit")
+}
+
+/// Port of the server that ran a statement.
+pub async fn server_port(client: &Client, sql: &str) -> u16 {
+    let rows = client.simple_query(sql).await.expect("query");
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).expect("value").parse().expect("port");
+        }
+    }
+    panic!("no row from {sql}");
+}
+
+/// The primary's port.
+pub fn primary_port() -> u16 {
+    env().cluster.primary().port
+}
+
+/// The replicas' ports.
+pub fn replica_ports() -> Vec<u16> {
+    env().cluster.replicas().iter().map(|r| r.port).collect()
+}
