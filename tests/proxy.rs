@@ -265,7 +265,7 @@ async fn two_hundred_clients_share_a_pool_of_four() {
         t.await.expect("join").expect("client completed");
     }
     let n: i64 = setup
-        .query_one("SELECT count(*) FROM many_t", &[])
+        .query_one("/* pgsplit:primary */ SELECT count(*) FROM many_t", &[])
         .await
         .expect("count")
         .get(0);
@@ -302,7 +302,7 @@ async fn a_client_vanishing_mid_transaction_leaves_no_open_transaction() {
     let c = connect().await;
     let n: i64 = c
         .query_one(
-            "SELECT count(*) FROM vanish_t WHERE v = 'never committed'",
+            "/* pgsplit:primary */ SELECT count(*) FROM vanish_t WHERE v = 'never committed'",
             &[],
         )
         .await
@@ -513,4 +513,88 @@ async fn pgbench_runs_with_no_failed_transactions() {
             "pgbench {args:?}: {stdout}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_cancel_with_a_wrong_key_cancels_nothing() {
+    let c = connect().await;
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.7)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::task::spawn_blocking(|| {
+        let mut s = TcpStream::connect(env().proxy).expect("connect");
+        let mut req = 16u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&80877102u32.to_be_bytes());
+        req.extend_from_slice(&12345i32.to_be_bytes());
+        req.extend_from_slice(&67890i32.to_be_bytes());
+        s.write_all(&req).expect("send cancel");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "a cancel request gets no answer");
+    })
+    .await
+    .expect("bogus cancel");
+    sleeper.await.expect("join").expect("the statement was not cancelled");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_killed_is_never_handed_out() {
+    let env = env();
+    let proxy = spawn_proxy(config(&env.cluster, 1, 1, ""));
+    let c = connect_to(proxy, APP).await.expect("connect");
+    let pid = |rows: Vec<SimpleQueryMessage>| -> String {
+        rows.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .expect("pid")
+    };
+    let before = pid(c.simple_query("/* pgsplit:primary */ SELECT pg_backend_pid()").await.expect("pid"));
+    env.cluster
+        .psql("primary", &format!("SELECT pg_terminate_backend({before}, 5000)"))
+        .expect("terminate the pooled server connection");
+    for _ in 0..3 {
+        let after = pid(c.simple_query("/* pgsplit:primary */ SELECT pg_backend_pid()").await.expect("still served"));
+        assert_ne!(after, before, "the dead connection was reused");
+    }
+}
+
+#[tokio::test]
+async fn waiting_for_a_pool_slot_times_out_with_an_error() {
+    let env = env();
+    let mut cfg = config(&env.cluster, 1, 1, "");
+    cfg.timeouts.pool_wait = Duration::from_millis(300);
+    let proxy = spawn_proxy(cfg);
+    let a = connect_to(proxy, APP).await.expect("a");
+    let b = connect_to(proxy, APP).await.expect("b");
+    a.batch_execute("BEGIN; SELECT 1").await.expect("a holds the only write connection");
+    let started = Instant::now();
+    let err = b.batch_execute("/* pgsplit:primary */ SELECT 1").await.expect_err("no slot");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    let msg = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(msg.contains("became free"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    a.batch_execute("COMMIT").await.expect("commit");
+    b.batch_execute("/* pgsplit:primary */ SELECT 1").await.expect("b is served once the slot frees");
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_transactions_finish_and_closes_idle_clients() {
+    let env = env();
+    let proxy = pgsplit::proxy::Proxy::bind(config(&env.cluster, 2, 2, "")).await.expect("bind");
+    let handle = proxy.spawn().expect("spawn");
+    let addr = handle.addr;
+    let busy = connect_to(addr, APP).await.expect("busy client");
+    let idle = connect_to(addr, APP).await.expect("idle client");
+    busy.batch_execute("BEGIN; SELECT 1").await.expect("open transaction");
+    let stopping = tokio::spawn(handle.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert!(connect_to(addr, APP).await.is_err(), "new clients are refused while shutting down");
+    let err = idle.simple_query("SELECT 1").await.expect_err("idle client is closed");
+    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    let row = busy.query_one("SELECT 5::int4", &[]).await.expect("the transaction goes on");
+    assert_eq!(row.get::<_, i32>(0), 5);
+    busy.batch_execute("COMMIT").await.expect("and commits");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown completes").expect("join");
 }
