@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A server address and the backend key of one of its connections.
+type ServerKey = (Arc<str>, (i32, i32));
+
 /// Where a client's current statement runs, if anywhere.
 #[derive(Default)]
 pub struct CancelSlot {
-    current: Mutex<Option<(Arc<str>, (i32, i32))>>,
+    current: Mutex<Option<ServerKey>>,
 }
 
 impl CancelSlot {
@@ -22,7 +25,7 @@ impl CancelSlot {
         *lock(&self.current) = None;
     }
 
-    fn get(&self) -> Option<(Arc<str>, (i32, i32))> {
+    fn get(&self) -> Option<ServerKey> {
         lock(&self.current).clone()
     }
 }

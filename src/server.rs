@@ -348,10 +348,7 @@ impl ServerConn {
             return false;
         }
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     fn io_error(&mut self, e: impl std::fmt::Display) -> Error {

@@ -15,9 +15,17 @@ fn check_config_prints_the_effective_configuration_without_secrets() {
         "[primary]\nhost = \"db\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\npassword = \"hunter2\"\n",
     )
     .expect("write");
-    let out = Command::new(BIN).arg("check-config").arg(&file).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("pool_mode = \"transaction\""), "{stdout}");
     assert!(stdout.contains("write_pool_size"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "a password was printed");
@@ -32,12 +40,19 @@ fn check_config_names_file_line_and_field_on_error() {
         "[primary]\nhost = \"db\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\nauth = \"md5\"\n",
     )
     .expect("write");
-    let out = Command::new(BIN).arg("check-config").arg(&file).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml:"), "{stderr}");
     assert!(stderr.contains("users[0]"), "{stderr}");
-    assert!(stderr.contains(":7") || stderr.contains(":5"), "no line number: {stderr}");
+    assert!(
+        stderr.contains(":7") || stderr.contains(":5"),
+        "no line number: {stderr}"
+    );
 }
 
 #[test]
@@ -58,14 +73,32 @@ fn demo_serves_reads_from_replicas_and_cleans_up_on_ctrl_c() {
         }
     }
     let psql = |url: &str, sql: &str| {
-        let out = Command::new("psql").args(["-X", "-At", url, "-c", sql]).output().expect("psql");
-        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("psql")
+            .args(["-X", "-At", url, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let db = &urls["DATABASE_URL"];
-    assert_eq!(psql(db, "SELECT pg_is_in_recovery()"), "t", "a read through pgsplit ran on a replica");
-    assert!(psql(db, "CREATE TABLE demo_t (a int); INSERT INTO demo_t VALUES (1); SELECT 'ok'").ends_with("ok"));
-    assert_eq!(psql(&urls["PRIMARY_URL"], "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(
+        psql(db, "SELECT pg_is_in_recovery()"),
+        "t",
+        "a read through pgsplit ran on a replica"
+    );
+    assert!(psql(
+        db,
+        "CREATE TABLE demo_t (a int); INSERT INTO demo_t VALUES (1); SELECT 'ok'"
+    )
+    .ends_with("ok"));
+    assert_eq!(
+        psql(&urls["PRIMARY_URL"], "SELECT pg_is_in_recovery()"),
+        "f"
+    );
     let replicas: Vec<&str> = urls["REPLICA_URLS"].split(',').collect();
     assert_eq!(replicas.len(), 2);
     for r in &replicas {
@@ -83,6 +116,9 @@ fn demo_serves_reads_from_replicas_and_cleans_up_on_ctrl_c() {
         assert!(Instant::now() < deadline, "demo did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = Command::new("psql").args(["-X", "-At", &urls["PRIMARY_URL"], "-c", "SELECT 1"]).output().expect("psql");
+    let out = Command::new("psql")
+        .args(["-X", "-At", &urls["PRIMARY_URL"], "-c", "SELECT 1"])
+        .output()
+        .expect("psql");
     assert!(!out.status.success(), "the primary still runs after Ctrl-C");
 }

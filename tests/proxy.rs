@@ -518,7 +518,8 @@ async fn pgbench_runs_with_no_failed_transactions() {
 #[tokio::test]
 async fn a_cancel_with_a_wrong_key_cancels_nothing() {
     let c = connect().await;
-    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.7)").await.map(|_| ()) });
+    let sleeper =
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.7)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(150)).await;
     tokio::task::spawn_blocking(|| {
         let mut s = TcpStream::connect(env().proxy).expect("connect");
@@ -533,7 +534,10 @@ async fn a_cancel_with_a_wrong_key_cancels_nothing() {
     })
     .await
     .expect("bogus cancel");
-    sleeper.await.expect("join").expect("the statement was not cancelled");
+    sleeper
+        .await
+        .expect("join")
+        .expect("the statement was not cancelled");
 }
 
 #[tokio::test]
@@ -549,12 +553,21 @@ async fn a_pooled_connection_the_server_killed_is_never_handed_out() {
             })
             .expect("pid")
     };
-    let before = pid(c.simple_query("/* pgsplit:primary */ SELECT pg_backend_pid()").await.expect("pid"));
+    let before = pid(c
+        .simple_query("/* pgsplit:primary */ SELECT pg_backend_pid()")
+        .await
+        .expect("pid"));
     env.cluster
-        .psql("primary", &format!("SELECT pg_terminate_backend({before}, 5000)"))
+        .psql(
+            "primary",
+            &format!("SELECT pg_terminate_backend({before}, 5000)"),
+        )
         .expect("terminate the pooled server connection");
     for _ in 0..3 {
-        let after = pid(c.simple_query("/* pgsplit:primary */ SELECT pg_backend_pid()").await.expect("still served"));
+        let after = pid(c
+            .simple_query("/* pgsplit:primary */ SELECT pg_backend_pid()")
+            .await
+            .expect("still served"));
         assert_ne!(after, before, "the dead connection was reused");
     }
 }
@@ -567,34 +580,63 @@ async fn waiting_for_a_pool_slot_times_out_with_an_error() {
     let proxy = spawn_proxy(cfg);
     let a = connect_to(proxy, APP).await.expect("a");
     let b = connect_to(proxy, APP).await.expect("b");
-    a.batch_execute("BEGIN; SELECT 1").await.expect("a holds the only write connection");
+    a.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("a holds the only write connection");
     let started = Instant::now();
-    let err = b.batch_execute("/* pgsplit:primary */ SELECT 1").await.expect_err("no slot");
+    let err = b
+        .batch_execute("/* pgsplit:primary */ SELECT 1")
+        .await
+        .expect_err("no slot");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
-    let msg = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
     assert!(msg.contains("became free"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(5));
     a.batch_execute("COMMIT").await.expect("commit");
-    b.batch_execute("/* pgsplit:primary */ SELECT 1").await.expect("b is served once the slot frees");
+    b.batch_execute("/* pgsplit:primary */ SELECT 1")
+        .await
+        .expect("b is served once the slot frees");
 }
 
 #[tokio::test]
 async fn shutdown_lets_running_transactions_finish_and_closes_idle_clients() {
     let env = env();
-    let proxy = pgsplit::proxy::Proxy::bind(config(&env.cluster, 2, 2, "")).await.expect("bind");
+    let proxy = pgsplit::proxy::Proxy::bind(config(&env.cluster, 2, 2, ""))
+        .await
+        .expect("bind");
     let handle = proxy.spawn().expect("spawn");
     let addr = handle.addr;
     let busy = connect_to(addr, APP).await.expect("busy client");
     let idle = connect_to(addr, APP).await.expect("idle client");
-    busy.batch_execute("BEGIN; SELECT 1").await.expect("open transaction");
+    busy.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("open transaction");
     let stopping = tokio::spawn(handle.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    assert!(connect_to(addr, APP).await.is_err(), "new clients are refused while shutting down");
-    let err = idle.simple_query("SELECT 1").await.expect_err("idle client is closed");
-    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
-    let row = busy.query_one("SELECT 5::int4", &[]).await.expect("the transaction goes on");
+    assert!(
+        connect_to(addr, APP).await.is_err(),
+        "new clients are refused while shutting down"
+    );
+    let err = idle
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("idle client is closed");
+    assert!(
+        err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN),
+        "{err}"
+    );
+    let row = busy
+        .query_one("SELECT 5::int4", &[])
+        .await
+        .expect("the transaction goes on");
     assert_eq!(row.get::<_, i32>(0), 5);
     busy.batch_execute("COMMIT").await.expect("and commits");
-    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown completes").expect("join");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes")
+        .expect("join");
 }
