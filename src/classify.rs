@@ -361,6 +361,18 @@ fn fast_path(sql: &str) -> Option<Decision> {
         Some(Decision::write(Reason::TransactionControl))
     } else if is("set") || is("reset") || is("discard") {
         Some(Decision::write(Reason::SessionState))
+    } else if is("table") {
+        // `TABLE name` (sqlparser does not parse it): a read when the rest is just a relation name.
+        let rest = trimmed[word_end..].trim();
+        let plain = !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.\" *".contains(&b));
+        Some(if plain {
+            Decision::read(Reason::ReadOnlyQuery)
+        } else {
+            Decision::write(Reason::Unparseable)
+        })
     } else if is("show") {
         Some(Decision::read(Reason::ReadOnlyQuery))
     } else if is("begin") || is("start") {

@@ -56,13 +56,14 @@ pub async fn serve(
             .map(|(_, v)| v.clone())
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| user.clone());
+        // Authenticate first, as Postgres does, so that database names do not leak to strangers.
+        login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
         if shared.config.database(&database).is_none() {
             return Err(login::LoginError {
                 code: sqlstate::INVALID_CATALOG_NAME,
                 message: format!("database \"{database}\" does not exist"),
             });
         }
-        login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
         Ok(Some((user, database, params)))
     })
     .await;

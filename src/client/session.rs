@@ -68,6 +68,11 @@ impl Held {
     fn in_transaction(&self) -> bool {
         self.conn.status != b'I'
     }
+
+    /// Nothing is in flight on it and no transaction is open.
+    fn is_idle(&self) -> bool {
+        self.pending == 0 && !self.unsynced && self.pass == 0 && !self.in_transaction()
+    }
 }
 
 /// Why the session ended.
@@ -116,6 +121,8 @@ pub struct Session {
     held: Option<Held>,
     parked: Vec<Held>,
     keep_servers: bool,
+    /// The client ran LISTEN: it keeps its primary connection held so notifications reach it while idle.
+    listening: bool,
     statements: Statements,
     /// Session parameters to carry to every server connection (lower-case name, value).
     params: Vec<(String, String)>,
@@ -158,6 +165,7 @@ impl Session {
             held: None,
             parked: Vec::new(),
             keep_servers,
+            listening: false,
             statements: Statements::default(),
             params: session_params(&startup),
             stalled: None,
@@ -218,8 +226,17 @@ impl Session {
         messages::backend_key_data(&mut out, self.key.0, self.key.1);
         messages::ready_for_query(&mut out, b'I');
         self.cout.extend_from_slice(&out);
-        self.maybe_release();
+        // The greeting connection only served to learn the parameters: it goes back to the pool.
+        if let Some(h) = self.held.take() {
+            self.cancel.clear();
+            h.conn.release();
+        }
         Ok(())
+    }
+
+    /// Between units of work: nothing in flight for this client.
+    fn is_idle(&self) -> bool {
+        self.stalled.is_none() && self.held.as_ref().is_none_or(Held::is_idle)
     }
 
     /// The message loop.
@@ -229,7 +246,7 @@ impl Session {
                 return end;
             }
             self.maybe_release();
-            if self.held.is_none() && self.stalled.is_none() && *self.stop.borrow() {
+            if self.is_idle() && *self.stop.borrow() {
                 self.queue_error(
                     Severity::Fatal,
                     sqlstate::ADMIN_SHUTDOWN,
@@ -288,7 +305,8 @@ impl Session {
         let read_client =
             stalled.is_none() && crbuf.len() < BUFFER_LIMIT && sout.len() < BUFFER_LIMIT;
         let idle = shared.config.timeouts.client_idle;
-        let watch_idle = held.is_none() && !idle.is_zero();
+        let idle_between_units = held.as_ref().is_none_or(Held::is_idle) && stalled.is_none();
+        let watch_idle = idle_between_units && !idle.is_zero();
         let has_server = held.is_some();
         let (mut sread, mut swrite, srbuf) = match held {
             Some(h) => {
@@ -314,7 +332,7 @@ impl Session {
                     None => std::future::pending().await,
                 }
             }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
-            _ = stop.changed(), if !has_server && !*stop.borrow() => Event::Shutdown,
+                        _ = stop.changed(), if idle_between_units && !*stop.borrow() => Event::Shutdown,
             _ = tokio::time::sleep(idle), if watch_idle => Event::Idle,
         }
     }
@@ -352,6 +370,9 @@ impl Session {
                     return Err(self.violation("invalid Query message"));
                 };
                 let decision = self.shared.classifier.classify(text);
+                if decision.pins && first_word_is(text, "listen") {
+                    self.listening = true;
+                }
                 self.start_unit(frame, decision).await
             }
             b'P' => {
@@ -487,9 +508,6 @@ impl Session {
     }
 
     async fn checkout(&mut self, route: Route) -> Result<Held, Checkout> {
-        if let Some(i) = self.parked_for(route) {
-            return Ok(self.parked.swap_remove(i));
-        }
         let router = &self.shared.router;
         let mut target = match route {
             Route::Write => Target::Primary,
@@ -497,6 +515,15 @@ impl Session {
                 .pick_read(None)
                 .map_or(Target::Primary, Target::Replica),
         };
+        // A session that keeps its connections reuses one it holds for the same kind of server.
+        let parked = self.parked.iter().position(|h| match (h.target, target) {
+            (Target::Primary, Target::Primary) => true,
+            (Target::Replica(a), Target::Replica(_)) => router.replicas[a].is_usable(),
+            _ => false,
+        });
+        if let Some(i) = parked {
+            return Ok(self.parked.swap_remove(i));
+        }
         let mut tried_replica = None;
         let conn = loop {
             match self.pools.pool(target).checkout().await {
@@ -505,7 +532,11 @@ impl Session {
                     break c;
                 }
                 Err(e) => match target {
-                    Target::Replica(i) if e.retryable() => {
+                    // A replica that cannot be reached is skipped for a while; a busy one (pool wait timeout)
+                    // is not marked, and the wait is not repeated elsewhere.
+                    Target::Replica(i)
+                        if e.retryable() && !matches!(e, Error::PoolTimeout { .. }) =>
+                    {
                         tracing::warn!(server = %router.backend(target).name, error = %e, "replica unavailable; trying another server");
                         router.backend(target).mark_failed();
                         if tried_replica.is_some() {
@@ -537,19 +568,6 @@ impl Session {
         self.cancel
             .set(held.conn.address.clone(), held.conn.backend_key);
         Ok(held)
-    }
-
-    fn parked_for(&self, route: Route) -> Option<usize> {
-        let want_primary = route == Route::Write;
-        let usable = |h: &Held| match h.target {
-            Target::Primary => true,
-            Target::Replica(i) => !want_primary && self.shared.router.replicas[i].is_usable(),
-        };
-        // Prefer the exact kind (a replica for reads), then the primary for reads.
-        self.parked
-            .iter()
-            .position(|h| usable(h) && (h.target == Target::Primary) == want_primary)
-            .or_else(|| self.parked.iter().position(usable))
     }
 
     /// Applies this client's session parameters to a server connection, resetting what other clients set.
@@ -910,7 +928,7 @@ impl Session {
         {
             return;
         }
-        if !self.sout.is_empty() {
+        if !self.sout.is_empty() || (self.listening && h.target == Target::Primary) {
             return;
         }
         let Some(h) = self.held.take() else { return };
@@ -1041,6 +1059,16 @@ fn write_decision() -> Decision {
         reason: Reason::WriteStatement,
         pins: false,
     }
+}
+
+/// Whether the first word of `sql` (after whitespace and comments) is `word`, case-insensitively.
+fn first_word_is(sql: &str, word: &str) -> bool {
+    let t = sql.trim_start();
+    t.len() >= word.len()
+        && t.as_bytes()[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+        && t.as_bytes()
+            .get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
 }
 
 /// The startup parameters carried to server connections, with `options` (`-c name=value`) expanded.
