@@ -644,7 +644,9 @@ async fn shutdown_lets_running_transactions_finish_and_closes_idle_clients() {
 #[tokio::test]
 async fn listen_receives_notifications_while_idle() {
     let env = env();
-    let (listener, mut conn) = tokio_postgres::connect(&url(env.proxy, APP), NoTls).await.expect("connect");
+    let (listener, mut conn) = tokio_postgres::connect(&url(env.proxy, APP), NoTls)
+        .await
+        .expect("connect");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -654,10 +656,19 @@ async fn listen_receives_notifications_while_idle() {
             }
         }
     });
-    listener.batch_execute("LISTEN pgsplit_events").await.expect("listen");
+    listener
+        .batch_execute("LISTEN pgsplit_events")
+        .await
+        .expect("listen");
     let notifier = connect().await;
-    notifier.batch_execute("NOTIFY pgsplit_events, 'hello'").await.expect("notify");
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("notification arrives").expect("open");
+    notifier
+        .batch_execute("NOTIFY pgsplit_events, 'hello'")
+        .await
+        .expect("notify");
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("notification arrives")
+        .expect("open");
     assert_eq!(got, ("pgsplit_events".to_string(), "hello".to_string()));
 }
 
@@ -666,13 +677,34 @@ async fn session_pooling_still_splits_reads_and_writes() {
     let env = env();
     let proxy = spawn_proxy(config(&env.cluster, 2, 2, "pool_mode = \"session\""));
     let c = connect_to(proxy, APP).await.expect("connect");
-    c.batch_execute("SET statement_timeout = '7s'").await.expect("set");
+    c.batch_execute("SET statement_timeout = '7s'")
+        .await
+        .expect("set");
     for _ in 0..4 {
-        let row = c.query_one("SELECT pg_is_in_recovery(), current_setting('statement_timeout')", &[]).await.expect("read");
-        assert!(row.get::<_, bool>(0), "a read in session pooling ran on the primary");
+        let row = c
+            .query_one(
+                "SELECT pg_is_in_recovery(), current_setting('statement_timeout')",
+                &[],
+            )
+            .await
+            .expect("read");
+        assert!(
+            row.get::<_, bool>(0),
+            "a read in session pooling ran on the primary"
+        );
     }
-    let port = server_port(&c, "CREATE TEMP TABLE IF NOT EXISTS s_t (a int); SELECT inet_server_port()").await;
+    let port = server_port(
+        &c,
+        "CREATE TEMP TABLE IF NOT EXISTS s_t (a int); SELECT inet_server_port()",
+    )
+    .await;
     assert_eq!(port, primary_port());
-    let row = c.query_one("/* pgsplit:primary */ SELECT current_setting('statement_timeout')", &[]).await.expect("q");
+    let row = c
+        .query_one(
+            "/* pgsplit:primary */ SELECT current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .expect("q");
     assert_eq!(row.get::<_, String>(0), "7s");
 }
