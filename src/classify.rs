@@ -51,6 +51,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [Reason; 12] = [
+        Reason::ReadOnlyQuery,
+        Reason::WriteStatement,
+        Reason::TransactionStart,
+        Reason::ReadOnlyTransaction,
+        Reason::TransactionControl,
+        Reason::SessionState,
+        Reason::LockingClause,
+        Reason::WriteFunction,
+        Reason::DataModifyingCte,
+        Reason::SelectInto,
+        Reason::Unparseable,
+        Reason::Hint,
+    ];
+
     /// A stable label for metrics and logs.
     pub fn label(self) -> &'static str {
         match self {
@@ -81,6 +97,8 @@ pub struct Decision {
     /// on (SQL-level PREPARE, LISTEN, WITH HOLD cursors, session advisory locks, temporary tables): the client
     /// must keep its server connections for the rest of its session.
     pub pins: bool,
+    /// The statement may change session settings (SET, RESET, DISCARD, `set_config`): see [`session_changes`].
+    pub session: bool,
 }
 
 impl Decision {
@@ -89,6 +107,7 @@ impl Decision {
             route: Route::Write,
             reason,
             pins: false,
+            session: false,
         }
     }
     const fn read(reason: Reason) -> Decision {
@@ -96,6 +115,7 @@ impl Decision {
             route: Route::Read,
             reason,
             pins: false,
+            session: false,
         }
     }
 }
@@ -165,6 +185,7 @@ impl Classifier {
         }
         let mut d = self.classify_uncached(sql);
         d.pins = pins_session(sql);
+        d.session = contains_ignore_case(sql, "set_config");
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
@@ -304,7 +325,172 @@ pub fn pins_session(sql: &str) -> bool {
             ))
         || lower.contains("pg_advisory_lock")
         || lower.contains("pg_try_advisory_lock")
-        || lower.contains("set_config")
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// A change of session settings that pgsplit re-applies on the client's next server connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// `SET name TO value` (value as SQL text).
+    Set { name: String, value: String },
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL` or `DISCARD ALL`.
+    ResetAll,
+}
+
+/// The session-setting changes a statement makes; `None` when it changes session state in a way pgsplit cannot
+/// track (the client then keeps its server connections). SET LOCAL, SET TRANSACTION and the like change nothing
+/// beyond their transaction.
+pub fn session_changes(sql: &str) -> Option<Vec<SessionChange>> {
+    let (body, _) = strip_leading(sql);
+    let body = body.trim_end().trim_end_matches(';').trim_end();
+    let first = body.split_whitespace().next()?.to_ascii_lowercase();
+    if first == "set" || first == "reset" || first == "discard" {
+        if body.contains(';') {
+            return None;
+        }
+        return simple_session_change(&first, body);
+    }
+    if !contains_ignore_case(sql, "set_config") {
+        return Some(Vec::new());
+    }
+    set_config_calls(sql)
+}
+
+fn simple_session_change(first: &str, body: &str) -> Option<Vec<SessionChange>> {
+    // The text after the n-th word.
+    let rest_after = |n: usize| -> &str {
+        let mut s = body;
+        for _ in 0..n {
+            s = s.trim_start();
+            let end = s.find(char::is_whitespace).unwrap_or(s.len());
+            s = &s[end..];
+        }
+        s.trim()
+    };
+    let word = |n: usize| {
+        body.split_whitespace()
+            .nth(n)
+            .map(|w| w.to_ascii_lowercase())
+    };
+    let plain = |name: &str| -> Option<String> {
+        let name = name.trim_matches('"').to_ascii_lowercase();
+        crate::client::is_plain_name(&name).then_some(name)
+    };
+    let set = |name: &str, value: &str| {
+        let value = value.trim();
+        (!value.is_empty()).then(|| {
+            vec![SessionChange::Set {
+                name: name.to_string(),
+                value: value.to_string(),
+            }]
+        })
+    };
+    match first {
+        "discard" => match word(1)?.as_str() {
+            "all" => Some(vec![SessionChange::ResetAll]),
+            "plans" | "sequences" | "temp" | "temporary" => Some(Vec::new()),
+            _ => None,
+        },
+        "reset" => {
+            let w1 = word(1)?;
+            let change = match w1.as_str() {
+                "all" => SessionChange::ResetAll,
+                "session" if word(2).as_deref() == Some("authorization") => {
+                    SessionChange::Reset("session_authorization".into())
+                }
+                "time" if word(2).as_deref() == Some("zone") => {
+                    SessionChange::Reset("timezone".into())
+                }
+                _ => SessionChange::Reset(plain(&w1)?),
+            };
+            Some(vec![change])
+        }
+        _ => {
+            let mut n = 1;
+            let mut w = word(n)?;
+            if w == "local" || w == "transaction" || w == "constraints" {
+                return Some(Vec::new());
+            }
+            if w == "session" {
+                n += 1;
+                w = word(n)?;
+                match w.as_str() {
+                    "characteristics" => return None,
+                    "authorization" => return set("session_authorization", rest_after(n + 1)),
+                    _ => {}
+                }
+            }
+            if w == "time" && word(n + 1).as_deref() == Some("zone") {
+                return set("timezone", rest_after(n + 2));
+            }
+            if w == "role" {
+                return set("role", rest_after(n + 1));
+            }
+            // `name TO value`, `name = value`, `name=value`.
+            let tail = rest_after(n - 1);
+            let i = tail.find(|c: char| c == '=' || c.is_whitespace())?;
+            let (name, after) = tail.split_at(i);
+            let after = after.trim_start();
+            let value = if let Some(v) = after.strip_prefix('=') {
+                v
+            } else if after.len() > 2
+                && after[..2].eq_ignore_ascii_case("to")
+                && after[2..].starts_with(char::is_whitespace)
+            {
+                &after[2..]
+            } else {
+                return None;
+            };
+            set(&plain(name)?, value)
+        }
+    }
+}
+
+/// `set_config(name, value, false)` calls with literal arguments; `None` when a call cannot be read that way.
+fn set_config_calls(sql: &str) -> Option<Vec<SessionChange>> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut out = Vec::new();
+    let mut unknown = false;
+    let _ = sqlparser::ast::visit_expressions(&statements, |e| {
+        let Expr::Function(f) = e else {
+            return ControlFlow::<()>::Continue(());
+        };
+        let name = f.name.0.last().and_then(|p| p.as_ident());
+        if !name.is_some_and(|i| i.value.eq_ignore_ascii_case("set_config")) {
+            return ControlFlow::Continue(());
+        }
+        let literal = |a: &FunctionArg| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => Some(v.value.clone()),
+            _ => None,
+        };
+        let args: Vec<Option<Value>> = match &f.args {
+            FunctionArguments::List(l) => l.args.iter().map(literal).collect(),
+            _ => vec![None],
+        };
+        match args.as_slice() {
+            [Some(Value::SingleQuotedString(name)), Some(Value::SingleQuotedString(value)), Some(Value::Boolean(false))]
+                if crate::client::is_plain_name(&name.to_ascii_lowercase()) =>
+            {
+                out.push(SessionChange::Set {
+                    name: name.to_ascii_lowercase(),
+                    value: crate::client::quote_literal(value),
+                })
+            }
+            [_, _, Some(Value::Boolean(true))] => {}
+            _ => unknown = true,
+        }
+        ControlFlow::Continue(())
+    });
+    (!unknown).then_some(out)
 }
 
 /// Skips leading whitespace and comments; returns the rest and any `pgsplit:` hint found in a leading comment.
@@ -340,6 +526,7 @@ fn fast_path(sql: &str) -> Option<Decision> {
             route,
             reason: Reason::Hint,
             pins: false,
+            session: false,
         });
     }
     let trimmed = body.trim_end().trim_end_matches(';');
@@ -360,7 +547,10 @@ fn fast_path(sql: &str) -> Option<Decision> {
     {
         Some(Decision::write(Reason::TransactionControl))
     } else if is("set") || is("reset") || is("discard") {
-        Some(Decision::write(Reason::SessionState))
+        Some(Decision {
+            session: true,
+            ..Decision::write(Reason::SessionState)
+        })
     } else if is("table") {
         // `TABLE name` (sqlparser does not parse it): a read when the rest is just a relation name.
         let rest = trimmed[word_end..].trim();

@@ -58,6 +58,9 @@ pub struct Config {
     /// Pool sizes (`[pools]`).
     #[serde(default)]
     pub pools: PoolsConfig,
+    /// How statements are routed (`[routing]`).
+    #[serde(default)]
+    pub routing: RoutingConfig,
     /// Timeouts (`[timeouts]`).
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -96,6 +99,84 @@ pub struct ServerConfig {
     /// Relative share of reads (balancer weight). Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+/// How statements are routed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Classify statements and send reads to replicas (true, default), or send everything to the primary.
+    pub read_write_split: bool,
+    /// How a replica is chosen for a read. Default `least_connections`.
+    pub balancer: Balancer,
+    /// Whether the primary takes reads: `fallback` (default: only when no replica can), `include` (it joins the
+    /// read set with its weight), `never` (a read no replica can take gets an error, whatever `fallback` says).
+    pub primary_reads: PrimaryReads,
+    /// What a read gets when no replica can take it and the primary may not: `primary` (default) or `error`.
+    pub fallback: Fallback,
+    /// `catalog` (default): calls of non-built-in VOLATILE functions, read from the primary's `pg_proc`, go to
+    /// the primary; `list`: only the built-in list and `write_functions`.
+    pub volatile_functions: VolatileFunctions,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_write_split: true,
+            balancer: Balancer::default(),
+            primary_reads: PrimaryReads::default(),
+            fallback: Fallback::default(),
+            volatile_functions: VolatileFunctions::default(),
+        }
+    }
+}
+
+/// Read balancing strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    /// Fewest requests in flight relative to weight.
+    #[default]
+    LeastConnections,
+    /// Weighted round robin.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+}
+
+/// Whether the primary serves reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimaryReads {
+    /// Only when no replica can take the read.
+    #[default]
+    Fallback,
+    /// Always a member of the read set.
+    Include,
+    /// Never: a read with no replica gets an error.
+    Never,
+}
+
+/// What happens to a read no replica can take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Run it on the primary.
+    #[default]
+    Primary,
+    /// Answer with an error naming the reason.
+    Error,
+}
+
+/// Where the classifier learns which functions write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolatileFunctions {
+    /// The built-in list, `write_functions`, and every non-built-in VOLATILE function in `pg_proc`.
+    #[default]
+    Catalog,
+    /// The built-in list and `write_functions` only.
+    List,
 }
 
 /// Pool sizes.
@@ -1105,7 +1186,7 @@ password = "hunter2"
         for key in effective.keys() {
             assert!(example.contains_key(key), "example lacks `{key}`");
         }
-        for table in ["pools", "timeouts", "primary"] {
+        for table in ["pools", "timeouts", "primary", "routing"] {
             let eff = effective[table].as_table().unwrap();
             let ex = example[table].as_table().unwrap();
             for key in eff.keys() {

@@ -17,3 +17,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod stats;

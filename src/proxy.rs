@@ -27,6 +27,8 @@ pub struct Shared {
     pub router: Router,
     /// Client cancel keys.
     pub cancels: CancelRegistry,
+    /// Routing counters.
+    pub stats: crate::stats::RoutingStats,
     /// SCRAM verifiers per user, derived once at start.
     pub verifiers: HashMap<String, ScramVerifier>,
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
@@ -56,6 +58,7 @@ impl Shared {
             classifier: Classifier::new(&config.write_functions),
             router: Router::new(&config),
             cancels: CancelRegistry::default(),
+            stats: crate::stats::RoutingStats::default(),
             verifiers,
             pools: Mutex::new(HashMap::new()),
             clients: AtomicUsize::new(0),

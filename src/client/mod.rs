@@ -3,6 +3,7 @@
 
 mod login;
 mod session;
+mod settings;
 mod statements;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::protocol::sqlstate;
 use crate::proxy::Shared;
 
 pub use login::printable;
+pub use settings::{is_plain_name, quote_literal};
 
 /// Serves one client connection to the end.
 pub async fn serve(

@@ -17,9 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::quote_literal;
+use super::settings::Settings;
 use super::statements::{Statement, Statements};
 use crate::cancel::CancelSlot;
-use crate::classify::{Decision, Reason, Route};
+use crate::classify::{self, Decision, Reason, Route, SessionChange};
 use crate::config::PoolMode;
 use crate::error::Error;
 use crate::pool::PooledConn;
@@ -27,8 +29,9 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::{self, BindView, ParseView, Severity};
 use crate::protocol::{sqlstate, Frame};
 use crate::proxy::Shared;
-use crate::router::{PoolSet, Target};
+use crate::router::{Load, PoolSet, ReadTarget, Target};
 use crate::server::ServerConn;
+use crate::stats::Destination;
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const BUFFER_LIMIT: usize = 256 * 1024;
@@ -44,12 +47,14 @@ enum Expect {
     },
     /// A Close: `swallow` for Closes pgsplit injected.
     Close { swallow: bool },
-    /// A Sync or simple Query: answered by ReadyForQuery.
-    Sync,
+    /// A Sync or simple Query: answered by ReadyForQuery; the setting changes its unit makes.
+    Sync(Vec<SessionChange>),
 }
 
 /// A server connection the client is using.
 struct Held {
+    /// Counts this unit as in flight on its backend (for the balancer).
+    _load: Load,
     conn: PooledConn,
     target: Target,
     expect: VecDeque<Expect>,
@@ -59,6 +64,12 @@ struct Held {
     unsynced: bool,
     /// Bytes of a large server frame still to relay as they come.
     pass: usize,
+    /// An ErrorResponse arrived since the last ReadyForQuery.
+    unit_error: bool,
+    /// Setting changes accepted inside the current transaction.
+    txn_changes: Vec<SessionChange>,
+    /// The current transaction ended in ROLLBACK.
+    rolled_back: bool,
     /// `pending` right after the last Execute or Query: Syncs forwarded after it, before the client ends a
     /// COPY FROM STDIN it started, are ignored by the server and get no ReadyForQuery.
     pending_at_execute: usize,
@@ -124,8 +135,10 @@ pub struct Session {
     /// The client ran LISTEN: it keeps its primary connection held so notifications reach it while idle.
     listening: bool,
     statements: Statements,
-    /// Session parameters to carry to every server connection (lower-case name, value).
-    params: Vec<(String, String)>,
+    /// Session settings carried to every server connection.
+    settings: Settings,
+    /// Setting changes of the unit being sent, recorded once the server accepts them.
+    unit_changes: Vec<SessionChange>,
     stalled: Option<Frame>,
     skip_to_sync: bool,
     stop: watch::Receiver<bool>,
@@ -167,7 +180,8 @@ impl Session {
             keep_servers,
             listening: false,
             statements: Statements::default(),
-            params: session_params(&startup),
+            settings: Settings::from_startup(&startup),
+            unit_changes: Vec::new(),
             stalled: None,
             skip_to_sync: false,
             stop,
@@ -226,6 +240,8 @@ impl Session {
         messages::backend_key_data(&mut out, self.key.0, self.key.1);
         messages::ready_for_query(&mut out, b'I');
         self.cout.extend_from_slice(&out);
+        let greeted = held.conn.params.clone();
+        self.settings.greeted(&greeted);
         // The greeting connection only served to learn the parameters: it goes back to the pool.
         if let Some(h) = self.held.take() {
             self.cancel.clear();
@@ -369,9 +385,12 @@ impl Session {
                 let Some(text) = messages::query_text(&frame.body) else {
                     return Err(self.violation("invalid Query message"));
                 };
-                let decision = self.shared.classifier.classify(text);
+                let decision = self.classify(text);
                 if decision.pins && first_word_is(text, "listen") {
                     self.listening = true;
+                }
+                if decision.session {
+                    self.note_session_changes(text);
                 }
                 self.start_unit(frame, decision).await
             }
@@ -380,7 +399,7 @@ impl Session {
                     return Err(self.violation("invalid Parse message"));
                 };
                 let decision = match std::str::from_utf8(view.query) {
-                    Ok(text) => self.shared.classifier.classify(text),
+                    Ok(text) => self.classify(text),
                     Err(_) => write_decision(),
                 };
                 self.start_unit(frame, decision).await
@@ -390,6 +409,15 @@ impl Session {
                     return Err(self.violation("invalid Bind message"));
                 };
                 let decision = self.statement_decision(view.statement);
+                if decision.session {
+                    let text = self
+                        .statements
+                        .get(view.statement)
+                        .and_then(|s| s.query_text().map(str::to_string));
+                    if let Some(text) = text {
+                        self.note_session_changes(&text);
+                    }
+                }
                 self.start_unit(frame, decision).await
             }
             b'D' | b'C' => {
@@ -432,6 +460,33 @@ impl Session {
         }
     }
 
+    /// The routing decision for a statement text; everything is a write when read/write splitting is off.
+    fn classify(&self, text: &str) -> Decision {
+        if self.shared.router.splits_reads() {
+            self.shared.classifier.classify(text)
+        } else {
+            Decision {
+                pins: crate::classify::pins_session(text),
+                ..write_decision()
+            }
+        }
+    }
+
+    /// Remembers the setting changes of a statement about to be sent; a change pgsplit cannot follow keeps the
+    /// client on its server connections instead.
+    fn note_session_changes(&mut self, text: &str) {
+        match classify::session_changes(text) {
+            Some(changes) => self.unit_changes.extend(changes),
+            None => {
+                tracing::debug!(
+                    client = self.id,
+                    "untracked session change: the client keeps its server connections"
+                );
+                self.keep_servers = true;
+            }
+        }
+    }
+
     /// The decision for a message that uses a prepared statement: the statement's, or the primary when unknown.
     fn statement_decision(&self, name: &[u8]) -> Decision {
         self.statements
@@ -450,7 +505,11 @@ impl Session {
         }
         match self.placement(decision.route) {
             Placement::Wait => return Ok(Some(frame)),
-            Placement::Held => {}
+            Placement::Held => {
+                if let Some(h) = &self.held {
+                    self.shared.stats.pinned(destination(h.target));
+                }
+            }
             Placement::Route => {
                 if !self.acquire(decision, frame.tag).await? {
                     return Ok(None);
@@ -482,6 +541,10 @@ impl Session {
         tracing::debug!(client = self.id, route = ?decision.route, reason = decision.reason.label(), "routing");
         match self.checkout(decision.route).await {
             Ok(held) => {
+                self.shared
+                    .stats
+                    .routed(destination(held.target), decision.reason);
+                tracing::debug!(client = self.id, server = %self.shared.router.backend(held.target).name, reason = decision.reason.label(), "routed");
                 self.held = Some(held);
                 Ok(true)
             }
@@ -509,11 +572,21 @@ impl Session {
 
     async fn checkout(&mut self, route: Route) -> Result<Held, Checkout> {
         let router = &self.shared.router;
+        let stats = &self.shared.stats;
+        let read_target = |exclude: Option<usize>| match router.choose_read(exclude) {
+            ReadTarget::Replica(i) => Ok(Target::Replica(i)),
+            ReadTarget::Primary(why) => {
+                stats.primary_read(why);
+                Ok(Target::Primary)
+            }
+            ReadTarget::Refused(message) => {
+                stats.refused_read();
+                Err(Checkout::Failed(Error::Unavailable(message)))
+            }
+        };
         let mut target = match route {
             Route::Write => Target::Primary,
-            Route::Read => router
-                .pick_read(None)
-                .map_or(Target::Primary, Target::Replica),
+            Route::Read => read_target(None)?,
         };
         // A session that keeps its connections reuses one it holds for the same kind of server.
         let parked = self.parked.iter().position(|h| match (h.target, target) {
@@ -524,7 +597,7 @@ impl Session {
         if let Some(i) = parked {
             return Ok(self.parked.swap_remove(i));
         }
-        let mut tried_replica = None;
+        let mut tried_replica = false;
         let conn = loop {
             match self.pools.pool(target).checkout().await {
                 Ok(c) => {
@@ -532,21 +605,18 @@ impl Session {
                     break c;
                 }
                 Err(e) => match target {
-                    // A replica that cannot be reached is skipped for a while; a busy one (pool wait timeout)
-                    // is not marked, and the wait is not repeated elsewhere.
+                    // A replica that cannot be reached is skipped for a while and the read tried once elsewhere;
+                    // a busy one (pool wait timeout) is not marked, and the wait is not repeated.
                     Target::Replica(i)
                         if e.retryable() && !matches!(e, Error::PoolTimeout { .. }) =>
                     {
                         tracing::warn!(server = %router.backend(target).name, error = %e, "replica unavailable; trying another server");
                         router.backend(target).mark_failed();
-                        if tried_replica.is_some() {
-                            target = Target::Primary;
-                        } else {
-                            tried_replica = Some(i);
-                            target = router
-                                .pick_read(Some(i))
-                                .map_or(Target::Primary, Target::Replica);
+                        if tried_replica {
+                            return Err(Checkout::Failed(e));
                         }
+                        tried_replica = true;
+                        target = read_target(Some(i))?;
                     }
                     _ => {
                         tracing::warn!(server = %router.backend(target).name, error = %e, "server unavailable");
@@ -556,6 +626,7 @@ impl Session {
             }
         };
         let mut held = Held {
+            _load: Load::new(router.backend(target)),
             conn,
             target,
             expect: VecDeque::new(),
@@ -563,6 +634,9 @@ impl Session {
             unsynced: false,
             pass: 0,
             pending_at_execute: 0,
+            unit_error: false,
+            txn_changes: Vec::new(),
+            rolled_back: false,
         };
         self.sync_params(&mut held).await?;
         self.cancel
@@ -573,42 +647,12 @@ impl Session {
     /// Applies this client's session parameters to a server connection, resetting what other clients set.
     async fn sync_params(&self, held: &mut Held) -> Result<(), Checkout> {
         let conn: &mut ServerConn = &mut held.conn;
-        let mut sql = String::new();
-        for (name, value) in &self.params {
-            let current = conn.applied.get(name).or_else(|| {
-                conn.params
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            });
-            if current != Some(value) {
-                sql.push_str(&format!(
-                    "SET {} TO {};",
-                    quote_ident(name),
-                    quote_literal(value)
-                ));
-            }
-        }
-        let stale: Vec<String> = conn
-            .applied
-            .keys()
-            .filter(|k| !self.params.iter().any(|(n, _)| n == *k))
-            .cloned()
-            .collect();
-        for name in &stale {
-            sql.push_str(&format!("RESET {};", quote_ident(name)));
-        }
-        if sql.is_empty() {
+        let Some(sql) = self.settings.sync_sql(conn) else {
             return Ok(());
-        }
+        };
         match conn.run_internal(&sql).await {
             Ok(None) => {
-                for name in stale {
-                    conn.applied.remove(&name);
-                }
-                for (name, value) in &self.params {
-                    conn.applied.insert(name.clone(), value.clone());
-                }
+                self.settings.synced(conn);
                 Ok(())
             }
             Ok(Some(error)) => Err(Checkout::Server(error)),
@@ -757,7 +801,8 @@ impl Session {
         match tag {
             b'S' | b'Q' | b'F' => {
                 h.pending += 1;
-                h.expect.push_back(Expect::Sync);
+                h.expect
+                    .push_back(Expect::Sync(std::mem::take(&mut self.unit_changes)));
                 h.unsynced = false;
                 if tag == b'Q' {
                     h.pending_at_execute = h.pending;
@@ -770,7 +815,7 @@ impl Session {
             b'c' | b'f' => {
                 // The client ends a COPY FROM STDIN: Syncs it sent during the copy were ignored by the server.
                 while h.pending > h.pending_at_execute
-                    && matches!(h.expect.back(), Some(Expect::Sync))
+                    && matches!(h.expect.back(), Some(Expect::Sync(_)))
                 {
                     h.expect.pop_back();
                     h.pending -= 1;
@@ -833,7 +878,12 @@ impl Session {
                     h.pending = h.pending.saturating_sub(1);
                     while let Some(e) = h.expect.pop_front() {
                         match e {
-                            Expect::Sync => break,
+                            Expect::Sync(changes) => {
+                                if !h.unit_error {
+                                    h.txn_changes.extend(changes);
+                                }
+                                break;
+                            }
                             // Not answered before the Sync: failed or skipped after an error.
                             Expect::Parse {
                                 name,
@@ -841,6 +891,17 @@ impl Session {
                                 ..
                             } => prepared.remove(&name),
                             _ => {}
+                        }
+                    }
+                    h.unit_error = false;
+                    if *status == b'I' {
+                        // Settings changed in a transaction hold only if it committed.
+                        let changes = std::mem::take(&mut h.txn_changes);
+                        if !std::mem::take(&mut h.rolled_back) {
+                            for c in &changes {
+                                self.settings.record(c);
+                                Settings::applied_on(applied, c);
+                            }
                         }
                     }
                 }
@@ -862,18 +923,16 @@ impl Session {
                     if let Some((name, value)) =
                         messages::parameter_status_view(&rest[HEADER_LEN..total])
                     {
-                        let lower = name.to_ascii_lowercase();
                         params.insert(name.to_string(), value.to_string());
                         // The client changed a reported setting: it is now part of its session (and must be
                         // reset before another client uses this connection).
-                        applied.insert(lower.clone(), value.to_string());
-                        match self.params.iter_mut().find(|(n, _)| *n == lower) {
-                            Some(p) => p.1 = value.to_string(),
-                            None => self.params.push((lower, value.to_string())),
-                        }
+                        applied.insert(name.to_ascii_lowercase(), quote_literal(value));
+                        self.settings.reported(name, value);
+                        swallow = !self.settings.status_changes(name, value);
                     }
                 }
                 b'E' => {
+                    h.unit_error = true;
                     let body = &rest[HEADER_LEN..total];
                     if matches!(
                         messages::error_field(body, b'S'),
@@ -887,6 +946,9 @@ impl Session {
                 }
                 b'C' => {
                     let body = &rest[HEADER_LEN..total];
+                    if body.starts_with(b"ROLLBACK") {
+                        h.rolled_back = true;
+                    }
                     if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
                         prepared.clear();
                         *unnamed_owner = None;
@@ -1053,11 +1115,19 @@ impl From<Error> for Checkout {
     }
 }
 
+fn destination(target: Target) -> Destination {
+    match target {
+        Target::Primary => Destination::Primary,
+        Target::Replica(_) => Destination::Replica,
+    }
+}
+
 fn write_decision() -> Decision {
     Decision {
         route: Route::Write,
         reason: Reason::WriteStatement,
         pins: false,
+        session: false,
     }
 }
 
@@ -1069,98 +1139,4 @@ fn first_word_is(sql: &str, word: &str) -> bool {
         && t.as_bytes()
             .get(word.len())
             .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-}
-
-/// The startup parameters carried to server connections, with `options` (`-c name=value`) expanded.
-fn session_params(startup: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut push = |name: &str, value: &str| {
-        let name = name.to_ascii_lowercase();
-        if !is_plain_name(&name) {
-            return;
-        }
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some(p) => p.1 = value.to_string(),
-            None => out.push((name, value.to_string())),
-        }
-    };
-    for (k, v) in startup {
-        match k.as_str() {
-            "user" | "database" | "replication" => {}
-            "options" => {
-                let mut words = v.split_whitespace();
-                while let Some(w) = words.next() {
-                    let setting = if w == "-c" {
-                        words.next()
-                    } else {
-                        w.strip_prefix("-c").or_else(|| w.strip_prefix("--"))
-                    };
-                    if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
-                        push(&name.replace('-', "_"), value);
-                    }
-                }
-            }
-            _ => push(k, v),
-        }
-    }
-    out
-}
-
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-}
-
-fn quote_ident(name: &str) -> String {
-    // Names are checked by `is_plain_name`; dotted names are custom settings and go unquoted.
-    name.to_string()
-}
-
-fn quote_literal(value: &str) -> String {
-    let mut s = String::with_capacity(value.len() + 3);
-    s.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\'' => s.push_str("''"),
-            '\\' => s.push_str("\\\\"),
-            _ => s.push(c),
-        }
-    }
-    s.push('\'');
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_are_expanded() {
-        let p = session_params(&[
-            ("user".into(), "u".into()),
-            ("application_name".into(), "psql".into()),
-            (
-                "options".into(),
-                "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".into(),
-            ),
-            ("bad;name".into(), "x".into()),
-        ]);
-        assert_eq!(
-            p,
-            vec![
-                ("application_name".into(), "psql".into()),
-                ("search_path".into(), "a,b".into()),
-                ("statement_timeout".into(), "5s".into()),
-                ("work_mem".into(), "4MB".into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn literals_are_quoted() {
-        assert_eq!(quote_literal("it's"), "E'it''s'");
-        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
-    }
 }

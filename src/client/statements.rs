@@ -21,6 +21,14 @@ pub struct Statement {
     pub generation: u64,
 }
 
+impl Statement {
+    /// The statement's SQL text.
+    pub fn query_text(&self) -> Option<&str> {
+        let view = ParseView::decode(&self.parse)?;
+        std::str::from_utf8(view.query).ok()
+    }
+}
+
 /// A client's statements by the client's names.
 #[derive(Debug, Default)]
 pub struct Statements {

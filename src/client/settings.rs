@@ -1,0 +1,278 @@
+//! A client's session settings in transaction pooling: what its startup packet asked for and what its own SET,
+//! RESET, DISCARD ALL and `set_config(…, false)` changed. They are re-applied on every server connection the
+//! client is given (skipped where that connection already has them), and settings other clients left on a
+//! connection are reset first.
+
+use std::collections::HashMap;
+
+use crate::classify::SessionChange;
+use crate::server::ServerConn;
+
+/// One setting as the client wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Setting {
+    /// Lower-case name.
+    name: String,
+    /// The value as SQL (what follows `SET name TO`).
+    sql: String,
+    /// The plain value when known (startup parameters, reported values), to compare with what a server reports.
+    raw: Option<String>,
+}
+
+/// A client's settings.
+#[derive(Debug, Default)]
+pub struct Settings {
+    current: Vec<Setting>,
+    startup: Vec<Setting>,
+    /// ParameterStatus values the client has seen, by server spelling of the name.
+    seen: HashMap<String, String>,
+}
+
+impl Settings {
+    /// Settings from the startup parameters, with `options` (`-c name=value`) expanded.
+    pub fn from_startup(startup: &[(String, String)]) -> Settings {
+        let mut s = Settings::default();
+        for (name, value) in startup_settings(startup) {
+            s.set(Setting {
+                sql: quote_literal(&value),
+                raw: Some(value),
+                name,
+            });
+        }
+        s.startup = s.current.clone();
+        s
+    }
+
+    fn set(&mut self, setting: Setting) {
+        match self.current.iter_mut().find(|s| s.name == setting.name) {
+            Some(s) => *s = setting,
+            None => self.current.push(setting),
+        }
+    }
+
+    /// Records a change the client made that the server accepted.
+    pub fn record(&mut self, change: &SessionChange) {
+        match change {
+            SessionChange::Set { name, value } => {
+                self.set(Setting {
+                    name: name.clone(),
+                    sql: value.clone(),
+                    raw: None,
+                });
+            }
+            SessionChange::Reset(name) => {
+                self.current.retain(|s| s.name != *name);
+                if let Some(s) = self.startup.iter().find(|s| s.name == *name) {
+                    self.current.push(s.clone());
+                }
+            }
+            SessionChange::ResetAll => self.current = self.startup.clone(),
+        }
+    }
+
+    /// Records a value the server reported for this client's session (a ParameterStatus it caused).
+    pub fn reported(&mut self, name: &str, value: &str) {
+        let lower = name.to_ascii_lowercase();
+        if let Some(s) = self.current.iter_mut().find(|s| s.name == lower) {
+            if s.raw.as_deref() == Some(value) {
+                return;
+            }
+        }
+        self.set(Setting {
+            name: lower,
+            sql: quote_literal(value),
+            raw: Some(value.to_string()),
+        });
+    }
+
+    /// Whether a ParameterStatus should reach the client: only when the value it sees changes.
+    pub fn status_changes(&mut self, name: &str, value: &str) -> bool {
+        if self.seen.get(name).map(String::as_str) == Some(value) {
+            return false;
+        }
+        self.seen.insert(name.to_string(), value.to_string());
+        true
+    }
+
+    /// The SQL that brings `conn` to this client's settings (resetting what other clients left), or `None`
+    /// when it already has them.
+    pub fn sync_sql(&self, conn: &ServerConn) -> Option<String> {
+        let mut sql = String::new();
+        for s in &self.current {
+            if conn.applied.get(&s.name) == Some(&s.sql) {
+                continue;
+            }
+            let reported = conn
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&s.name))
+                .map(|(_, v)| v);
+            if !conn.applied.contains_key(&s.name) && s.raw.is_some() && reported == s.raw.as_ref()
+            {
+                continue;
+            }
+            sql.push_str(&format!("SET {} TO {};", s.name, s.sql));
+        }
+        for name in conn.applied.keys() {
+            if !self.current.iter().any(|s| s.name == *name) {
+                sql.push_str(&format!("RESET {name};"));
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+
+    /// Marks `conn` as carrying exactly this client's settings (after `sync_sql` ran).
+    pub fn synced(&self, conn: &mut ServerConn) {
+        conn.applied = self
+            .current
+            .iter()
+            .map(|s| (s.name.clone(), s.sql.clone()))
+            .collect();
+    }
+
+    /// Marks a change the client made on a server connection, in that connection's `applied` map (so that the
+    /// next client gets it reset).
+    pub fn applied_on(applied: &mut HashMap<String, String>, change: &SessionChange) {
+        match change {
+            SessionChange::Set { name, value } => {
+                applied.insert(name.clone(), value.clone());
+            }
+            SessionChange::Reset(name) => {
+                applied.remove(name);
+            }
+            SessionChange::ResetAll => applied.clear(),
+        }
+    }
+
+    /// The ParameterStatus values the client saw at login.
+    pub fn greeted(&mut self, params: &HashMap<String, String>) {
+        self.seen = params.clone();
+    }
+}
+
+/// The startup parameters carried to server connections, with `options` (`-c name=value`) expanded.
+fn startup_settings(startup: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut push = |name: &str, value: &str| {
+        let name = name.to_ascii_lowercase();
+        if !is_plain_name(&name) {
+            return;
+        }
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some(p) => p.1 = value.to_string(),
+            None => out.push((name, value.to_string())),
+        }
+    };
+    for (k, v) in startup {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                let mut words = v.split_whitespace();
+                while let Some(w) = words.next() {
+                    let setting = if w == "-c" {
+                        words.next()
+                    } else {
+                        w.strip_prefix("-c").or_else(|| w.strip_prefix("--"))
+                    };
+                    if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+                        push(&name.replace('-', "_"), value);
+                    }
+                }
+            }
+            _ => push(k, v),
+        }
+    }
+    out
+}
+
+/// A setting name safe to splice into SQL unquoted.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// A string as an SQL literal.
+pub fn quote_literal(value: &str) -> String {
+    let mut s = String::with_capacity(value.len() + 3);
+    s.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => s.push_str("''"),
+            '\\' => s.push_str("\\\\"),
+            _ => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_expanded() {
+        let p = startup_settings(&[
+            ("user".into(), "u".into()),
+            ("application_name".into(), "psql".into()),
+            (
+                "options".into(),
+                "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".into(),
+            ),
+            ("bad;name".into(), "x".into()),
+        ]);
+        assert_eq!(
+            p,
+            vec![
+                ("application_name".into(), "psql".into()),
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "4MB".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+
+    #[test]
+    fn reset_restores_the_startup_value() {
+        let mut s = Settings::from_startup(&[("application_name".into(), "app".into())]);
+        s.record(&SessionChange::Set {
+            name: "application_name".into(),
+            value: "'x'".into(),
+        });
+        s.record(&SessionChange::Set {
+            name: "search_path".into(),
+            value: "a, b".into(),
+        });
+        assert_eq!(s.current.len(), 2);
+        s.record(&SessionChange::Reset("application_name".into()));
+        assert_eq!(
+            s.current
+                .iter()
+                .find(|x| x.name == "application_name")
+                .map(|x| x.sql.as_str()),
+            Some("E'app'")
+        );
+        s.record(&SessionChange::ResetAll);
+        assert_eq!(s.current, s.startup);
+    }
+
+    #[test]
+    fn status_is_forwarded_only_when_it_changes() {
+        let mut s = Settings::default();
+        s.greeted(&HashMap::from([(
+            "TimeZone".to_string(),
+            "UTC".to_string(),
+        )]));
+        assert!(!s.status_changes("TimeZone", "UTC"));
+        assert!(s.status_changes("TimeZone", "Europe/Paris"));
+        assert!(!s.status_changes("TimeZone", "Europe/Paris"));
+    }
+}
