@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use sqlparser::ast::{
     Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
@@ -157,20 +158,118 @@ const CACHE_CAPACITY: usize = 16_384;
 
 /// Classifies statements, caching decisions by text.
 pub struct Classifier {
+    /// Configured write functions, as given (lower case) and by their last name part.
     extra_write_functions: HashSet<String>,
+    extra_write_names: HashSet<String>,
+    catalog: RwLock<Option<Arc<FunctionCatalog>>>,
+    /// Set when a statement called a function the catalog does not know; the loader then reloads it.
+    unknown_function: AtomicBool,
+    /// `volatile_functions = "catalog"`: until the catalog is read, every function call is a write.
+    catalog_required: bool,
+    /// Wakes the catalog loader.
+    pub refresh: tokio::sync::Notify,
     cache: RwLock<HashMap<Box<str>, Decision>>,
 }
 
+/// Functions as the primary's `pg_proc` lists them.
+#[derive(Debug, Default)]
+pub struct FunctionCatalog {
+    known: HashSet<String>,
+    volatile: HashSet<String>,
+}
+
+impl FunctionCatalog {
+    /// Builds it from (schema, name, is a non-built-in VOLATILE function) rows.
+    pub fn new(rows: impl IntoIterator<Item = (String, String, bool)>) -> FunctionCatalog {
+        let mut c = FunctionCatalog::default();
+        for (schema, name, user_volatile) in rows {
+            let (schema, name) = (schema.to_ascii_lowercase(), name.to_ascii_lowercase());
+            if user_volatile {
+                c.volatile.insert(format!("{schema}.{name}"));
+                c.volatile.insert(name.clone());
+            }
+            c.known.insert(name);
+        }
+        c
+    }
+
+    /// Number of distinct function names.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether it lists no function.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+}
+
+/// Function-call syntax that is not a `pg_proc` function (never "unknown").
+const SYNTAX_FUNCTIONS: &[&str] = &[
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "system_user",
+    "user",
+    "current_catalog",
+    "current_schema",
+    "grouping",
+    "row",
+];
+
 impl Classifier {
-    /// A classifier that also treats `write_functions` (case-insensitive, unqualified names) as writes.
+    /// A classifier that also treats `write_functions` (case-insensitive; `name` or `schema.name`) as writes.
     pub fn new(write_functions: &[String]) -> Classifier {
+        let extra: HashSet<String> = write_functions
+            .iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
+        let names = extra
+            .iter()
+            .map(|f| f.rsplit('.').next().unwrap_or(f).to_string())
+            .collect();
         Classifier {
-            extra_write_functions: write_functions
-                .iter()
-                .map(|f| f.to_ascii_lowercase())
-                .collect(),
+            extra_write_functions: extra,
+            extra_write_names: names,
+            catalog: RwLock::new(None),
+            unknown_function: AtomicBool::new(false),
+            catalog_required: false,
+            refresh: tokio::sync::Notify::new(),
             cache: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Requires the primary's catalog (`volatile_functions = "catalog"`): until it has been read, every call of a
+    /// function outside the SQL syntax list is a write.
+    pub fn require_catalog(mut self) -> Classifier {
+        self.catalog_required = true;
+        self
+    }
+
+    /// Installs what the catalog says about functions (`volatile_functions = "catalog"`), and forgets cached
+    /// decisions made without it.
+    pub fn set_catalog(&self, catalog: FunctionCatalog) {
+        if let Ok(mut c) = self.catalog.write() {
+            *c = Some(Arc::new(catalog));
+        }
+        self.unknown_function.store(false, Ordering::Relaxed);
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
+    /// Whether a statement met a function the catalog does not know since the last load.
+    pub fn met_unknown_function(&self) -> bool {
+        self.unknown_function.load(Ordering::Relaxed)
     }
 
     /// The decision for a statement text (one or several statements).
@@ -244,13 +343,40 @@ impl Classifier {
     }
 
     fn is_write_function(&self, name: &ObjectName) -> bool {
-        let Some(last) = name.0.last().and_then(|p| p.as_ident()) else {
-            return true; // a computed name: unsure
-        };
-        let n = last.value.to_ascii_lowercase();
-        WRITE_FUNCTIONS.contains(&n.as_str())
+        let mut parts = Vec::with_capacity(name.0.len());
+        for p in &name.0 {
+            match p.as_ident() {
+                Some(i) => parts.push(i.value.to_ascii_lowercase()),
+                None => return true, // a computed name: unsure
+            }
+        }
+        let Some(n) = parts.last() else { return true };
+        let qualified = parts.join(".");
+        if WRITE_FUNCTIONS.contains(&n.as_str())
             || WRITE_FUNCTION_PREFIXES.iter().any(|p| n.starts_with(p))
-            || self.extra_write_functions.contains(&n)
+            || self.extra_write_names.contains(n)
+            || self.extra_write_functions.contains(&qualified)
+        {
+            return true;
+        }
+        if !self.catalog_required {
+            return false;
+        }
+        let catalog = self.catalog.read().ok().and_then(|c| c.clone());
+        let volatile = catalog
+            .as_ref()
+            .is_some_and(|c| c.volatile.contains(n) || c.volatile.contains(&qualified));
+        if volatile {
+            return true;
+        }
+        let known = catalog.as_ref().is_some_and(|c| c.known.contains(n));
+        if !known && !SYNTAX_FUNCTIONS.contains(&n.as_str()) {
+            // Not in the catalog (created since it was read?): fail closed and have it read again.
+            self.unknown_function.store(true, Ordering::Relaxed);
+            self.refresh.notify_one();
+            return true;
+        }
+        false
     }
 }
 
@@ -435,7 +561,7 @@ fn simple_session_change(first: &str, body: &str) -> Option<Vec<SessionChange>> 
                 return set("role", rest_after(n + 1));
             }
             // `name TO value`, `name = value`, `name=value`.
-            let tail = rest_after(n - 1);
+            let tail = rest_after(n);
             let i = tail.find(|c: char| c == '=' || c.is_whitespace())?;
             let (name, after) = tail.split_at(i);
             let after = after.trim_start();
@@ -493,6 +619,89 @@ fn set_config_calls(sql: &str) -> Option<Vec<SessionChange>> {
     (!unknown).then_some(out)
 }
 
+/// `SET pgsplit.route TO primary | replica | auto` (or `=`): `Some(Some(Write))` for primary,
+/// `Some(Some(Read))` for replica, `Some(None)` for auto; `None` when the statement is something else.
+pub fn route_setting(sql: &str) -> Option<Option<Route>> {
+    let (body, _) = strip_leading(sql);
+    let lower = body
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .to_ascii_lowercase();
+    let rest = lower.strip_prefix("set")?.trim_start();
+    let rest = rest.strip_prefix("session").map_or(rest, str::trim_start);
+    let rest = rest.strip_prefix("pgsplit.route")?.trim_start();
+    let value = rest
+        .strip_prefix("to")
+        .or_else(|| rest.strip_prefix('='))?
+        .trim();
+    match value.trim_matches(|c| c == '\'' || c == '"') {
+        "primary" => Some(Some(Route::Write)),
+        "replica" => Some(Some(Route::Read)),
+        "auto" | "default" => Some(None),
+        _ => None,
+    }
+}
+
+/// Whether `sql` is a single plain BEGIN / START TRANSACTION without READ ONLY (it may carry an isolation
+/// level or READ WRITE): one pgsplit may defer until the transaction's first statement.
+pub fn is_plain_begin(sql: &str) -> bool {
+    let (body, hint) = strip_leading(sql);
+    if hint.is_some() {
+        return false;
+    }
+    let body = body.trim().trim_end_matches(';').trim_end();
+    if body.contains(';') {
+        return false;
+    }
+    let lower = body.to_ascii_lowercase();
+    let first = lower.split_whitespace().next().unwrap_or("");
+    (first == "begin"
+        || (first == "start" && lower.split_whitespace().nth(1) == Some("transaction")))
+        && !lower.contains("read only")
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" ,_\t\n\r".contains(&b))
+}
+
+/// For a single COMMIT/END/ROLLBACK/ABORT (no savepoint, no AND CHAIN): the CommandComplete tag Postgres sends.
+pub fn transaction_end(sql: &str) -> Option<&'static str> {
+    let (body, _) = strip_leading(sql);
+    let lower = body
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .to_ascii_lowercase();
+    let mut words = lower.split_whitespace();
+    let tag = match words.next()? {
+        "commit" | "end" => "COMMIT",
+        "rollback" | "abort" => "ROLLBACK",
+        _ => return None,
+    };
+    match words.next() {
+        None => Some(tag),
+        Some("work") | Some("transaction") if words.next().is_none() => Some(tag),
+        _ => None,
+    }
+}
+
+/// Whether `sql` is `SET TRANSACTION … READ ONLY` (which, first in a transaction, lets it run on a replica).
+pub fn is_set_transaction_read_only(sql: &str) -> bool {
+    let (body, _) = strip_leading(sql);
+    let lower = body
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    words.len() >= 4
+        && words[0] == "set"
+        && words[1] == "transaction"
+        && !lower.contains(';')
+        && lower.contains("read only")
+        && !lower.contains("read write")
+}
+
 /// Skips leading whitespace and comments; returns the rest and any `pgsplit:` hint found in a leading comment.
 fn strip_leading(sql: &str) -> (&str, Option<Route>) {
     let mut s = sql;
@@ -546,6 +755,8 @@ fn fast_path(sql: &str) -> Option<Decision> {
         || is("release")
     {
         Some(Decision::write(Reason::TransactionControl))
+    } else if is("set") && is_set_transaction_read_only(trimmed) {
+        Some(Decision::read(Reason::ReadOnlyTransaction))
     } else if is("set") || is("reset") || is("discard") {
         Some(Decision {
             session: true,
@@ -647,6 +858,115 @@ mod tests {
         ] {
             assert_eq!(route(sql), Route::Write, "{sql}");
         }
+    }
+
+    #[test]
+    fn session_changes_are_read_from_set_reset_discard_and_set_config() {
+        let set = |n: &str, v: &str| SessionChange::Set {
+            name: n.into(),
+            value: v.into(),
+        };
+        assert_eq!(
+            session_changes("SET search_path TO tenant_a, public"),
+            Some(vec![set("search_path", "tenant_a, public")])
+        );
+        assert_eq!(
+            session_changes("set statement_timeout = '5s';"),
+            Some(vec![set("statement_timeout", "'5s'")])
+        );
+        assert_eq!(
+            session_changes("SET SESSION work_mem=64000"),
+            Some(vec![set("work_mem", "64000")])
+        );
+        assert_eq!(
+            session_changes("SET TIME ZONE 'UTC'"),
+            Some(vec![set("timezone", "'UTC'")])
+        );
+        assert_eq!(session_changes("SET LOCAL search_path TO x"), Some(vec![]));
+        assert_eq!(session_changes("SET TRANSACTION READ ONLY"), Some(vec![]));
+        assert_eq!(
+            session_changes("RESET search_path"),
+            Some(vec![SessionChange::Reset("search_path".into())])
+        );
+        assert_eq!(
+            session_changes("RESET ALL"),
+            Some(vec![SessionChange::ResetAll])
+        );
+        assert_eq!(
+            session_changes("DISCARD ALL"),
+            Some(vec![SessionChange::ResetAll])
+        );
+        assert_eq!(
+            session_changes("SELECT pg_catalog.set_config('search_path', '', false)"),
+            Some(vec![set("search_path", "E''")])
+        );
+        assert_eq!(
+            session_changes("SELECT set_config('a.b', 'x', true)"),
+            Some(vec![])
+        );
+        assert_eq!(
+            session_changes("SELECT set_config(name, 'x', false) FROM t"),
+            None
+        );
+        assert_eq!(session_changes("SET a = 1; SET b = 2"), None);
+        assert_eq!(
+            session_changes("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            None
+        );
+        assert_eq!(session_changes("SELECT 1"), Some(vec![]));
+    }
+
+    #[test]
+    fn local_answers_are_recognized() {
+        assert_eq!(
+            route_setting("SET pgsplit.route TO primary"),
+            Some(Some(Route::Write))
+        );
+        assert_eq!(
+            route_setting("set pgsplit.route = 'replica';"),
+            Some(Some(Route::Read))
+        );
+        assert_eq!(route_setting("SET pgsplit.route TO auto"), Some(None));
+        assert_eq!(route_setting("SET search_path TO x"), None);
+        assert!(is_plain_begin("BEGIN"));
+        assert!(is_plain_begin("begin isolation level serializable;"));
+        assert!(!is_plain_begin("BEGIN READ ONLY"));
+        assert!(!is_plain_begin("BEGIN; SELECT 1"));
+        assert_eq!(transaction_end("COMMIT"), Some("COMMIT"));
+        assert_eq!(transaction_end("end work"), Some("COMMIT"));
+        assert_eq!(transaction_end("ROLLBACK TO SAVEPOINT a"), None);
+        assert!(is_set_transaction_read_only(
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY"
+        ));
+    }
+
+    #[test]
+    fn catalog_volatility_routes_user_functions() {
+        let c = Classifier::new(&["billing.charge".to_string()]).require_catalog();
+        assert_eq!(
+            c.classify("SELECT count(*) FROM t").route,
+            Route::Write,
+            "no catalog yet: fail closed"
+        );
+        c.set_catalog(FunctionCatalog::new([
+            ("pg_catalog".to_string(), "count".to_string(), false),
+            ("public".to_string(), "record_visit".to_string(), true),
+            ("public".to_string(), "pure".to_string(), false),
+        ]));
+        assert_eq!(c.classify("SELECT count(*) FROM t").route, Route::Read);
+        assert_eq!(c.classify("SELECT pure(1)").route, Route::Read);
+        assert_eq!(c.classify("SELECT record_visit('x')").route, Route::Write);
+        assert_eq!(
+            c.classify("SELECT public.\"record_visit\"('x')").route,
+            Route::Write
+        );
+        assert_eq!(c.classify("SELECT unheard_of(1)").route, Route::Write);
+        assert!(c.met_unknown_function());
+        assert_eq!(c.classify("SELECT billing.charge(1)").route, Route::Write);
+        assert_eq!(
+            c.classify("SELECT COALESCE(1, 2), CURRENT_TIMESTAMP").route,
+            Route::Read
+        );
     }
 
     #[test]

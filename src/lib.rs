@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod catalog;
 pub mod classify;
 pub mod client;
 pub mod cluster;

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::auth::ScramVerifier;
 use crate::cancel::CancelRegistry;
 use crate::classify::Classifier;
-use crate::config::{AuthMethod, Config};
+use crate::config::{AuthMethod, Config, VolatileFunctions};
 use crate::router::{PoolSet, Router};
 
 /// State shared by every session.
@@ -55,7 +55,12 @@ impl Shared {
             }
         }
         Shared {
-            classifier: Classifier::new(&config.write_functions),
+            classifier: match config.routing.volatile_functions {
+                VolatileFunctions::Catalog => {
+                    Classifier::new(&config.write_functions).require_catalog()
+                }
+                VolatileFunctions::List => Classifier::new(&config.write_functions),
+            },
             router: Router::new(&config),
             cancels: CancelRegistry::default(),
             stats: crate::stats::RoutingStats::default(),
@@ -160,6 +165,11 @@ impl Proxy {
         let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
         let mut sessions = JoinSet::new();
         let reaper = tokio::spawn(reap_pools(shared.clone()));
+        // Read the primary's function catalog before taking clients (bounded by the connect timeout); until it
+        // is read, function calls route to the primary.
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        let catalog = tokio::spawn(crate::catalog::maintain(shared.clone(), loaded_tx));
+        let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
         tokio::pin!(shutdown);
         loop {
             while sessions.try_join_next().is_some() {}
@@ -212,6 +222,7 @@ impl Proxy {
             sessions.shutdown().await;
         }
         reaper.abort();
+        catalog.abort();
         for (_, set) in shared.all_pools() {
             set.all().for_each(|p| p.close_idle());
         }

@@ -47,6 +47,8 @@ enum Expect {
     },
     /// A Close: `swallow` for Closes pgsplit injected.
     Close { swallow: bool },
+    /// A simple Query pgsplit sent on the client's behalf; everything up to its ReadyForQuery is swallowed.
+    Hidden,
     /// A Sync or simple Query: answered by ReadyForQuery; the setting changes its unit makes.
     Sync(Vec<SessionChange>),
 }
@@ -135,6 +137,10 @@ pub struct Session {
     /// The client ran LISTEN: it keeps its primary connection held so notifications reach it while idle.
     listening: bool,
     statements: Statements,
+    /// A plain BEGIN answered locally: sent with the transaction's first statement, which picks its server.
+    deferred_begin: Option<Frame>,
+    /// `SET pgsplit.route`: every unit goes to the primary (`Write`) or a replica (`Read`).
+    route_override: Option<Route>,
     /// Session settings carried to every server connection.
     settings: Settings,
     /// Setting changes of the unit being sent, recorded once the server accepts them.
@@ -180,6 +186,8 @@ impl Session {
             keep_servers,
             listening: false,
             statements: Statements::default(),
+            deferred_begin: None,
+            route_override: None,
             settings: Settings::from_startup(&startup),
             unit_changes: Vec::new(),
             stalled: None,
@@ -385,6 +393,9 @@ impl Session {
                 let Some(text) = messages::query_text(&frame.body) else {
                     return Err(self.violation("invalid Query message"));
                 };
+                if self.answer_locally(text) {
+                    return Ok(None);
+                }
                 let decision = self.classify(text);
                 if decision.pins && first_word_is(text, "listen") {
                     self.listening = true;
@@ -444,7 +455,12 @@ impl Session {
                 if self.held.is_some() {
                     self.forward(&frame);
                 } else {
-                    messages::ready_for_query(&mut self.cout, b'I');
+                    let status = if self.deferred_begin.is_some() {
+                        b'T'
+                    } else {
+                        b'I'
+                    };
+                    messages::ready_for_query(&mut self.cout, status);
                 }
                 Ok(None)
             }
@@ -472,6 +488,49 @@ impl Session {
         }
     }
 
+    /// Statements pgsplit answers itself: `SET pgsplit.route`, a plain BEGIN (deferred until the transaction's
+    /// first statement shows where it may run), and COMMIT/ROLLBACK of a deferred BEGIN that ran nothing.
+    /// Returns whether it answered.
+    fn answer_locally(&mut self, text: &str) -> bool {
+        let busy = self.held.is_some() || self.stalled.is_some();
+        if first_word_is(text, "set") && classify::route_setting(text).is_some() {
+            if busy {
+                return false; // in a transaction or pipeline: Postgres will reject the unknown setting
+            }
+            self.route_override = classify::route_setting(text).flatten();
+            messages::command_complete(&mut self.cout, "SET");
+            let status = if self.deferred_begin.is_some() {
+                b'T'
+            } else {
+                b'I'
+            };
+            messages::ready_for_query(&mut self.cout, status);
+            return true;
+        }
+        if busy || self.keep_servers {
+            return false;
+        }
+        if self.deferred_begin.is_none() {
+            if classify::is_plain_begin(text) {
+                self.deferred_begin = Some(Frame {
+                    tag: b'Q',
+                    body: bytes::Bytes::copy_from_slice(&query_body(text)),
+                });
+                messages::command_complete(&mut self.cout, "BEGIN");
+                messages::ready_for_query(&mut self.cout, b'T');
+                return true;
+            }
+            return false;
+        }
+        let Some(tag) = classify::transaction_end(text) else {
+            return false;
+        };
+        self.deferred_begin = None;
+        messages::command_complete(&mut self.cout, tag);
+        messages::ready_for_query(&mut self.cout, b'I');
+        true
+    }
+
     /// Remembers the setting changes of a statement about to be sent; a change pgsplit cannot follow keeps the
     /// client on its server connections instead.
     fn note_session_changes(&mut self, text: &str) {
@@ -495,7 +554,27 @@ impl Session {
     }
 
     /// Places a routable frame on a server (acquiring one if needed) and forwards it.
-    async fn start_unit(&mut self, frame: Frame, decision: Decision) -> Result<Option<Frame>, End> {
+    async fn start_unit(
+        &mut self,
+        frame: Frame,
+        mut decision: Decision,
+    ) -> Result<Option<Frame>, End> {
+        if self.deferred_begin.is_some() {
+            // The first statement after a deferred BEGIN decides the transaction's server.
+            if decision.reason != Reason::ReadOnlyTransaction {
+                decision = Decision {
+                    route: Route::Write,
+                    reason: Reason::TransactionStart,
+                    ..decision
+                };
+            }
+        } else if let Some(route) = self.route_override {
+            decision = Decision {
+                route,
+                reason: Reason::Hint,
+                ..decision
+            };
+        }
         if decision.pins && !self.keep_servers {
             tracing::debug!(
                 client = self.id,
@@ -514,6 +593,13 @@ impl Session {
                 if !self.acquire(decision, frame.tag).await? {
                     return Ok(None);
                 }
+            }
+        }
+        if let Some(begin) = self.deferred_begin.take() {
+            if let Some(h) = self.held.as_mut() {
+                begin.encode(&mut self.sout);
+                h.pending += 1;
+                h.expect.push_back(Expect::Hidden);
             }
         }
         self.forward_routed(frame, decision)?;
@@ -650,6 +736,7 @@ impl Session {
         let Some(sql) = self.settings.sync_sql(conn) else {
             return Ok(());
         };
+        tracing::debug!(client = self.id, server = %conn.server, %sql, "applying session settings");
         match conn.run_internal(&sql).await {
             Ok(None) => {
                 self.settings.synced(conn);
@@ -872,7 +959,17 @@ impl Session {
                 break;
             }
             let mut swallow = false;
+            let hidden = matches!(h.expect.front(), Some(Expect::Hidden));
             match tag {
+                // Everything answering a statement pgsplit sent on the client's behalf is swallowed.
+                _ if hidden => {
+                    swallow = true;
+                    if tag == b'Z' {
+                        *status = rest.get(5).copied().unwrap_or(b'I');
+                        h.pending = h.pending.saturating_sub(1);
+                        h.expect.pop_front();
+                    }
+                }
                 b'Z' => {
                     *status = rest.get(5).copied().unwrap_or(b'I');
                     h.pending = h.pending.saturating_sub(1);
@@ -1113,6 +1210,14 @@ impl From<Error> for Checkout {
     fn from(e: Error) -> Self {
         Checkout::Failed(e)
     }
+}
+
+/// A Query body (text + NUL).
+fn query_body(text: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(text.len() + 1);
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    v
 }
 
 fn destination(target: Target) -> Destination {

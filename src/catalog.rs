@@ -1,0 +1,92 @@
+//! Reads the primary's `pg_proc` so that calls of user-defined VOLATILE functions route to the primary
+//! (`volatile_functions = "catalog"`): at start, and again whenever a statement calls a function the last read
+//! did not list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::classify::FunctionCatalog;
+use crate::config::{Config, VolatileFunctions};
+use crate::proxy::Shared;
+
+/// Functions, their schema, and whether each is a non-built-in VOLATILE one (built-ins have OIDs below 16384).
+const QUERY: &str = "SELECT n.nspname::text, p.proname::text, (p.provolatile = 'v' AND p.oid >= 16384) \
+                     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+
+/// Most one read per this interval, however many unknown functions statements call.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Retry interval after a failed read.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Reads the catalog of every served database on the primary (union of all).
+pub async fn load(config: &Config) -> Result<FunctionCatalog, String> {
+    let user = config.users.first().ok_or("no user configured")?;
+    let mut rows = Vec::new();
+    for db in &config.databases {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&config.primary.host)
+            .port(config.primary.port)
+            .user(user.server_user())
+            .dbname(db.server_database())
+            .application_name("pgsplit catalog")
+            .connect_timeout(config.timeouts.server_connect);
+        if let Some(p) = user.server_password() {
+            pg.password(p);
+        }
+        let (client, conn) = pg
+            .connect(NoTls)
+            .await
+            .map_err(|e| format!("{}: {e}", db.name))?;
+        let task = tokio::spawn(conn);
+        let result = client
+            .query(QUERY, &[])
+            .await
+            .map_err(|e| format!("{}: {e}", db.name));
+        drop(client);
+        let _ = task.await;
+        for r in result? {
+            rows.push((
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, bool>(2),
+            ));
+        }
+    }
+    Ok(FunctionCatalog::new(rows))
+}
+
+/// Keeps the classifier's catalog current. Returns at once in `list` mode.
+pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<()>) {
+    if shared.config.routing.volatile_functions != VolatileFunctions::Catalog {
+        let _ = loaded.send(());
+        return;
+    }
+    let mut loaded = Some(loaded);
+    loop {
+        match load(&shared.config).await {
+            Ok(catalog) => {
+                tracing::debug!(
+                    functions = catalog.len(),
+                    "function catalog read from the primary"
+                );
+                shared.classifier.set_catalog(catalog);
+                if let Some(tx) = loaded.take() {
+                    let _ = tx.send(());
+                }
+                tokio::time::sleep(MIN_INTERVAL).await;
+                if !shared.classifier.met_unknown_function() {
+                    shared.classifier.refresh.notified().await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the function catalog from the primary; function calls route to the primary until it can");
+                if let Some(tx) = loaded.take() {
+                    let _ = tx.send(());
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
