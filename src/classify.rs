@@ -277,8 +277,11 @@ impl Classifier {
         if let Some(d) = fast_path(sql) {
             return d;
         }
+        // Keyed by the text with literals blanked out: `… WHERE id = 17` and `… = 18` share one entry (no routing
+        // rule depends on a literal's value).
+        let key = normalize_literals(sql);
         if let Ok(cache) = self.cache.read() {
-            if let Some(d) = cache.get(sql) {
+            if let Some(d) = cache.get(key.as_str()) {
                 return *d;
             }
         }
@@ -289,7 +292,7 @@ impl Classifier {
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
             }
-            cache.insert(sql.into(), d);
+            cache.insert(key.into_boxed_str(), d);
         }
         d
     }
@@ -702,6 +705,95 @@ pub fn is_set_transaction_read_only(sql: &str) -> bool {
         && !lower.contains("read write")
 }
 
+/// `sql` with string and numeric literals replaced by `?` (comments, identifiers and `$n` parameters kept), for
+/// use as a cache key.
+pub fn normalize_literals(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut copied = 0; // b[copied..i] is still to be copied
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let literal_end = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |p| i + p);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+                continue;
+            }
+            b'"' => {
+                i = b[i + 1..]
+                    .iter()
+                    .position(|&x| x == b'"')
+                    .map_or(b.len(), |p| i + 1 + p + 1);
+                continue;
+            }
+            b'\'' => {
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !ident(b[i - 2]));
+                Some(string_end(b, i, escapes))
+            }
+            b'$' if i == 0 || !ident(b[i - 1]) => {
+                // $n parameters stay; $tag$…$tag$ is a literal.
+                let tag_len = b[i + 1..]
+                    .iter()
+                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_'));
+                match tag_len {
+                    Some(n) if b.get(i + 1 + n) == Some(&b'$') && !b[i + 1].is_ascii_digit() => {
+                        let tag = &sql[i..i + n + 2];
+                        Some(
+                            sql[i + n + 2..]
+                                .find(tag)
+                                .map_or(b.len(), |p| i + n + 2 + p + tag.len()),
+                        )
+                    }
+                    _ => None,
+                }
+            }
+            b'0'..=b'9' if i == 0 || !ident(b[i - 1]) => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_')
+                {
+                    j += 1;
+                }
+                Some(j)
+            }
+            _ => None,
+        };
+        match literal_end {
+            Some(end) => {
+                out.push_str(&sql[copied..i]);
+                out.push('?');
+                i = end.max(i + 1);
+                copied = i;
+            }
+            None => i += 1,
+        }
+    }
+    out.push_str(&sql[copied.min(sql.len())..]);
+    out
+}
+
+/// The end (exclusive) of the quoted string starting at `start`.
+fn string_end(b: &[u8], start: usize, backslash_escapes: bool) -> usize {
+    let mut j = start + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' if backslash_escapes => j += 2,
+            b'\'' if b.get(j + 1) == Some(&b'\'') => j += 2,
+            b'\'' => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
 /// Skips leading whitespace and comments; returns the rest and any `pgsplit:` hint found in a leading comment.
 fn strip_leading(sql: &str) -> (&str, Option<Route>) {
     let mut s = sql;
@@ -967,6 +1059,35 @@ mod tests {
             c.classify("SELECT COALESCE(1, 2), CURRENT_TIMESTAMP").route,
             Route::Read
         );
+    }
+
+    #[test]
+    fn literals_are_blanked_for_the_cache_key() {
+        assert_eq!(
+            normalize_literals("SELECT * FROM t WHERE id = 17"),
+            "SELECT * FROM t WHERE id = ?"
+        );
+        assert_eq!(
+            normalize_literals("SELECT * FROM t2 WHERE a = 'x''y' AND b = 1.5e3"),
+            "SELECT * FROM t2 WHERE a = ? AND b = ?"
+        );
+        assert_eq!(
+            normalize_literals("SELECT $1, $$body$$, $q$x$q$ FROM \"t 1\""),
+            "SELECT $1, ?, ? FROM \"t 1\""
+        );
+        assert_eq!(
+            normalize_literals("SELECT E'a\\'b' -- 5\n, 6"),
+            "SELECT E? -- 5\n, ?"
+        );
+        assert_eq!(
+            normalize_literals("/* 'x */ SELECT 'é'"),
+            "/* 'x */ SELECT ?"
+        );
+        assert_eq!(normalize_literals("SELECT 'unterminated"), "SELECT ?");
+        let c = Classifier::new(&[]);
+        c.classify("SELECT * FROM t WHERE id = 17");
+        c.classify("SELECT * FROM t WHERE id = 18");
+        assert_eq!(c.cache.read().map(|m| m.len()).unwrap_or(0), 1);
     }
 
     #[test]
