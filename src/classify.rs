@@ -287,7 +287,7 @@ impl Classifier {
         }
         let mut d = self.classify_uncached(sql);
         d.pins = pins_session(sql);
-        d.session = contains_ignore_case(sql, "set_config");
+        d.session = touches_session(sql);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
@@ -454,6 +454,17 @@ pub fn pins_session(sql: &str) -> bool {
             ))
         || lower.contains("pg_advisory_lock")
         || lower.contains("pg_try_advisory_lock")
+}
+
+/// Whether `sql` may change session settings: it has a SET, RESET or DISCARD word or calls `set_config`.
+/// (An over-approximation: [`session_changes`] then says exactly what, or that it cannot tell.)
+pub fn touches_session(sql: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| {
+            ["set", "reset", "discard", "set_config"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k))
+        })
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
@@ -826,8 +837,8 @@ fn fast_path(sql: &str) -> Option<Decision> {
         return Some(Decision {
             route,
             reason: Reason::Hint,
-            pins: false,
-            session: false,
+            pins: pins_session(sql),
+            session: touches_session(sql),
         });
     }
     let trimmed = body.trim_end().trim_end_matches(';');

@@ -61,6 +61,9 @@ pub struct Config {
     /// How statements are routed (`[routing]`).
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Replica health and lag (`[lag]`).
+    #[serde(default)]
+    pub lag: LagConfig,
     /// Timeouts (`[timeouts]`).
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -129,6 +132,72 @@ impl Default for RoutingConfig {
             volatile_functions: VolatileFunctions::default(),
         }
     }
+}
+
+/// Replica health and lag monitoring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LagConfig {
+    /// How often every server is probed. Default 250ms, at least 50ms.
+    #[serde(with = "duration_serde")]
+    pub lag_check_interval: Duration,
+    /// A probe that takes longer has failed. Default 1s.
+    #[serde(with = "duration_serde")]
+    pub probe_timeout: Duration,
+    /// A replica further behind than this (on pgsplit's clock) takes no new reads. Default 1s.
+    #[serde(with = "duration_serde")]
+    pub max_lag: Duration,
+    /// A replica further behind than this many bytes of WAL takes no new reads. Default 0 (off).
+    pub max_lag_bytes: u64,
+    /// An excluded replica is re-admitted once its lag stays under this mark for `readmit_hold`. Default half
+    /// of `max_lag`.
+    #[serde(
+        default,
+        with = "opt_duration_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub readmit_lag: Option<Duration>,
+    /// How long a replica must stay under `readmit_lag` before it takes reads again. Default 1s.
+    #[serde(with = "duration_serde")]
+    pub readmit_hold: Duration,
+    /// Consecutive failed probes before a server counts as down (a refused connection counts at once). Default 3.
+    pub down_after: u32,
+    /// While the primary's position is unknown (primary down): `ineligible` (default: replicas' lag is unknown,
+    /// so they take no reads) or `serve` (replicas that are up keep serving reads).
+    pub primary_unknown: PrimaryUnknown,
+}
+
+impl LagConfig {
+    /// The re-admit mark.
+    pub fn readmit_lag(&self) -> Duration {
+        self.readmit_lag.unwrap_or(self.max_lag / 2)
+    }
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            lag_check_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_secs(1),
+            max_lag: Duration::from_secs(1),
+            max_lag_bytes: 0,
+            readmit_lag: None,
+            readmit_hold: Duration::from_secs(1),
+            down_after: 3,
+            primary_unknown: PrimaryUnknown::default(),
+        }
+    }
+}
+
+/// What replicas do while the primary's WAL position is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimaryUnknown {
+    /// Their lag is unknown: no reads.
+    #[default]
+    Ineligible,
+    /// Replicas that are up and streaming-capable keep serving reads.
+    Serve,
 }
 
 /// Read balancing strategy.
@@ -586,6 +655,24 @@ impl Config {
             }
         }
 
+        // Lag.
+        let lag = root.key("lag");
+        if self.lag.lag_check_interval < Duration::from_millis(50) {
+            return Err(loc.error(&lag.key("lag_check_interval"), "must be at least 50ms"));
+        }
+        if self.lag.probe_timeout.is_zero() {
+            return Err(loc.error(&lag.key("probe_timeout"), "must be greater than 0"));
+        }
+        if self.lag.max_lag.is_zero() {
+            return Err(loc.error(&lag.key("max_lag"), "must be greater than 0"));
+        }
+        if self.lag.readmit_lag() > self.lag.max_lag {
+            return Err(loc.error(&lag.key("readmit_lag"), "must not exceed max_lag"));
+        }
+        if self.lag.down_after < 1 {
+            return Err(loc.error(&lag.key("down_after"), "must be at least 1"));
+        }
+
         // Databases.
         if self.databases.is_empty() {
             return Err(loc.error(
@@ -808,6 +895,22 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Serde adapter: durations as strings.
+mod opt_duration_serde {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_serde::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration_serde::deserialize(d).map(Some)
+    }
+}
+
 mod duration_serde {
     use std::time::Duration;
 
@@ -1186,7 +1289,7 @@ password = "hunter2"
         for key in effective.keys() {
             assert!(example.contains_key(key), "example lacks `{key}`");
         }
-        for table in ["pools", "timeouts", "primary", "routing"] {
+        for table in ["pools", "timeouts", "primary", "routing", "lag"] {
             let eff = effective[table].as_table().unwrap();
             let ex = example[table].as_table().unwrap();
             for key in eff.keys() {

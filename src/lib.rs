@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod monitor;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

@@ -29,6 +29,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Routing counters.
     pub stats: crate::stats::RoutingStats,
+    /// Server health and lag.
+    pub monitor: crate::monitor::Monitor,
     /// SCRAM verifiers per user, derived once at start.
     pub verifiers: HashMap<String, ScramVerifier>,
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
@@ -64,6 +66,7 @@ impl Shared {
             router: Router::new(&config),
             cancels: CancelRegistry::default(),
             stats: crate::stats::RoutingStats::default(),
+            monitor: crate::monitor::Monitor::new(&config),
             verifiers,
             pools: Mutex::new(HashMap::new()),
             clients: AtomicUsize::new(0),
@@ -170,6 +173,12 @@ impl Proxy {
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         let catalog = tokio::spawn(crate::catalog::maintain(shared.clone(), loaded_tx));
         let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
+        // Probe every server once before taking clients (until then no replica takes reads).
+        let monitor = tokio::spawn(crate::monitor::run(shared.clone()));
+        let deadline = tokio::time::Instant::now() + shared.config.lag.probe_timeout * 2;
+        while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::pin!(shutdown);
         loop {
             while sessions.try_join_next().is_some() {}
@@ -223,6 +232,7 @@ impl Proxy {
         }
         reaper.abort();
         catalog.abort();
+        monitor.abort();
         for (_, set) in shared.all_pools() {
             set.all().for_each(|p| p.close_idle());
         }

@@ -1,11 +1,11 @@
 //! Which server a routed unit goes to: the primary for writes; for reads, a replica chosen by the configured
 //! balancer among the eligible ones, the primary when none is (or when it is part of the read set), or an error.
 //!
-//! Eligibility is the monitor's seam: today a replica is skipped for a short back-off after pgsplit fails to
-//! connect to it.
+//! Which server is the primary, and which replicas are eligible for reads, is the monitor's to set (it probes
+//! every server); on top of that a replica that refused a connection is skipped for a short back-off.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{
@@ -18,9 +18,49 @@ use crate::stats::PrimaryRead;
 /// How long a replica that refused a connection is skipped.
 const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
-/// One configured server.
+/// A server's role as last probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not probed yet, or the probe failed.
+    Unknown,
+    /// Out of recovery: takes writes.
+    Primary,
+    /// In recovery: a streaming replica.
+    Replica,
+}
+
+impl Role {
+    fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Primary,
+            2 => Role::Replica,
+            _ => Role::Unknown,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Role::Unknown => 0,
+            Role::Primary => 1,
+            Role::Replica => 2,
+        }
+    }
+
+    /// A stable label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// One configured server. Its role, health and read eligibility are the monitor's to set.
 #[derive(Debug)]
 pub struct Backend {
+    /// Position in the configuration (0: the configured primary, then the replicas).
+    pub index: usize,
     /// Configured name.
     pub name: String,
     /// host:port.
@@ -29,20 +69,22 @@ pub struct Backend {
     pub weight: u32,
     /// Units in flight on it (server connections held by clients).
     pub outstanding: AtomicUsize,
-    /// Set by the monitor: whether reads may go here.
-    pub eligible: AtomicBool,
+    role: AtomicU8,
+    eligible: AtomicBool,
     down_until_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Backend {
-    fn new(s: &ServerConfig, epoch: Instant) -> Backend {
+    fn new(index: usize, s: &ServerConfig, role: Role, epoch: Instant) -> Backend {
         Backend {
+            index,
             name: s.display_name(),
             address: s.address(),
             weight: s.weight.max(1),
             outstanding: AtomicUsize::new(0),
-            eligible: AtomicBool::new(true),
+            role: AtomicU8::new(role.as_u8()),
+            eligible: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             epoch,
         }
@@ -52,13 +94,32 @@ impl Backend {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether routing may pick it for a read now.
-    pub fn is_usable(&self) -> bool {
-        self.eligible.load(Ordering::Relaxed)
-            && self.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    /// The role last probed.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Relaxed))
     }
 
-    /// Marks it unusable for a back-off period after a failure.
+    /// Records the role (monitor).
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role.as_u8(), Ordering::Relaxed);
+    }
+
+    /// Whether the monitor lets it take reads (a replica, up, within the lag threshold).
+    pub fn is_eligible(&self) -> bool {
+        self.eligible.load(Ordering::Relaxed)
+    }
+
+    /// Sets read eligibility (monitor).
+    pub fn set_eligible(&self, eligible: bool) {
+        self.eligible.store(eligible, Ordering::Relaxed);
+    }
+
+    /// Whether routing may pick it for a read now.
+    pub fn is_usable(&self) -> bool {
+        self.is_eligible() && self.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    /// Marks it unusable for a back-off period after a failed connection.
     pub fn mark_failed(&self) {
         let until = self.now_ms() + DOWN_BACKOFF.as_millis() as u64;
         self.down_until_ms.store(until, Ordering::Relaxed);
@@ -90,19 +151,28 @@ impl Drop for Load {
     }
 }
 
-/// A server a unit is sent to.
+/// A server a unit is sent to, by index, and in which capacity (write pool or read pool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// The primary.
-    Primary,
-    /// Replica by index in the configuration.
+    /// The primary (server index).
+    Primary(usize),
+    /// A replica (server index).
     Replica(usize),
+}
+
+impl Target {
+    /// The server index.
+    pub fn index(self) -> usize {
+        match self {
+            Target::Primary(i) | Target::Replica(i) => i,
+        }
+    }
 }
 
 /// Where a read goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadTarget {
-    /// A replica chosen by the balancer.
+    /// A replica chosen by the balancer (server index).
     Replica(usize),
     /// The primary, and why.
     Primary(PrimaryRead),
@@ -110,56 +180,79 @@ pub enum ReadTarget {
     Refused(String),
 }
 
-/// The servers pgsplit fronts and the read balancer.
+/// No server is the primary.
+const NO_PRIMARY: usize = usize::MAX;
+
+/// The servers pgsplit fronts, which one is the primary now, and the read balancer.
 pub struct Router {
-    /// The primary.
-    pub primary: Arc<Backend>,
-    /// The replicas, in configuration order.
-    pub replicas: Vec<Arc<Backend>>,
+    /// Every configured server: the configured primary first, then the replicas.
+    pub servers: Vec<Arc<Backend>>,
+    primary: AtomicUsize,
+    no_primary: Mutex<String>,
     balancer: Balancer,
     primary_reads: PrimaryReads,
     fallback: Fallback,
     split: bool,
-    /// Weighted round-robin schedule over the read set (`None` stands for the primary).
-    schedule: Vec<Option<usize>>,
-    next: AtomicUsize,
+    /// Round-robin credit per server.
+    credit: Mutex<Vec<i64>>,
 }
 
 impl Router {
-    /// Builds the server list and balancer from the configuration.
+    /// Builds the server list and balancer from the configuration. Until the monitor's first probe the
+    /// configured primary takes writes and no replica takes reads.
     pub fn new(config: &Config) -> Router {
         let epoch = Instant::now();
-        let primary = Arc::new(Backend::new(&config.primary, epoch));
-        let replicas: Vec<Arc<Backend>> = config
-            .replicas
-            .iter()
-            .map(|r| Arc::new(Backend::new(r, epoch)))
-            .collect();
-        let mut members: Vec<(Option<usize>, u32)> = replicas
-            .iter()
+        let servers: Vec<Arc<Backend>> = config
+            .servers()
             .enumerate()
-            .map(|(i, r)| (Some(i), r.weight))
+            .map(|(i, s)| {
+                Arc::new(Backend::new(
+                    i,
+                    s,
+                    if i == 0 { Role::Primary } else { Role::Replica },
+                    epoch,
+                ))
+            })
             .collect();
-        if config.routing.primary_reads == PrimaryReads::Include {
-            members.push((None, primary.weight));
-        }
         Router {
-            schedule: smooth_weighted_schedule(&members),
-            primary,
-            replicas,
+            credit: Mutex::new(vec![0; servers.len()]),
+            servers,
+            primary: AtomicUsize::new(0),
+            no_primary: Mutex::new(String::new()),
             balancer: config.routing.balancer,
             primary_reads: config.routing.primary_reads,
             fallback: config.routing.fallback,
             split: config.routing.read_write_split,
-            next: AtomicUsize::new(0),
         }
     }
 
     /// The backend behind a target.
     pub fn backend(&self, target: Target) -> &Arc<Backend> {
-        match target {
-            Target::Primary => &self.primary,
-            Target::Replica(i) => &self.replicas[i],
+        &self.servers[target.index()]
+    }
+
+    /// The server that takes writes now, or why there is none.
+    pub fn primary(&self) -> Result<usize, String> {
+        match self.primary.load(Ordering::Relaxed) {
+            NO_PRIMARY => Err(self
+                .no_primary
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default()),
+            i => Ok(i),
+        }
+    }
+
+    /// Sets the server that takes writes (monitor): an index, or the reason there is none.
+    pub fn set_primary(&self, primary: Result<usize, String>) {
+        match primary {
+            Ok(i) => self.primary.store(i, Ordering::Relaxed),
+            Err(reason) => {
+                if let Ok(mut m) = self.no_primary.lock() {
+                    *m = reason;
+                }
+                self.primary.store(NO_PRIMARY, Ordering::Relaxed);
+            }
         }
     }
 
@@ -168,146 +261,121 @@ impl Router {
         self.split
     }
 
-    /// Chooses the server for a read, skipping replica `exclude` (one that just failed).
+    /// Chooses the server for a read, skipping server `exclude` (one that just failed).
     pub fn choose_read(&self, exclude: Option<usize>) -> ReadTarget {
         if !self.split {
             return ReadTarget::Primary(PrimaryRead::SplitOff);
         }
-        let usable = |i: usize| Some(i) != exclude && self.replicas[i].is_usable();
-        let include_primary = self.primary_reads == PrimaryReads::Include;
+        let primary = self.primary.load(Ordering::Relaxed);
+        let usable = |i: usize| i != primary && Some(i) != exclude && self.servers[i].is_usable();
+        let include_primary = self.primary_reads == PrimaryReads::Include && primary != NO_PRIMARY;
+        let member = |i: usize| usable(i) || (include_primary && i == primary);
         let pick = match self.balancer {
-            Balancer::RoundRobin => self.pick_round_robin(&usable),
-            Balancer::LeastConnections => self.pick_least_loaded(&usable, include_primary),
-            Balancer::Random => self.pick_random(&usable, include_primary),
+            Balancer::RoundRobin => self.pick_round_robin(&member),
+            Balancer::LeastConnections => self.pick_least_loaded(&member),
+            Balancer::Random => self.pick_random(&member),
         };
         match pick {
-            Some(Some(i)) => ReadTarget::Replica(i),
-            Some(None) => ReadTarget::Primary(PrimaryRead::Included),
-            None => self.no_replica(),
+            Some(i) if i == primary => ReadTarget::Primary(PrimaryRead::Included),
+            Some(i) => ReadTarget::Replica(i),
+            None => self.no_replica(primary),
         }
     }
 
-    fn no_replica(&self) -> ReadTarget {
-        let why = if self.replicas.is_empty() {
+    fn no_replica(&self, primary: usize) -> ReadTarget {
+        let others: Vec<&Arc<Backend>> =
+            self.servers.iter().filter(|b| b.index != primary).collect();
+        let why = if others.is_empty() {
             PrimaryRead::NoReplicas
         } else {
             PrimaryRead::NoEligibleReplica
         };
         if self.fallback == Fallback::Error || self.primary_reads == PrimaryReads::Never {
-            let reason = if self.replicas.is_empty() {
+            let reason = if others.is_empty() {
                 "no replica is configured".to_string()
             } else {
-                let names: Vec<&str> = self.replicas.iter().map(|r| r.name.as_str()).collect();
+                let names: Vec<&str> = others.iter().map(|r| r.name.as_str()).collect();
                 format!(
-                    "no replica can take reads now (down or excluded: {})",
+                    "no replica can take reads now (down, lagging or not in recovery: {})",
                     names.join(", ")
                 )
             };
-            return ReadTarget::Refused(format!("pgsplit cannot serve this read: {reason}, and reads may not fall back to the primary"));
+            return ReadTarget::Refused(format!(
+                "pgsplit cannot serve this read: {reason}, and reads may not fall back to the primary"
+            ));
         }
         ReadTarget::Primary(why)
     }
 
-    /// Weighted round robin: walks the precomputed schedule from a shared counter, skipping unusable members.
-    fn pick_round_robin(&self, usable: &dyn Fn(usize) -> bool) -> Option<Option<usize>> {
-        let n = self.schedule.len();
-        if n == 0 {
-            return None;
+    /// Smooth weighted round robin (as nginx does it) over the current members: each pick adds every member's
+    /// weight to its credit, takes the member with the most credit and charges it the members' total weight.
+    fn pick_round_robin(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, b) in self.servers.iter().enumerate() {
+            if !member(i) {
+                continue;
+            }
+            credit[i] += b.weight as i64;
+            total += b.weight as i64;
+            if best.is_none_or(|j| credit[i] > credit[j]) {
+                best = Some(i);
+            }
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| self.schedule[(start + k) % n])
-            .find(|m| m.is_none_or(usable))
+        if let Some(j) = best {
+            credit[j] -= total;
+        }
+        best
     }
 
-    /// Fewest units in flight per unit of weight; ties rotate.
-    fn pick_least_loaded(
-        &self,
-        usable: &dyn Fn(usize) -> bool,
-        include_primary: bool,
-    ) -> Option<Option<usize>> {
-        let n = self.replicas.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Fewest units in flight per unit of weight; ties are broken at random (a rotating start would alias with
+    /// clients whose units come in fixed-size groups).
+    fn pick_least_loaded(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = self.servers.len();
+        let start = rand::random::<u32>() as usize;
         let load = |b: &Backend| {
             b.outstanding.load(Ordering::Relaxed) as u64 * 1_000_000 / b.weight as u64
         };
-        let mut best: Option<(u64, Option<usize>)> = None;
+        let mut best: Option<(u64, usize)> = None;
         for k in 0..n {
             let i = (start + k) % n;
-            if !usable(i) {
+            if !member(i) {
                 continue;
             }
-            let l = load(&self.replicas[i]);
+            let l = load(&self.servers[i]);
             if best.is_none_or(|(b, _)| l < b) {
-                best = Some((l, Some(i)));
+                best = Some((l, i));
             }
         }
-        if include_primary {
-            let l = load(&self.primary);
-            if best.is_none_or(|(b, _)| l < b) {
-                best = Some((l, None));
-            }
-        }
-        best.map(|(_, m)| m)
+        best.map(|(_, i)| i)
     }
 
-    /// Weighted random choice among the usable members.
-    fn pick_random(
-        &self,
-        usable: &dyn Fn(usize) -> bool,
-        include_primary: bool,
-    ) -> Option<Option<usize>> {
-        let mut members: Vec<(Option<usize>, u32)> = (0..self.replicas.len())
-            .filter(|&i| usable(i))
-            .map(|i| (Some(i), self.replicas[i].weight))
-            .collect();
-        if include_primary {
-            members.push((None, self.primary.weight));
-        }
-        let total: u64 = members.iter().map(|(_, w)| *w as u64).sum();
+    /// Weighted random choice among the members.
+    fn pick_random(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let members: Vec<&Arc<Backend>> = self.servers.iter().filter(|b| member(b.index)).collect();
+        let total: u64 = members.iter().map(|b| b.weight as u64).sum();
         if total == 0 {
             return None;
         }
         let mut ticket = rand::random::<u64>() % total;
-        for (m, w) in members {
-            if ticket < w as u64 {
-                return Some(m);
+        for b in members {
+            if ticket < b.weight as u64 {
+                return Some(b.index);
             }
-            ticket -= w as u64;
+            ticket -= b.weight as u64;
         }
         None
     }
 }
 
-/// The smooth weighted round-robin order (as nginx computes it) of one full cycle over `members`.
-fn smooth_weighted_schedule(members: &[(Option<usize>, u32)]) -> Vec<Option<usize>> {
-    let total: i64 = members.iter().map(|(_, w)| *w as i64).sum();
-    let cycle = total.min(10_000);
-    let mut current = vec![0i64; members.len()];
-    let mut out = Vec::with_capacity(cycle as usize);
-    for _ in 0..cycle {
-        for (c, (_, w)) in current.iter_mut().zip(members) {
-            *c += *w as i64;
-        }
-        let Some((best, _)) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
-        else {
-            break;
-        };
-        current[best] -= total;
-        out.push(members[best].0);
-    }
-    out
-}
-
-/// The pools of one (user, database): one write pool on the primary, one read pool per replica.
+/// The pools of one (user, database): per server, a write pool (used while it is the primary) and a read pool
+/// (used while it is a replica, or for reads on the primary). Pools open connections only when used.
 pub struct PoolSet {
-    /// Write pool (primary).
-    pub write: Pool,
-    /// Read pools, by replica index.
-    pub reads: Vec<Pool>,
+    /// Write pools, by server index.
+    pub write: Vec<Pool>,
+    /// Read pools, by server index.
+    pub read: Vec<Pool>,
 }
 
 impl PoolSet {
@@ -328,15 +396,13 @@ impl PoolSet {
             database: db.server_database().to_string(),
         };
         PoolSet {
-            write: Pool::new(
-                target(&config.primary),
-                config.pools.write_pool_size,
-                timeouts,
-            ),
-            reads: config
-                .replicas
-                .iter()
-                .map(|r| Pool::new(target(r), config.pools.read_pool_size, timeouts))
+            write: config
+                .servers()
+                .map(|s| Pool::new(target(s), config.pools.write_pool_size, timeouts))
+                .collect(),
+            read: config
+                .servers()
+                .map(|s| Pool::new(target(s), config.pools.read_pool_size, timeouts))
                 .collect(),
         }
     }
@@ -344,27 +410,21 @@ impl PoolSet {
     /// The pool behind a target.
     pub fn pool(&self, target: Target) -> &Pool {
         match target {
-            Target::Primary => &self.write,
-            Target::Replica(i) => &self.reads[i],
+            Target::Primary(i) => &self.write[i],
+            Target::Replica(i) => &self.read[i],
         }
     }
 
-    /// Every pool, write pool first.
-    pub fn all(&self) -> impl Iterator<Item = &Pool> {
-        std::iter::once(&self.write).chain(self.reads.iter())
+    /// Both pools of one server.
+    pub fn of_server(&self, index: usize) -> impl Iterator<Item = &Pool> {
+        self.write
+            .get(index)
+            .into_iter()
+            .chain(self.read.get(index))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smooth_schedule_interleaves_by_weight() {
-        let s = smooth_weighted_schedule(&[(Some(0), 2), (Some(1), 1)]);
-        assert_eq!(s, vec![Some(0), Some(1), Some(0)]);
-        let s = smooth_weighted_schedule(&[(Some(0), 1), (Some(1), 1), (None, 1)]);
-        assert_eq!(s.len(), 3);
-        assert!(s.contains(&None));
+    /// Every pool.
+    pub fn all(&self) -> impl Iterator<Item = &Pool> {
+        self.write.iter().chain(self.read.iter())
     }
 }

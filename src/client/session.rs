@@ -136,6 +136,8 @@ pub struct Session {
     keep_servers: bool,
     /// The client ran LISTEN: it keeps its primary connection held so notifications reach it while idle.
     listening: bool,
+    /// The client created session-bound state on the primary: its reads go there too.
+    reads_on_primary: bool,
     statements: Statements,
     /// A plain BEGIN answered locally: sent with the transaction's first statement, which picks its server.
     deferred_begin: Option<Frame>,
@@ -185,6 +187,7 @@ impl Session {
             parked: Vec::new(),
             keep_servers,
             listening: false,
+            reads_on_primary: false,
             statements: Statements::default(),
             deferred_begin: None,
             route_override: None,
@@ -482,7 +485,8 @@ impl Session {
             self.shared.classifier.classify(text)
         } else {
             Decision {
-                pins: crate::classify::pins_session(text),
+                pins: classify::pins_session(text),
+                session: classify::touches_session(text),
                 ..write_decision()
             }
         }
@@ -494,15 +498,21 @@ impl Session {
     fn answer_locally(&mut self, text: &str) -> bool {
         let busy = self.held.is_some() || self.stalled.is_some();
         if first_word_is(text, "set") && classify::route_setting(text).is_some() {
-            if busy {
-                return false; // in a transaction or pipeline: Postgres will reject the unknown setting
+            // Answered in order only when nothing is in flight (a transaction may be open).
+            let in_flight = self.stalled.is_some()
+                || self
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.pending > 0 || h.unsynced);
+            if in_flight {
+                return false;
             }
             self.route_override = classify::route_setting(text).flatten();
             messages::command_complete(&mut self.cout, "SET");
-            let status = if self.deferred_begin.is_some() {
-                b'T'
-            } else {
-                b'I'
+            let status = match &self.held {
+                Some(h) => h.conn.status,
+                None if self.deferred_begin.is_some() => b'T',
+                None => b'I',
             };
             messages::ready_for_query(&mut self.cout, status);
             return true;
@@ -574,6 +584,14 @@ impl Session {
                 reason: Reason::Hint,
                 ..decision
             };
+        }
+        if decision.pins {
+            // Session-bound state (temporary tables, cursors, SQL-level prepared statements) lives on the
+            // primary connection: the client's reads follow it there from now on.
+            self.reads_on_primary = true;
+        }
+        if self.reads_on_primary && decision.reason != Reason::Hint {
+            decision.route = Route::Write;
         }
         if decision.pins && !self.keep_servers {
             tracing::debug!(
@@ -659,11 +677,18 @@ impl Session {
     async fn checkout(&mut self, route: Route) -> Result<Held, Checkout> {
         let router = &self.shared.router;
         let stats = &self.shared.stats;
+        let primary_target = || {
+            router.primary().map(Target::Primary).map_err(|reason| {
+                Checkout::Failed(Error::Unavailable(format!(
+                    "no primary to take this statement: {reason}"
+                )))
+            })
+        };
         let read_target = |exclude: Option<usize>| match router.choose_read(exclude) {
             ReadTarget::Replica(i) => Ok(Target::Replica(i)),
             ReadTarget::Primary(why) => {
                 stats.primary_read(why);
-                Ok(Target::Primary)
+                primary_target()
             }
             ReadTarget::Refused(message) => {
                 stats.refused_read();
@@ -671,17 +696,21 @@ impl Session {
             }
         };
         let mut target = match route {
-            Route::Write => Target::Primary,
+            Route::Write => primary_target()?,
             Route::Read => read_target(None)?,
         };
         // A session that keeps its connections reuses one it holds for the same kind of server.
         let parked = self.parked.iter().position(|h| match (h.target, target) {
-            (Target::Primary, Target::Primary) => true,
-            (Target::Replica(a), Target::Replica(_)) => router.replicas[a].is_usable(),
+            (Target::Primary(a), Target::Primary(b)) => a == b,
+            (Target::Replica(a), Target::Replica(_)) => router.servers[a].is_usable(),
             _ => false,
         });
         if let Some(i) = parked {
-            return Ok(self.parked.swap_remove(i));
+            let mut held = self.parked.swap_remove(i);
+            self.sync_params(&mut held).await?;
+            self.cancel
+                .set(held.conn.address.clone(), held.conn.backend_key);
+            return Ok(held);
         }
         let mut tried_replica = false;
         let conn = loop {
@@ -1087,7 +1116,7 @@ impl Session {
         {
             return;
         }
-        if !self.sout.is_empty() || (self.listening && h.target == Target::Primary) {
+        if !self.sout.is_empty() || (self.listening && matches!(h.target, Target::Primary(_))) {
             return;
         }
         let Some(h) = self.held.take() else { return };
@@ -1109,7 +1138,7 @@ impl Session {
         let backend = self.shared.router.backend(h.target).clone();
         let err = Error::server_io(&backend.name, detail);
         tracing::warn!(client = self.id, server = %backend.name, error = %err, "server connection lost");
-        if h.target != Target::Primary {
+        if matches!(h.target, Target::Replica(_)) {
             backend.mark_failed();
         }
         let in_transaction = h.in_transaction();
@@ -1222,7 +1251,7 @@ fn query_body(text: &str) -> Vec<u8> {
 
 fn destination(target: Target) -> Destination {
     match target {
-        Target::Primary => Destination::Primary,
+        Target::Primary(_) => Destination::Primary,
         Target::Replica(_) => Destination::Replica,
     }
 }

@@ -73,6 +73,7 @@ pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &st
     toml.push_str(&format!(
         "[pools]\nwrite_pool_size = {write_pool}\nread_pool_size = {read_pool}\n\
          [timeouts]\npool_wait = \"20s\"\n\
+         [lag]\nmax_lag = \"60s\"\n\
          [[databases]]\nname = \"app\"\n\
          [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\
          [[users]]\nname = \"md5client\"\npassword = \"md5-secret\"\nauth = \"md5\"\nserver_user = \"md5user\"\nserver_password = \"md5-server-secret\"\n\

@@ -1,0 +1,595 @@
+//! Probes every server on its own side connection each `lag_check_interval`: its role (in recovery or not), its
+//! WAL positions, whether replay is paused and whether its WAL receiver runs. From that it decides which server
+//! takes writes, each replica's lag in bytes and in time, and which replicas may take reads (DESIGN.md §5).
+//!
+//! Time lag is measured on pgsplit's own clock: the monitor keeps recent (time, primary LSN) samples, and a
+//! replica's lag is how long ago the primary was first seen past the position the replica has replayed — zero
+//! when it has replayed everything, so an idle primary means no lag, and no clock synchronisation is needed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_postgres::NoTls;
+
+use crate::config::{Config, LagConfig, PrimaryUnknown};
+use crate::proxy::Shared;
+use crate::router::{Role, Router};
+
+/// How long primary LSN samples are kept.
+const HISTORY: Duration = Duration::from_secs(600);
+/// Eligibility transitions kept per server.
+const TRANSITIONS: usize = 32;
+/// Longest back-off between probes of a server that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+const PROBE: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+     EXISTS (SELECT 1 FROM pg_stat_wal_receiver)";
+
+/// What one probe read.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// `pg_current_wal_lsn()` (primary).
+    pub current_lsn: Option<u64>,
+    /// `pg_last_wal_receive_lsn()` (replica).
+    pub receive_lsn: Option<u64>,
+    /// `pg_last_wal_replay_lsn()` (replica).
+    pub replay_lsn: Option<u64>,
+    /// `pg_is_wal_replay_paused()`.
+    pub replay_paused: bool,
+    /// A WAL receiver process runs.
+    pub receiver_up: bool,
+}
+
+/// A failed probe.
+#[derive(Debug, Clone)]
+pub struct ProbeError {
+    /// The server refused the connection (down at once).
+    pub refused: bool,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// One eligibility change.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// When.
+    pub at: SystemTime,
+    /// Eligible after it.
+    pub eligible: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the monitor knows of one server.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    /// Configured name.
+    pub name: String,
+    /// host:port.
+    pub address: String,
+    /// Role from the last successful probe (unknown while down).
+    pub role: Role,
+    /// Reachable.
+    pub up: bool,
+    /// May take reads.
+    pub eligible: bool,
+    /// Why it is (not) eligible.
+    pub reason: String,
+    /// Bytes of WAL behind the primary.
+    pub lag_bytes: Option<u64>,
+    /// Time behind the primary.
+    pub lag: Option<Duration>,
+    /// The last probe's readings.
+    pub probe: Probe,
+    /// When the last probe succeeded.
+    pub last_ok: Option<Instant>,
+    /// How long the last successful probe took.
+    pub probe_latency: Option<Duration>,
+    /// Consecutive failed probes.
+    pub failures: u32,
+    /// The last probe error.
+    pub last_error: Option<String>,
+    /// Recent eligibility changes, oldest first.
+    pub transitions: VecDeque<Transition>,
+    below_since: Option<Instant>,
+    probed: bool,
+}
+
+/// Primary LSN samples on pgsplit's clock.
+#[derive(Debug, Default)]
+struct LsnHistory {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl LsnHistory {
+    fn push(&mut self, now: Instant, lsn: u64) {
+        let n = self.samples.len();
+        // While the position does not move, keep the first time it was seen and stretch the last sample.
+        if n >= 2 && self.samples[n - 1].1 == lsn && self.samples[n - 2].1 == lsn {
+            self.samples[n - 1].0 = now;
+        } else {
+            self.samples.push_back((now, lsn));
+        }
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > HISTORY)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn latest(&self) -> Option<(Instant, u64)> {
+        self.samples.back().copied()
+    }
+
+    /// How long ago the primary was first seen past `replayed` (zero when it never was).
+    fn lag(&self, replayed: u64, now: Instant) -> Duration {
+        let k = self.samples.partition_point(|(_, lsn)| *lsn <= replayed);
+        match self.samples.get(k) {
+            None => Duration::ZERO,
+            Some((t, _)) => now.saturating_duration_since(*t),
+        }
+    }
+}
+
+struct State {
+    servers: Vec<ServerStatus>,
+    history: LsnHistory,
+    /// The server whose LSN the history follows.
+    owner: Option<usize>,
+    split_brain: bool,
+}
+
+/// The shared view of every server's health and lag.
+pub struct Monitor {
+    config: LagConfig,
+    state: Mutex<State>,
+}
+
+impl Monitor {
+    /// A monitor for the configured servers (nothing probed yet).
+    pub fn new(config: &Config) -> Monitor {
+        let servers = config
+            .servers()
+            .map(|s| ServerStatus {
+                name: s.display_name(),
+                address: s.address(),
+                role: Role::Unknown,
+                up: false,
+                eligible: false,
+                reason: "not probed yet".into(),
+                lag_bytes: None,
+                lag: None,
+                probe: Probe::default(),
+                last_ok: None,
+                probe_latency: None,
+                failures: 0,
+                last_error: None,
+                transitions: VecDeque::new(),
+                below_since: None,
+                probed: false,
+            })
+            .collect();
+        Monitor {
+            config: config.lag.clone(),
+            state: Mutex::new(State {
+                servers,
+                history: LsnHistory::default(),
+                owner: Some(0),
+                split_brain: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of every server's status.
+    pub fn snapshot(&self) -> Vec<ServerStatus> {
+        self.lock().servers.clone()
+    }
+
+    /// Whether every server has been probed at least once.
+    pub fn all_probed(&self) -> bool {
+        self.lock().servers.iter().all(|s| s.probed)
+    }
+
+    /// Records a probe of server `index` and re-evaluates roles and eligibility. Returns true when the server
+    /// has just been marked down.
+    pub fn record(
+        &self,
+        index: usize,
+        result: Result<Probe, ProbeError>,
+        latency: Duration,
+        router: &Router,
+    ) -> bool {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let Some(s) = st.servers.get_mut(index) else {
+            return false;
+        };
+        s.probed = true;
+        let was_up = s.up;
+        match result {
+            Ok(p) => {
+                if !s.up && s.failures > 0 {
+                    tracing::info!(server = %s.name, "server is up again");
+                }
+                s.up = true;
+                s.failures = 0;
+                s.last_error = None;
+                s.last_ok = Some(now);
+                s.probe_latency = Some(latency);
+                s.role = if p.in_recovery {
+                    Role::Replica
+                } else {
+                    Role::Primary
+                };
+                s.probe = p;
+            }
+            Err(e) => {
+                s.failures += 1;
+                if e.refused || s.failures >= self.config.down_after {
+                    if s.up {
+                        tracing::warn!(server = %s.name, failures = s.failures, error = %e.message, "server is down");
+                    }
+                    s.up = false;
+                    s.role = Role::Unknown;
+                }
+                s.last_error = Some(e.message);
+            }
+        }
+        let went_down = was_up && !st.servers[index].up;
+        self.evaluate(&mut st, index, now, router);
+        went_down
+    }
+
+    fn evaluate(&self, st: &mut State, probed: usize, now: Instant, router: &Router) {
+        let stale = self.config.lag_check_interval * 4 + self.config.probe_timeout;
+        let fresh =
+            |s: &ServerStatus| s.up && s.last_ok.is_some_and(|t| now.duration_since(t) <= stale);
+
+        // Who takes writes.
+        let primaries: Vec<usize> = (0..st.servers.len())
+            .filter(|&i| fresh(&st.servers[i]) && st.servers[i].role == Role::Primary)
+            .collect();
+        match primaries.as_slice() {
+            [p] => {
+                let p = *p;
+                if st.owner != Some(p) {
+                    tracing::warn!(server = %st.servers[p].name, "new primary: writes now go to it");
+                    st.history = LsnHistory::default();
+                    st.owner = Some(p);
+                }
+                st.split_brain = false;
+                router.set_primary(Ok(p));
+            }
+            [] => {
+                let reason = match st.owner.map(|o| &st.servers[o]) {
+                    Some(o) if !o.up => format!(
+                        "the primary \"{}\" ({}) is down: {}",
+                        o.name,
+                        o.address,
+                        o.last_error.as_deref().unwrap_or("no answer")
+                    ),
+                    _ => "no server is out of recovery".to_string(),
+                };
+                router.set_primary(Err(reason));
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(|&i| st.servers[i].name.as_str()).collect();
+                let reason = format!(
+                    "split brain: {} are all out of recovery; writes are refused until only one is",
+                    names.join(" and ")
+                );
+                if !st.split_brain {
+                    tracing::error!(servers = ?names, "SPLIT BRAIN: more than one server is out of recovery; refusing writes");
+                    st.split_brain = true;
+                }
+                router.set_primary(Err(reason));
+            }
+        }
+        for (i, s) in st.servers.iter().enumerate() {
+            router.servers[i].set_role(s.role);
+        }
+
+        // The primary's position.
+        if Some(probed) == st.owner && fresh(&st.servers[probed]) {
+            if let Some(lsn) = st.servers[probed].probe.current_lsn {
+                st.history.push(now, lsn);
+            }
+        }
+        let primary_position = st
+            .history
+            .latest()
+            .filter(|(t, _)| {
+                st.owner.is_some_and(|o| fresh(&st.servers[o])) && now.duration_since(*t) <= stale
+            })
+            .map(|(_, lsn)| lsn);
+
+        // Which replicas may take reads.
+        let cfg = &self.config;
+        for i in 0..st.servers.len() {
+            let is_primary = router.primary() == Ok(i);
+            let s = &st.servers[i];
+            let verdict: Result<(), String> = if is_primary {
+                Err("primary".into())
+            } else if !s.up {
+                Err(format!(
+                    "down: {}",
+                    s.last_error.as_deref().unwrap_or("no answer")
+                ))
+            } else if !fresh(s) {
+                Err("no fresh probe".into())
+            } else if s.role != Role::Replica {
+                Err("not in recovery".into())
+            } else if !s.probe.receiver_up && primary_position.is_some() {
+                Err("WAL receiver is not running".into())
+            } else {
+                Ok(())
+            };
+            let mut lag = None;
+            let mut lag_bytes = None;
+            let (ok_now, under_readmit, reason) = match verdict {
+                Err(reason) => (false, false, reason),
+                Ok(()) => match (primary_position, s.probe.replay_lsn) {
+                    (Some(p), Some(replayed)) => {
+                        let bytes = p.saturating_sub(replayed);
+                        let time = st.history.lag(replayed, now);
+                        lag = Some(time);
+                        lag_bytes = Some(bytes);
+                        let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
+                        let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
+                        if time > cfg.max_lag || over_bytes {
+                            (
+                                false,
+                                false,
+                                format!(
+                                    "lag {:.3}s / {bytes} bytes over the threshold",
+                                    time.as_secs_f64()
+                                ),
+                            )
+                        } else {
+                            let under = time <= cfg.readmit_lag() && under_bytes;
+                            (
+                                true,
+                                under,
+                                format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
+                            )
+                        }
+                    }
+                    (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => (
+                        true,
+                        true,
+                        "primary position unknown; serving as configured".into(),
+                    ),
+                    (None, _) => (
+                        false,
+                        false,
+                        "lag unknown: the primary's WAL position is unknown".into(),
+                    ),
+                    (Some(_), None) => (false, false, "lag unknown: nothing replayed yet".into()),
+                },
+            };
+            let s = &mut st.servers[i];
+            s.lag = lag;
+            s.lag_bytes = lag_bytes;
+            let eligible = if s.eligible {
+                s.below_since = None;
+                ok_now
+            } else if under_readmit {
+                let since = *s.below_since.get_or_insert(now);
+                // A replica that was never excluded is admitted at once; one that was, after the hold time.
+                s.transitions.is_empty() || now.duration_since(since) >= cfg.readmit_hold
+            } else {
+                s.below_since = None;
+                false
+            };
+            if eligible != s.eligible {
+                tracing::info!(server = %s.name, eligible, reason = %reason, "replica eligibility changed");
+                s.transitions.push_back(Transition {
+                    at: SystemTime::now(),
+                    eligible,
+                    reason: reason.clone(),
+                });
+                if s.transitions.len() > TRANSITIONS {
+                    s.transitions.pop_front();
+                }
+            }
+            s.eligible = eligible;
+            s.reason = if eligible || !ok_now {
+                reason
+            } else {
+                format!("waiting to be re-admitted ({reason})")
+            };
+            router.servers[i].set_eligible(eligible);
+        }
+    }
+}
+
+/// Runs the probe loops of every server until the process ends.
+pub async fn run(shared: Arc<Shared>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..shared.router.servers.len() {
+        tasks.spawn(probe_loop(shared.clone(), i));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn probe_loop(shared: Arc<Shared>, index: usize) {
+    let cfg = shared.config.lag.clone();
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut backoff = cfg.lag_check_interval;
+    loop {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(
+            cfg.probe_timeout,
+            probe(&shared.config, index, &mut client),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                client = None;
+                Err(ProbeError {
+                    refused: false,
+                    message: format!("probe timed out after {:?}", cfg.probe_timeout),
+                })
+            }
+        };
+        let failed = result.is_err();
+        if failed {
+            client = None;
+        }
+        let went_down = shared
+            .monitor
+            .record(index, result, started.elapsed(), &shared.router);
+        if went_down {
+            for (_, set) in shared.all_pools() {
+                set.of_server(index).for_each(|p| p.close_idle());
+            }
+        }
+        // A server that does not answer is probed again with a growing back-off.
+        backoff = if failed {
+            (backoff * 2).min(MAX_BACKOFF)
+        } else {
+            cfg.lag_check_interval
+        };
+        let wait = if failed {
+            backoff
+        } else {
+            cfg.lag_check_interval.saturating_sub(started.elapsed())
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn probe(
+    config: &Config,
+    index: usize,
+    client: &mut Option<tokio_postgres::Client>,
+) -> Result<Probe, ProbeError> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(connect(config, index).await?);
+    }
+    let Some(c) = client.as_ref() else {
+        return Err(ProbeError {
+            refused: false,
+            message: "no connection".into(),
+        });
+    };
+    let row = c.query_one(PROBE, &[]).await.map_err(|e| ProbeError {
+        refused: false,
+        message: e.to_string(),
+    })?;
+    let lsn = |i: usize| {
+        row.get::<_, Option<String>>(i)
+            .as_deref()
+            .and_then(parse_lsn)
+    };
+    Ok(Probe {
+        in_recovery: row.get(0),
+        current_lsn: lsn(1),
+        receive_lsn: lsn(2),
+        replay_lsn: lsn(3),
+        replay_paused: row.get(4),
+        receiver_up: row.get(5),
+    })
+}
+
+async fn connect(config: &Config, index: usize) -> Result<tokio_postgres::Client, ProbeError> {
+    let server = config.servers().nth(index).ok_or(ProbeError {
+        refused: false,
+        message: "no such server".into(),
+    })?;
+    let user = config.users.first().ok_or(ProbeError {
+        refused: false,
+        message: "no user configured".into(),
+    })?;
+    let db = config.databases.first().ok_or(ProbeError {
+        refused: false,
+        message: "no database".into(),
+    })?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&server.host)
+        .port(server.port)
+        .user(user.server_user())
+        .dbname(db.server_database())
+        .application_name("pgsplit monitor")
+        .connect_timeout(config.lag.probe_timeout);
+    if let Some(p) = user.server_password() {
+        pg.password(p);
+    }
+    match pg.connect(NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            Ok(client)
+        }
+        Err(e) => {
+            let refused = refused(&e);
+            Err(ProbeError {
+                refused,
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+fn refused(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Parses an LSN written as `X/Y` (hex).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parses() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("bogus"), None);
+    }
+
+    #[test]
+    fn time_lag_is_zero_when_caught_up_and_grows_from_when_the_primary_moved_on() {
+        let t0 = Instant::now();
+        let mut h = LsnHistory::default();
+        for k in 0..8 {
+            h.push(t0 + Duration::from_millis(250 * k), 100);
+        }
+        assert_eq!(h.samples.len(), 2, "an idle primary is stored compactly");
+        assert_eq!(
+            h.lag(100, t0 + Duration::from_secs(5)),
+            Duration::ZERO,
+            "idle primary: no lag"
+        );
+        h.push(t0 + Duration::from_millis(2000), 200);
+        h.push(t0 + Duration::from_millis(2250), 300);
+        let now = t0 + Duration::from_millis(3000);
+        assert_eq!(h.lag(100, now), Duration::from_millis(1000));
+        assert_eq!(h.lag(250, now), Duration::from_millis(750));
+        assert_eq!(h.lag(300, now), Duration::ZERO);
+    }
+}
