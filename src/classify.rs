@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use sqlparser::ast::{
     Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
-    TransactionMode, Visit, Visitor,
+    TransactionIsolationLevel, TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -143,6 +143,8 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "pg_backup_start",
     "pg_backup_stop",
     "pg_import_system_collations",
+    "lowrite",
+    "loread",
 ];
 
 /// Name prefixes of functions that write or lock.
@@ -154,7 +156,15 @@ const WRITE_FUNCTION_PREFIXES: &[&str] = &[
 ];
 
 /// Largest number of cached decisions; the cache is cleared when it fills.
-const CACHE_CAPACITY: usize = 16_384;
+const CACHE_CAPACITY: usize = 8_192;
+/// Longest text whose decision is cached.
+const MAX_CACHED_BYTES: usize = 4 * 1024;
+/// Longest text classified on the calling thread's stack.
+const SMALL_STACK_BYTES: usize = 8 * 1024;
+/// Longest text parsed at all; longer ones are writes.
+const MAX_PARSED_BYTES: usize = 1024 * 1024;
+/// Stack for classifying long texts (reserved, touched only as deep as the tree goes).
+const DEEP_STACK_BYTES: usize = 1024 * 1024 * 1024;
 
 /// Classifies statements, caching decisions by text.
 pub struct Classifier {
@@ -277,24 +287,55 @@ impl Classifier {
         if let Some(d) = fast_path(sql) {
             return d;
         }
+        if sql.len() > MAX_PARSED_BYTES {
+            // Too large to parse safely: fail closed.
+            return Decision {
+                pins: pins_session(sql),
+                session: touches_session(sql),
+                ..Decision::write(Reason::Unparseable)
+            };
+        }
         // Keyed by the text with literals blanked out: `… WHERE id = 17` and `… = 18` share one entry (no routing
-        // rule depends on a literal's value).
-        let key = normalize_literals(sql);
-        if let Ok(cache) = self.cache.read() {
-            if let Some(d) = cache.get(key.as_str()) {
+        // rule depends on a literal's value). Long texts, and texts whose literals or comments do not close, are
+        // not cached.
+        let key = if sql.len() <= MAX_CACHED_BYTES {
+            normalize_literals(sql)
+        } else {
+            None
+        };
+        if let (Some(k), Ok(cache)) = (&key, self.cache.read()) {
+            if let Some(d) = cache.get(k.as_str()) {
                 return *d;
             }
         }
-        let mut d = self.classify_uncached(sql);
+        let mut d = if sql.len() <= SMALL_STACK_BYTES {
+            self.classify_uncached(sql)
+        } else {
+            self.classify_deep(sql)
+        };
         d.pins = pins_session(sql);
         d.session = touches_session(sql);
-        if let Ok(mut cache) = self.cache.write() {
+        if let (Some(k), Ok(mut cache)) = (key, self.cache.write()) {
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
             }
-            cache.insert(key.into_boxed_str(), d);
+            cache.insert(k.into_boxed_str(), d);
         }
         d
+    }
+
+    /// Classifies a long text on a thread with a large stack: parsing is protected against deep recursion, but
+    /// walking and dropping a deep expression tree (`1+1+…`, long OR chains) is not.
+    fn classify_deep(&self, sql: &str) -> Decision {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("pgsplit-classify".into())
+                .stack_size(DEEP_STACK_BYTES)
+                .spawn_scoped(scope, || self.classify_uncached(sql))
+                .ok()
+                .and_then(|t| t.join().ok())
+        })
+        .unwrap_or(Decision::write(Reason::Unparseable))
     }
 
     fn classify_uncached(&self, sql: &str) -> Decision {
@@ -318,13 +359,18 @@ impl Classifier {
             Statement::Query(q) => self.query(q),
             Statement::Explain { statement, .. } => self.statement(statement),
             Statement::StartTransaction { modes, .. } => {
-                let read_only = modes.iter().any(|m| {
+                // The last access mode wins; a SERIALIZABLE transaction cannot run on a hot standby.
+                let read_only = modes.iter().rev().find_map(|m| match m {
+                    TransactionMode::AccessMode(a) => Some(*a == TransactionAccessMode::ReadOnly),
+                    _ => None,
+                }) == Some(true);
+                let serializable = modes.iter().any(|m| {
                     matches!(
                         m,
-                        TransactionMode::AccessMode(TransactionAccessMode::ReadOnly)
+                        TransactionMode::IsolationLevel(TransactionIsolationLevel::Serializable)
                     )
                 });
-                if read_only {
+                if read_only && !serializable {
                     Decision::read(Reason::ReadOnlyTransaction)
                 } else {
                     Decision::write(Reason::TransactionStart)
@@ -500,6 +546,9 @@ pub fn session_changes(sql: &str) -> Option<Vec<SessionChange>> {
     }
     if !contains_ignore_case(sql, "set_config") {
         return Some(Vec::new());
+    }
+    if sql.len() > SMALL_STACK_BYTES {
+        return None; // too long to walk here: the client keeps its connections instead
     }
     set_config_calls(sql)
 }
@@ -714,11 +763,12 @@ pub fn is_set_transaction_read_only(sql: &str) -> bool {
         && !lower.contains(';')
         && lower.contains("read only")
         && !lower.contains("read write")
+        && !lower.contains("serializable")
 }
 
 /// `sql` with string and numeric literals replaced by `?` (comments, identifiers and `$n` parameters kept), for
-/// use as a cache key.
-pub fn normalize_literals(sql: &str) -> String {
+/// use as a cache key; `None` when a literal, quoted identifier or comment does not close (no safe key).
+pub fn normalize_literals(sql: &str) -> Option<String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
@@ -730,39 +780,35 @@ pub fn normalize_literals(sql: &str) -> String {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..]
                     .iter()
-                    .position(|&x| x == b'\n')
+                    .position(|&x| x == b'\n' || x == b'\r')
                     .map_or(b.len(), |p| i + p);
                 continue;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+                i = block_comment_end(b, i)?;
                 continue;
             }
             b'"' => {
-                i = b[i + 1..]
-                    .iter()
-                    .position(|&x| x == b'"')
-                    .map_or(b.len(), |p| i + 1 + p + 1);
+                i = i + 1 + b[i + 1..].iter().position(|&x| x == b'"')? + 1;
                 continue;
             }
             b'\'' => {
                 let escapes =
                     i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !ident(b[i - 2]));
-                Some(string_end(b, i, escapes))
+                Some(string_end(b, i, escapes)?)
             }
             b'$' if i == 0 || !ident(b[i - 1]) => {
-                // $n parameters stay; $tag$…$tag$ is a literal.
-                let tag_len = b[i + 1..]
+                // $n parameters stay; $tag$…$tag$ (tag letters may be non-ASCII) is a literal.
+                let n = b[i + 1..]
                     .iter()
-                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_'));
-                match tag_len {
-                    Some(n) if b.get(i + 1 + n) == Some(&b'$') && !b[i + 1].is_ascii_digit() => {
+                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_' || x >= 0x80));
+                match n {
+                    Some(n)
+                        if b[i + 1 + n] == b'$'
+                            && !b.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+                    {
                         let tag = &sql[i..i + n + 2];
-                        Some(
-                            sql[i + n + 2..]
-                                .find(tag)
-                                .map_or(b.len(), |p| i + n + 2 + p + tag.len()),
-                        )
+                        Some(i + n + 2 + sql[i + n + 2..].find(tag)? + tag.len())
                     }
                     _ => None,
                 }
@@ -787,22 +833,22 @@ pub fn normalize_literals(sql: &str) -> String {
             None => i += 1,
         }
     }
-    out.push_str(&sql[copied.min(sql.len())..]);
-    out
+    out.push_str(sql.get(copied..)?);
+    Some(out)
 }
 
-/// The end (exclusive) of the quoted string starting at `start`.
-fn string_end(b: &[u8], start: usize, backslash_escapes: bool) -> usize {
+/// The end (exclusive) of the quoted string starting at `start`; `None` when it does not close.
+fn string_end(b: &[u8], start: usize, backslash_escapes: bool) -> Option<usize> {
     let mut j = start + 1;
     while j < b.len() {
         match b[j] {
             b'\\' if backslash_escapes => j += 2,
             b'\'' if b.get(j + 1) == Some(&b'\'') => j += 2,
-            b'\'' => return j + 1,
+            b'\'' => return Some(j + 1),
             _ => j += 1,
         }
     }
-    b.len()
+    None
 }
 
 /// Skips leading whitespace and comments; returns the rest and any `pgsplit:` hint found in a leading comment.
@@ -812,22 +858,46 @@ fn strip_leading(sql: &str) -> (&str, Option<Route>) {
     loop {
         s = s.trim_start();
         if let Some(rest) = s.strip_prefix("--") {
-            s = rest.find('\n').map_or("", |i| &rest[i + 1..]);
-        } else if let Some(rest) = s.strip_prefix("/*") {
-            let Some(end) = rest.find("*/") else {
+            // A line comment ends at a newline or a carriage return, as in PostgreSQL's lexer.
+            s = rest.find(['\n', '\r']).map_or("", |i| &rest[i + 1..]);
+        } else if s.starts_with("/*") {
+            let Some(end) = block_comment_end(s.as_bytes(), 0) else {
                 return ("", hint);
             };
-            let body = rest[..end].trim();
-            match body {
+            match s[2..end - 2].trim() {
                 "pgsplit:primary" => hint = Some(Route::Write),
                 "pgsplit:replica" => hint = Some(Route::Read),
                 _ => {}
             }
-            s = &rest[end + 2..];
+            s = &s[end..];
         } else {
             return (s, hint);
         }
     }
+}
+
+/// The end (exclusive) of the block comment starting at `start`; block comments nest, as in PostgreSQL.
+/// `None` when it is not closed.
+fn block_comment_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i + 1 < b.len() {
+        match (b[i], b[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Decisions that need no parser: hints and the trivially-classified statements (one statement only).
@@ -867,11 +937,18 @@ fn fast_path(sql: &str) -> Option<Decision> {
         })
     } else if is("table") {
         // `TABLE name` (sqlparser does not parse it): a read when the rest is just a relation name.
-        let rest = trimmed[word_end..].trim();
-        let plain = !rest.is_empty()
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.\" *".contains(&b));
+        // `TABLE [ONLY] name [*]`, nothing more (no locking clause or anything else).
+        let words: Vec<&str> = trimmed[word_end..].split_whitespace().collect();
+        let name_ok = |w: &str| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.\"".contains(&b))
+        };
+        let plain = match words.as_slice() {
+            [name] | [name, "*"] => name_ok(name),
+            [only, name] | [only, name, "*"] => only.eq_ignore_ascii_case("only") && name_ok(name),
+            _ => false,
+        };
         Some(if plain {
             Decision::read(Reason::ReadOnlyQuery)
         } else {
@@ -880,12 +957,34 @@ fn fast_path(sql: &str) -> Option<Decision> {
     } else if is("show") {
         Some(Decision::read(Reason::ReadOnlyQuery))
     } else if is("begin") || is("start") {
-        // Read-only only when it says so and nothing else is odd about it; the parser decides.
-        let upper = trimmed.to_ascii_uppercase();
-        if upper.contains("READ ONLY") {
-            None
+        // Read-only when it says READ ONLY, never READ WRITE (the last mode wins: the parser decides those) nor
+        // SERIALIZABLE (a hot standby refuses it), and holds nothing but transaction-mode words.
+        let lower = trimmed.to_ascii_lowercase();
+        if !lower.contains("read only") {
+            return Some(Decision::write(Reason::TransactionStart));
+        }
+        const MODE_WORDS: &[&str] = &[
+            "begin",
+            "start",
+            "transaction",
+            "work",
+            "isolation",
+            "level",
+            "read",
+            "only",
+            "committed",
+            "uncommitted",
+            "repeatable",
+            "deferrable",
+            "not",
+        ];
+        let plain = lower
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .all(|w| w.is_empty() || MODE_WORDS.contains(&w));
+        if plain && !lower.contains("read write") {
+            Some(Decision::read(Reason::ReadOnlyTransaction))
         } else {
-            Some(Decision::write(Reason::TransactionStart))
+            None
         }
     } else if is("insert") || is("update") || is("delete") || is("drop") || is("alter") {
         Some(Decision::write(Reason::WriteStatement))
@@ -1039,6 +1138,9 @@ mod tests {
         assert_eq!(transaction_end("end work"), Some("COMMIT"));
         assert_eq!(transaction_end("ROLLBACK TO SAVEPOINT a"), None);
         assert!(is_set_transaction_read_only(
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        ));
+        assert!(!is_set_transaction_read_only(
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY"
         ));
     }
@@ -1074,27 +1176,35 @@ mod tests {
 
     #[test]
     fn literals_are_blanked_for_the_cache_key() {
+        let n = |s: &str| normalize_literals(s).unwrap_or_else(|| "<none>".into());
         assert_eq!(
-            normalize_literals("SELECT * FROM t WHERE id = 17"),
+            n("SELECT * FROM t WHERE id = 17"),
             "SELECT * FROM t WHERE id = ?"
         );
         assert_eq!(
-            normalize_literals("SELECT * FROM t2 WHERE a = 'x''y' AND b = 1.5e3"),
+            n("SELECT * FROM t2 WHERE a = 'x''y' AND b = 1.5e3"),
             "SELECT * FROM t2 WHERE a = ? AND b = ?"
         );
         assert_eq!(
-            normalize_literals("SELECT $1, $$body$$, $q$x$q$ FROM \"t 1\""),
+            n("SELECT $1, $$body$$, $q$x$q$ FROM \"t 1\""),
             "SELECT $1, ?, ? FROM \"t 1\""
         );
+        assert_eq!(n("SELECT E'a\\'b' -- 5\n, 6"), "SELECT E? -- 5\n, ?");
+        assert_eq!(n("/* 'x */ SELECT 'é'"), "/* 'x */ SELECT ?");
         assert_eq!(
-            normalize_literals("SELECT E'a\\'b' -- 5\n, 6"),
-            "SELECT E? -- 5\n, ?"
+            n("/* a /* nested */ 'x' */ SELECT 1"),
+            "/* a /* nested */ 'x' */ SELECT ?"
         );
-        assert_eq!(
-            normalize_literals("/* 'x */ SELECT 'é'"),
-            "/* 'x */ SELECT ?"
-        );
-        assert_eq!(normalize_literals("SELECT 'unterminated"), "SELECT ?");
+        assert_eq!(n("SELECT $função$ x $função$"), "SELECT ?");
+        assert_eq!(n("-- c\rSELECT 1"), "-- c\rSELECT ?");
+        for unclosed in [
+            "SELECT 'unterminated",
+            "SELECT $$x",
+            "SELECT \"x",
+            "/* /* */ SELECT 1",
+        ] {
+            assert_eq!(normalize_literals(unclosed), None, "{unclosed}");
+        }
         let c = Classifier::new(&[]);
         c.classify("SELECT * FROM t WHERE id = 17");
         c.classify("SELECT * FROM t WHERE id = 18");

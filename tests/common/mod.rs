@@ -37,8 +37,18 @@ pub const TRUST: (&str, &str) = ("trustclient", "");
 /// The shared environment, started on first use.
 pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
-        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("PGSPLIT_LOG").unwrap_or_else(|_| "warn".into())).try_init();
-        let cluster = Cluster::start(ClusterOptions {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("PGSPLIT_LOG").unwrap_or_else(|_| "warn".into()))
+            .try_init();
+        let cluster = start_cluster();
+        let proxy = spawn_proxy(config(&cluster, 8, 8, ""));
+        Env { cluster, proxy }
+    })
+}
+
+/// A new cluster (primary + 2 streaming replicas) with the test users; for tests that stop, kill or promote.
+pub fn start_cluster() -> Cluster {
+    Cluster::start(ClusterOptions {
             replicas: 2,
             hba: vec![
                 "host all app 127.0.0.1/32 scram-sha-256".into(),
@@ -51,14 +61,17 @@ pub fn env() -> &'static Env {
             ],
             ..ClusterOptions::default()
         })
-        .expect("start the local cluster");
-        let proxy = spawn_proxy(config(&cluster, 8, 8, ""));
-        Env { cluster, proxy }
-    })
+        .expect("start the local cluster")
 }
 
 /// A pgsplit configuration in front of the cluster; `extra` is appended at top level (before tables).
 pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &str) -> Config {
+    // Tests that are not about lag tolerate replicas slowed down by other tests' bulk writes.
+    let lag = if extra.contains("[lag]") {
+        ""
+    } else {
+        "[lag]\nmax_lag = \"60s\"\n"
+    };
     let mut toml = format!(
         "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n\
          [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
@@ -73,7 +86,7 @@ pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &st
     toml.push_str(&format!(
         "[pools]\nwrite_pool_size = {write_pool}\nread_pool_size = {read_pool}\n\
          [timeouts]\npool_wait = \"20s\"\n\
-         [lag]\nmax_lag = \"60s\"\n\
+         {lag}\
          [[databases]]\nname = \"app\"\n\
          [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\
          [[users]]\nname = \"md5client\"\npassword = \"md5-secret\"\nauth = \"md5\"\nserver_user = \"md5user\"\nserver_password = \"md5-server-secret\"\n\
