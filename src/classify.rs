@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sqlparser::ast::{
@@ -178,6 +178,8 @@ pub struct Classifier {
     catalog_required: bool,
     /// Wakes the catalog loader.
     pub refresh: tokio::sync::Notify,
+    hits: AtomicU64,
+    misses: AtomicU64,
     cache: RwLock<HashMap<Box<str>, Decision>>,
 }
 
@@ -254,6 +256,8 @@ impl Classifier {
             unknown_function: AtomicBool::new(false),
             catalog_required: false,
             refresh: tokio::sync::Notify::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             cache: RwLock::new(HashMap::new()),
         }
     }
@@ -275,6 +279,19 @@ impl Classifier {
         if let Ok(mut cache) = self.cache.write() {
             cache.clear();
         }
+    }
+
+    /// Decision cache hits and misses so far.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Asks the catalog loader to read the catalog again.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
     }
 
     /// Whether a statement met a function the catalog does not know since the last load.
@@ -305,9 +322,11 @@ impl Classifier {
         };
         if let (Some(k), Ok(cache)) = (&key, self.cache.read()) {
             if let Some(d) = cache.get(k.as_str()) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
                 return *d;
             }
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let mut d = if sql.len() <= SMALL_STACK_BYTES {
             self.classify_uncached(sql)
         } else {

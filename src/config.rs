@@ -38,6 +38,9 @@ pub struct Config {
     /// Address of the admin HTTP endpoint. Default `127.0.0.1:9930`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
+    /// Bearer token the admin endpoint requires; mandatory when `admin_listen` is not a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     /// Transaction (default) or session pooling.
     #[serde(default)]
     pub pool_mode: PoolMode,
@@ -536,6 +539,9 @@ impl Config {
 
     fn render(&self, redact: bool) -> String {
         let mut shown = self.clone();
+        if redact && shown.admin_token.is_some() {
+            shown.admin_token = Some(REDACTED.to_string());
+        }
         for db in &mut shown.databases {
             db.server_database = Some(db.server_database().to_string());
         }
@@ -572,6 +578,17 @@ impl Config {
             return Err(loc.error(
                 &root.key("admin_listen"),
                 format!("must differ from `listen` ({})", self.listen),
+            ));
+        }
+        if !self.admin_listen.ip().is_loopback()
+            && self.admin_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(loc.error(
+                &root.key("admin_listen"),
+                format!(
+                    "{} is not a loopback address: set `admin_token` so that the admin endpoint requires it",
+                    self.admin_listen
+                ),
             ));
         }
         if self.max_client_connections < 1 {

@@ -31,7 +31,7 @@ pub fn demo_config(
     }
     toml.push_str(&format!(
         "[[databases]]\nname = \"{DEMO_DB}\"\n\
-         [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n"
+         [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\nadmin = true\n"
     ));
     Config::from_toml_str(&toml, "<demo>")
 }
@@ -80,6 +80,7 @@ pub async fn run(
         Err(_) if port.is_none() => {
             let mut c = config;
             c.listen.set_port(0);
+            c.admin_listen.set_port(0);
             match Proxy::bind(c).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -107,6 +108,10 @@ pub async fn run(
     let _ = writeln!(out, "DATABASE_URL={}", url(addr.port()));
     let _ = writeln!(out, "PRIMARY_URL={}", url(cluster.primary().port));
     let _ = writeln!(out, "REPLICA_URLS={}", replica_urls.join(","));
+    if let Ok(admin) = proxy.admin_addr() {
+        let _ = writeln!(out, "ADMIN_URL=http://{admin}");
+        let _ = writeln!(out, "DASHBOARD_URL=http://{admin}/dashboard");
+    }
     let _ = out.flush();
     eprintln!(
         "pgsplit demo: ready. Try: psql \"{}\" -c 'SELECT inet_server_port(), pg_is_in_recovery()'",

@@ -4,6 +4,7 @@
 //! write transactions to the primary and spreads reads over replicas, pooling server connections.
 //! `../shared/DESIGN.md` (in the repository's parent) is the map of the modules below.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod catalog;

@@ -328,6 +328,11 @@ impl Monitor {
                     "down: {}",
                     s.last_error.as_deref().unwrap_or("no answer")
                 ))
+            } else if s.failures > 0 {
+                Err(format!(
+                    "last probe failed: {}",
+                    s.last_error.as_deref().unwrap_or("no answer")
+                ))
             } else if !fresh(s) {
                 Err("no fresh probe".into())
             } else if s.role != Role::Replica {

@@ -31,6 +31,9 @@ pub struct Shared {
     pub stats: crate::stats::RoutingStats,
     /// Server health and lag.
     pub monitor: crate::monitor::Monitor,
+    /// When pgsplit started.
+    pub started: std::time::Instant,
+    paused: tokio::sync::watch::Sender<bool>,
     /// SCRAM verifiers per user, derived once at start.
     pub verifiers: HashMap<String, ScramVerifier>,
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
@@ -67,6 +70,8 @@ impl Shared {
             cancels: CancelRegistry::default(),
             stats: crate::stats::RoutingStats::default(),
             monitor: crate::monitor::Monitor::new(&config),
+            started: std::time::Instant::now(),
+            paused: tokio::sync::watch::channel(false).0,
             verifiers,
             pools: Mutex::new(HashMap::new()),
             clients: AtomicUsize::new(0),
@@ -92,6 +97,22 @@ impl Shared {
         pools.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// Whether new units of work are held back (admin `PAUSE`).
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Pauses or resumes new units of work.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Waits until not paused.
+    pub async fn wait_resumed(&self) {
+        let mut rx = self.paused.subscribe();
+        let _ = rx.wait_for(|p| !*p).await;
+    }
+
     /// A fresh client id.
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
@@ -102,12 +123,15 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
+    admin: TcpListener,
 }
 
 /// A proxy running in the background (tests, `demo`).
 pub struct ProxyHandle {
     /// The address clients connect to.
     pub addr: SocketAddr,
+    /// The admin endpoint's address.
+    pub admin_addr: SocketAddr,
     /// The shared state (for inspection).
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -126,10 +150,22 @@ impl Proxy {
     /// Binds the client listener.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(config.listen).await?;
+        let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("admin endpoint {}: {e}", config.admin_listen),
+            )
+        })?;
         Ok(Proxy {
             shared: Arc::new(Shared::new(config)),
             listener,
+            admin,
         })
+    }
+
+    /// The bound admin endpoint address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
     }
 
     /// The bound address.
@@ -145,6 +181,7 @@ impl Proxy {
     /// Runs in the background until [`ProxyHandle::shutdown`].
     pub fn spawn(self) -> std::io::Result<ProxyHandle> {
         let addr = self.local_addr()?;
+        let admin_addr = self.admin_addr()?;
         let shared = self.shared.clone();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -155,6 +192,7 @@ impl Proxy {
         });
         Ok(ProxyHandle {
             addr,
+            admin_addr,
             shared,
             stop,
             task,
@@ -163,7 +201,12 @@ impl Proxy {
 
     /// Accepts clients until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let Proxy { shared, listener } = self;
+        let Proxy {
+            shared,
+            listener,
+            admin,
+        } = self;
+        let admin = tokio::spawn(crate::admin::serve(shared.clone(), admin));
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
         let mut sessions = JoinSet::new();
@@ -233,6 +276,7 @@ impl Proxy {
         reaper.abort();
         catalog.abort();
         monitor.abort();
+        admin.abort();
         for (_, set) in shared.all_pools() {
             set.all().for_each(|p| p.close_idle());
         }

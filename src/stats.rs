@@ -50,6 +50,12 @@ pub enum Destination {
 /// Routing decisions counted by destination and reason.
 #[derive(Default)]
 pub struct RoutingStats {
+    /// Unit latencies.
+    pub latency: Latency,
+    /// Errors by SQLSTATE class.
+    pub errors: ErrorCounts,
+    /// Connected clients.
+    pub clients: Clients,
     by_reason: [[AtomicU64; Reason::ALL.len()]; 2],
     primary_reads: [AtomicU64; PrimaryRead::ALL.len()],
     pinned: [AtomicU64; 2],
@@ -102,5 +108,221 @@ impl RoutingStats {
     /// Reads refused.
     pub fn refused_reads(&self) -> u64 {
         self.refused_reads.load(Ordering::Relaxed)
+    }
+}
+
+/// The destination label of the query duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// `primary` or `replica`.
+    pub destination: &'static str,
+}
+
+/// The Prometheus histogram family of unit durations.
+pub type DurationFamily = prometheus_client::metrics::family::Family<
+    DestinationLabel,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+
+fn duration_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(BUCKETS)
+}
+
+/// Unit latency (server connection held, from checkout to the unit's last ReadyForQuery), per destination.
+pub struct Latency {
+    hdr: [std::sync::Mutex<hdrhistogram::Histogram<u64>>; 2],
+    prom: DurationFamily,
+}
+
+/// Bucket bounds (seconds) of the Prometheus query duration histogram.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl Default for Latency {
+    fn default() -> Self {
+        let hdr = || {
+            let h =
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+                    hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable!("valid bounds"))
+                });
+            std::sync::Mutex::new(h)
+        };
+        Latency {
+            hdr: [hdr(), hdr()],
+            prom: DurationFamily::new_with_constructor(duration_histogram),
+        }
+    }
+}
+
+/// Percentiles of one route kind, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Percentiles {
+    /// Units measured.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+}
+
+impl Latency {
+    /// Records one unit on `dest`.
+    pub fn record(&self, dest: Destination, took: std::time::Duration) {
+        let i = dest_index(dest);
+        let micros = (took.as_micros() as u64).clamp(1, 600_000_000);
+        if let Ok(mut h) = self.hdr[i].lock() {
+            let _ = h.record(micros);
+        }
+        let destination = if i == 0 { "primary" } else { "replica" };
+        self.prom
+            .get_or_create(&DestinationLabel { destination })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Percentiles so far on `dest`.
+    pub fn percentiles(&self, dest: Destination) -> Percentiles {
+        let Ok(h) = self.hdr[dest_index(dest)].lock() else {
+            return Percentiles::default();
+        };
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+        }
+    }
+
+    /// The Prometheus histogram family (shares its data).
+    pub fn prometheus(&self) -> DurationFamily {
+        self.prom.clone()
+    }
+}
+
+/// ErrorResponses seen, by SQLSTATE class (first two characters).
+#[derive(Default)]
+pub struct ErrorCounts(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl ErrorCounts {
+    /// Counts one error with SQLSTATE `code`.
+    pub fn count(&self, code: &str) {
+        let class = code.get(..2).unwrap_or("??").to_string();
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(class).or_default() += 1;
+        }
+    }
+
+    /// Counts by class.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What a connected client is doing.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Client id.
+    pub id: u64,
+    /// User name.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Remote address.
+    pub peer: std::net::SocketAddr,
+    /// When it connected.
+    pub connected_at: std::time::SystemTime,
+    state: std::sync::atomic::AtomicU8,
+}
+
+/// A client's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Between units, no server held.
+    Idle,
+    /// Waiting for a server connection.
+    Waiting,
+    /// Holding a server connection.
+    Active,
+}
+
+impl ClientState {
+    /// A stable label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+impl ClientInfo {
+    /// A new idle client.
+    pub fn new(id: u64, user: String, database: String, peer: std::net::SocketAddr) -> ClientInfo {
+        ClientInfo {
+            id,
+            user,
+            database,
+            peer,
+            connected_at: std::time::SystemTime::now(),
+            state: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// Sets the state.
+    pub fn set_state(&self, s: ClientState) {
+        let v = match s {
+            ClientState::Idle => 0,
+            ClientState::Waiting => 1,
+            ClientState::Active => 2,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+
+    /// The state.
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+/// Connected clients by id.
+#[derive(Default)]
+pub struct Clients(std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<ClientInfo>>>);
+
+impl Clients {
+    /// Registers a client.
+    pub fn add(&self, info: std::sync::Arc<ClientInfo>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(info.id, info);
+        }
+    }
+
+    /// Forgets a client.
+    pub fn remove(&self, id: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Every client.
+    pub fn list(&self) -> Vec<std::sync::Arc<ClientInfo>> {
+        self.0
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 }

@@ -60,6 +60,17 @@ pub async fn serve(
             .unwrap_or_else(|| user.clone());
         // Authenticate first, as Postgres does, so that database names do not leak to strangers.
         login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
+        if database == crate::config::ADMIN_DATABASE {
+            if shared.config.user(&user).is_some_and(|u| u.admin) {
+                return Ok(Some((user, database, params)));
+            }
+            return Err(login::LoginError {
+                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                message: format!(
+                    "user \"{user}\" may not use the pgsplit admin console (set admin = true)"
+                ),
+            });
+        }
         if shared.config.database(&database).is_none() {
             return Err(login::LoginError {
                 code: sqlstate::INVALID_CATALOG_NAME,
@@ -87,6 +98,10 @@ pub async fn serve(
             return;
         }
     };
+    if database == crate::config::ADMIN_DATABASE {
+        crate::admin::console::serve(shared, socket, buf).await;
+        return;
+    }
     let Some(pools) = shared.pools(&user, &database) else {
         login::fatal(
             &mut socket,

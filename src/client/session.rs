@@ -31,7 +31,7 @@ use crate::protocol::{sqlstate, Frame};
 use crate::proxy::Shared;
 use crate::router::{Load, PoolSet, ReadTarget, Target};
 use crate::server::ServerConn;
-use crate::stats::Destination;
+use crate::stats::{ClientInfo, ClientState, Destination};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const BUFFER_LIMIT: usize = 256 * 1024;
@@ -57,6 +57,8 @@ enum Expect {
 struct Held {
     /// Counts this unit as in flight on its backend (for the balancer).
     _load: Load,
+    /// When it was checked out (unit latency).
+    since: std::time::Instant,
     conn: PooledConn,
     target: Target,
     expect: VecDeque<Expect>,
@@ -121,6 +123,8 @@ enum Event {
 pub struct Session {
     shared: Arc<Shared>,
     id: u64,
+    /// What the admin console shows of this client.
+    info: Arc<ClientInfo>,
     client: TcpStream,
     peer: SocketAddr,
     crbuf: BytesMut,
@@ -168,10 +172,14 @@ impl Session {
         stop: watch::Receiver<bool>,
     ) -> Session {
         let (key, cancel) = shared.cancels.register();
+        let id = shared.next_client_id();
+        let info = Arc::new(ClientInfo::new(id, user.clone(), database.clone(), peer));
+        shared.stats.clients.add(info.clone());
         let keep_servers = shared.config.pool_mode == PoolMode::Session;
         let max_message = shared.config.max_message_bytes;
         Session {
-            id: shared.next_client_id(),
+            id,
+            info,
             shared,
             client,
             peer,
@@ -210,6 +218,7 @@ impl Session {
         let _ = self.flush_client().await;
         self.finish().await;
         self.shared.cancels.unregister(self.key.0);
+        self.shared.stats.clients.remove(self.id);
         tracing::debug!(client = self.id, ?end, "client disconnected");
     }
 
@@ -643,7 +652,17 @@ impl Session {
     /// client; returns false when the unit's frames must be dropped.
     async fn acquire(&mut self, decision: Decision, tag: u8) -> Result<bool, End> {
         tracing::debug!(client = self.id, route = ?decision.route, reason = decision.reason.label(), "routing");
-        match self.checkout(decision.route).await {
+        self.info.set_state(ClientState::Waiting);
+        if self.shared.is_paused() {
+            self.shared.wait_resumed().await;
+        }
+        let checked_out = self.checkout(decision.route).await;
+        self.info.set_state(if checked_out.is_ok() {
+            ClientState::Active
+        } else {
+            ClientState::Idle
+        });
+        match checked_out {
             Ok(held) => {
                 self.shared
                     .stats
@@ -742,6 +761,7 @@ impl Session {
         };
         let mut held = Held {
             _load: Load::new(router.backend(target)),
+            since: std::time::Instant::now(),
             conn,
             target,
             expect: VecDeque::new(),
@@ -1060,6 +1080,10 @@ impl Session {
                 b'E' => {
                     h.unit_error = true;
                     let body = &rest[HEADER_LEN..total];
+                    self.shared
+                        .stats
+                        .errors
+                        .count(messages::error_field(body, b'C').unwrap_or("XX000"));
                     if matches!(
                         messages::error_field(body, b'S'),
                         Some("FATAL") | Some("PANIC")
@@ -1119,9 +1143,17 @@ impl Session {
         if !self.sout.is_empty() || (self.listening && matches!(h.target, Target::Primary(_))) {
             return;
         }
-        let Some(h) = self.held.take() else { return };
+        let Some(mut h) = self.held.take() else {
+            return;
+        };
         self.cancel.clear();
+        self.shared
+            .stats
+            .latency
+            .record(destination(h.target), h.since.elapsed());
+        self.info.set_state(ClientState::Idle);
         if self.keep_servers {
+            h.since = std::time::Instant::now();
             self.parked.push(h);
         } else {
             h.conn.release();
@@ -1216,6 +1248,7 @@ impl Session {
     }
 
     fn queue_error(&mut self, severity: Severity, code: &str, message: &str) {
+        self.shared.stats.errors.count(code);
         messages::error_response(&mut self.cout, severity, code, message);
     }
 

@@ -150,6 +150,38 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
     finish(out, at);
 }
 
+/// Appends a RowDescription of text columns.
+pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+    let at = begin(out, b'T');
+    out.put_u16(columns.len() as u16);
+    for c in columns {
+        put_cstr(out, c.as_bytes());
+        out.put_u32(0); // table oid
+        out.put_u16(0); // column number
+        out.put_u32(25); // type: text
+        out.put_i16(-1); // type size
+        out.put_i32(-1); // type modifier
+        out.put_u16(0); // text format
+    }
+    finish(out, at);
+}
+
+/// Appends a DataRow of text values (`None` is NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    let at = begin(out, b'D');
+    out.put_u16(values.len() as u16);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.extend_from_slice(v.as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    finish(out, at);
+}
+
 /// Appends a simple Query.
 pub fn query(out: &mut BytesMut, sql: &str) {
     let at = begin(out, b'Q');

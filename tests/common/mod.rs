@@ -90,7 +90,7 @@ pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &st
          [[databases]]\nname = \"app\"\n\
          [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\
          [[users]]\nname = \"md5client\"\npassword = \"md5-secret\"\nauth = \"md5\"\nserver_user = \"md5user\"\nserver_password = \"md5-server-secret\"\n\
-         [[users]]\nname = \"trustclient\"\nauth = \"trust\"\nserver_user = \"postgres\"\n"
+         [[users]]\nname = \"trustclient\"\nauth = \"trust\"\nserver_user = \"postgres\"\nadmin = true\n"
     ));
     Config::from_toml_str(&toml, "<test>").expect("test config")
 }

@@ -1,0 +1,339 @@
+//! The SQL admin console on the virtual database `pgsplit` (admin users only, simple query protocol), in the
+//! spirit of PgBouncer's: SHOW SERVERS | POOLS | CLIENTS | STATS | LAG | CONFIG | VERSION, RELOAD, PAUSE, RESUME.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::{sqlstate, Frame};
+use crate::proxy::Shared;
+
+/// Serves an authenticated admin client until it leaves.
+pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut) {
+    let mut out = BytesMut::new();
+    messages::authentication(&mut out, messages::AUTH_OK, &[]);
+    for (k, v) in [
+        ("server_version", "15.0 (pgsplit admin console)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        messages::parameter_status(&mut out, k, v);
+    }
+    messages::backend_key_data(&mut out, 0, 0);
+    messages::ready_for_query(&mut out, b'I');
+    if socket.write_all(&out).await.is_err() {
+        return;
+    }
+    loop {
+        let frame = loop {
+            match Frame::split(&mut buf, 1 << 20) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => {
+                    let msg = messages::error_bytes(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &e.to_string(),
+                    );
+                    let _ = socket.write_all(&msg).await;
+                    return;
+                }
+            }
+            match socket.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        out.clear();
+        match frame.tag {
+            b'Q' => {
+                let text = messages::query_text(&frame.body).unwrap_or("");
+                answer(&shared, text, &mut out);
+                messages::ready_for_query(&mut out, b'I');
+            }
+            b'X' => return,
+            b'S' => messages::ready_for_query(&mut out, b'I'),
+            _ => messages::error_response(
+                &mut out,
+                Severity::Error,
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "the pgsplit admin console speaks the simple query protocol only",
+            ),
+        }
+        if socket.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Appends the answer to one console command (without ReadyForQuery).
+pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
+    let cmd = text
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .to_ascii_uppercase();
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    match words.as_slice() {
+        ["SHOW", what] => show(shared, what, out),
+        ["RELOAD"] => {
+            shared.classifier.request_refresh();
+            tracing::info!("RELOAD from the admin console: re-reading the function catalog");
+            messages::command_complete(out, "RELOAD");
+        }
+        ["PAUSE"] => {
+            shared.set_paused(true);
+            tracing::warn!("PAUSE from the admin console: new units of work wait until RESUME");
+            messages::command_complete(out, "PAUSE");
+        }
+        ["RESUME"] => {
+            shared.set_paused(false);
+            tracing::info!("RESUME from the admin console");
+            messages::command_complete(out, "RESUME");
+        }
+        [] => messages::empty(out, b'I'),
+        _ => messages::error_response(
+            out,
+            Severity::Error,
+            "42601",
+            &format!("unknown admin command \"{}\"; try SHOW HELP", text.trim()),
+        ),
+    }
+}
+
+fn table(out: &mut BytesMut, columns: &[&str], rows: &[Vec<Option<String>>]) {
+    messages::row_description(out, columns);
+    for r in rows {
+        let values: Vec<Option<&str>> = r.iter().map(|v| v.as_deref()).collect();
+        messages::data_row(out, &values);
+    }
+    messages::command_complete(out, &format!("SHOW {}", rows.len()));
+}
+
+fn show(shared: &Shared, what: &str, out: &mut BytesMut) {
+    let s = super::status::status(shared);
+    let some = |v: String| Some(v);
+    match what {
+        "SERVERS" => {
+            let rows: Vec<Vec<Option<String>>> = s
+                .servers
+                .iter()
+                .map(|v| {
+                    vec![
+                        some(v.name.clone()),
+                        some(v.address.clone()),
+                        some(v.role.into()),
+                        some(v.up.to_string()),
+                        some(v.eligible.to_string()),
+                        some(v.reason.clone()),
+                        some(v.outstanding.to_string()),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &[
+                    "name",
+                    "address",
+                    "role",
+                    "up",
+                    "eligible",
+                    "reason",
+                    "outstanding",
+                ],
+                &rows,
+            );
+        }
+        "LAG" => {
+            let rows: Vec<Vec<Option<String>>> = s
+                .servers
+                .iter()
+                .map(|v| {
+                    vec![
+                        some(v.name.clone()),
+                        some(v.role.into()),
+                        v.lag_seconds.map(|l| format!("{l:.3}")),
+                        v.lag_bytes.map(|b| b.to_string()),
+                        some(v.eligible.to_string()),
+                        some(v.reason.clone()),
+                        some(v.replay_paused.to_string()),
+                        v.last_probe_age_seconds.map(|a| format!("{a:.3}")),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &[
+                    "server",
+                    "role",
+                    "lag_seconds",
+                    "lag_bytes",
+                    "eligible",
+                    "reason",
+                    "replay_paused",
+                    "probe_age_seconds",
+                ],
+                &rows,
+            );
+        }
+        "POOLS" => {
+            let rows: Vec<Vec<Option<String>>> = s
+                .pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        some(p.database.clone()),
+                        some(p.user.clone()),
+                        some(p.server.clone()),
+                        some(p.kind.into()),
+                        some(p.active.to_string()),
+                        some(p.idle.to_string()),
+                        some(p.waiting.to_string()),
+                        some(p.size.to_string()),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &[
+                    "database",
+                    "user",
+                    "server",
+                    "pool",
+                    "sv_active",
+                    "sv_idle",
+                    "cl_waiting",
+                    "pool_size",
+                ],
+                &rows,
+            );
+        }
+        "CLIENTS" => {
+            let rows: Vec<Vec<Option<String>>> = shared
+                .stats
+                .clients
+                .list()
+                .iter()
+                .map(|c| {
+                    let since = c
+                        .connected_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    vec![
+                        some(c.id.to_string()),
+                        some(c.user.clone()),
+                        some(c.database.clone()),
+                        some(c.state().label().into()),
+                        some(c.peer.to_string()),
+                        some(since.to_string()),
+                    ]
+                })
+                .collect();
+            table(
+                out,
+                &["id", "user", "database", "state", "addr", "connect_time"],
+                &rows,
+            );
+        }
+        "STATS" => {
+            let mut rows: Vec<Vec<Option<String>>> = s
+                .routing
+                .routed
+                .iter()
+                .map(|r| {
+                    vec![
+                        some(r.destination.into()),
+                        some(r.reason.into()),
+                        some(r.count.to_string()),
+                    ]
+                })
+                .collect();
+            rows.push(vec![
+                some("primary".into()),
+                some("transaction_pinned".into()),
+                some(s.routing.pinned_primary.to_string()),
+            ]);
+            rows.push(vec![
+                some("replica".into()),
+                some("transaction_pinned".into()),
+                some(s.routing.pinned_replica.to_string()),
+            ]);
+            for p in &s.routing.primary_reads {
+                rows.push(vec![
+                    some("primary".into()),
+                    some(format!("read_fallback:{}", p.reason)),
+                    some(p.count.to_string()),
+                ]);
+            }
+            rows.push(vec![
+                some("none".into()),
+                some("read_refused".into()),
+                some(s.routing.refused_reads.to_string()),
+            ]);
+            for (dest, l) in [
+                ("primary", &s.latency.primary),
+                ("replica", &s.latency.replica),
+            ] {
+                rows.push(vec![
+                    some(dest.into()),
+                    some("latency_p50_ms".into()),
+                    some(format!("{:.3}", l.p50_ms)),
+                ]);
+                rows.push(vec![
+                    some(dest.into()),
+                    some("latency_p99_ms".into()),
+                    some(format!("{:.3}", l.p99_ms)),
+                ]);
+            }
+            table(out, &["destination", "counter", "value"], &rows);
+        }
+        "CONFIG" => {
+            let rows: Vec<Vec<Option<String>>> = shared
+                .config
+                .effective_toml()
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(|l| vec![some(l.to_string())])
+                .collect();
+            table(out, &["setting"], &rows);
+        }
+        "VERSION" => table(
+            out,
+            &["version"],
+            &[vec![some(format!("pgsplit {}", env!("CARGO_PKG_VERSION")))]],
+        ),
+        "HELP" => {
+            let rows: Vec<Vec<Option<String>>> = [
+                "SHOW SERVERS",
+                "SHOW POOLS",
+                "SHOW CLIENTS",
+                "SHOW STATS",
+                "SHOW LAG",
+                "SHOW CONFIG",
+                "SHOW VERSION",
+                "RELOAD",
+                "PAUSE",
+                "RESUME",
+            ]
+            .iter()
+            .map(|c| vec![some((*c).to_string())])
+            .collect();
+            table(out, &["command"], &rows);
+        }
+        other => messages::error_response(
+            out,
+            Severity::Error,
+            "42601",
+            &format!(
+                "unknown SHOW target \"{}\"; try SHOW HELP",
+                other.to_ascii_lowercase()
+            ),
+        ),
+    }
+}

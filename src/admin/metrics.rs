@@ -1,0 +1,207 @@
+//! `/metrics`: Prometheus (OpenMetrics) text rendered by the prometheus-client crate from a fresh registry built
+//! at each scrape out of the same state `/status` reads.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::classify::Reason;
+use crate::proxy::Shared;
+use crate::stats::{ClientState, Destination, PrimaryRead};
+
+type Labels = Vec<(&'static str, String)>;
+type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
+type CounterFamily = Family<Labels, Counter>;
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> GaugeFamily {
+    let f = GaugeFamily::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> CounterFamily {
+    let f = CounterFamily::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+/// Renders every metric.
+pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
+    let mut r = Registry::with_prefix("pgsplit");
+
+    let lag_seconds = gauge_family(
+        &mut r,
+        "replica_lag_seconds",
+        "Replica lag on pgsplit's clock (absent when unknown)",
+    );
+    let lag_bytes = gauge_family(
+        &mut r,
+        "replica_lag_bytes",
+        "Replica lag in bytes of WAL (absent when unknown)",
+    );
+    let up = gauge_family(&mut r, "server_up", "1 when the server answers probes");
+    let eligible = gauge_family(
+        &mut r,
+        "server_eligible",
+        "1 when the server may take reads",
+    );
+    let is_primary = gauge_family(
+        &mut r,
+        "server_primary",
+        "1 for the server that takes writes",
+    );
+    let probe_age = gauge_family(
+        &mut r,
+        "server_probe_age_seconds",
+        "Age of the last successful probe",
+    );
+    let primary = router_primary(shared);
+    for (i, s) in shared.monitor.snapshot().into_iter().enumerate() {
+        let l: Labels = vec![("server", s.name.clone())];
+        if let Some(lag) = s.lag {
+            lag_seconds.get_or_create(&l).set(lag.as_secs_f64());
+        }
+        if let Some(b) = s.lag_bytes {
+            lag_bytes.get_or_create(&l).set(b as f64);
+        }
+        up.get_or_create(&l).set(f64::from(u8::from(s.up)));
+        eligible
+            .get_or_create(&l)
+            .set(f64::from(u8::from(s.eligible)));
+        is_primary
+            .get_or_create(&l)
+            .set(f64::from(u8::from(primary == Some(i))));
+        if let Some(t) = s.last_ok {
+            probe_age.get_or_create(&l).set(t.elapsed().as_secs_f64());
+        }
+    }
+
+    let pool_conns = gauge_family(
+        &mut r,
+        "pool_connections",
+        "Server connections by pool and state",
+    );
+    let pool_waiting = gauge_family(
+        &mut r,
+        "pool_waiting_clients",
+        "Clients waiting for a connection, by pool",
+    );
+    for ((user, database), set) in shared.all_pools() {
+        for (kind, list) in [("write", &set.write), ("read", &set.read)] {
+            for (i, pool) in list.iter().enumerate() {
+                let st = pool.stats();
+                let server = shared
+                    .router
+                    .servers
+                    .get(i)
+                    .map_or_else(String::new, |b| b.name.clone());
+                let base: Labels = vec![
+                    ("user", user.clone()),
+                    ("database", database.clone()),
+                    ("server", server),
+                    ("pool", kind.into()),
+                ];
+                for (state, n) in [("active", st.active), ("idle", st.idle)] {
+                    let mut l = base.clone();
+                    l.push(("state", state.into()));
+                    pool_conns.get_or_create(&l).set(n as f64);
+                }
+                pool_waiting.get_or_create(&base).set(st.waiting as f64);
+            }
+        }
+    }
+
+    let clients = gauge_family(&mut r, "clients", "Client connections by state");
+    let list = shared.stats.clients.list();
+    clients
+        .get_or_create(&vec![("state", "connected".into())])
+        .set(list.len() as f64);
+    for s in [ClientState::Active, ClientState::Waiting, ClientState::Idle] {
+        let n = list.iter().filter(|c| c.state() == s).count();
+        clients
+            .get_or_create(&vec![("state", s.label().into())])
+            .set(n as f64);
+    }
+
+    let stats = &shared.stats;
+    let routed = counter_family(
+        &mut r,
+        "statements_routed",
+        "Units of work routed, by destination and reason",
+    );
+    for (dest, label) in [
+        (Destination::Primary, "primary"),
+        (Destination::Replica, "replica"),
+    ] {
+        for reason in Reason::ALL {
+            let n = stats.count(dest, reason);
+            routed
+                .get_or_create(&vec![
+                    ("destination", label.into()),
+                    ("reason", reason.label().into()),
+                ])
+                .inc_by(n);
+        }
+        routed
+            .get_or_create(&vec![
+                ("destination", label.into()),
+                ("reason", "transaction_pinned".into()),
+            ])
+            .inc_by(stats.pinned_count(dest));
+    }
+    let primary_reads = counter_family(
+        &mut r,
+        "reads_on_primary",
+        "Reads that ran on the primary, by why",
+    );
+    for w in PrimaryRead::ALL {
+        primary_reads
+            .get_or_create(&vec![("reason", w.label().into())])
+            .inc_by(stats.primary_reads(w));
+    }
+    let refused = Counter::<u64>::default();
+    refused.inc_by(stats.refused_reads());
+    r.register(
+        "reads_refused",
+        "Reads refused because no server could take them",
+        refused,
+    );
+
+    r.register(
+        "query_duration_seconds",
+        "Time a unit of work held a server connection, by destination",
+        stats.latency.prometheus(),
+    );
+
+    let errors = counter_family(
+        &mut r,
+        "errors",
+        "ErrorResponses sent to clients, by SQLSTATE class",
+    );
+    for (class, n) in stats.errors.snapshot() {
+        errors.get_or_create(&vec![("class", class)]).inc_by(n);
+    }
+    let (hits, misses) = shared.classifier.cache_counts();
+    let cache = counter_family(
+        &mut r,
+        "classifier_cache",
+        "Classifier decision cache lookups",
+    );
+    cache
+        .get_or_create(&vec![("result", "hit".into())])
+        .inc_by(hits);
+    cache
+        .get_or_create(&vec![("result", "miss".into())])
+        .inc_by(misses);
+
+    let mut out = String::new();
+    encode(&mut out, &r)?;
+    Ok(out)
+}
+
+fn router_primary(shared: &Shared) -> Option<usize> {
+    shared.router.primary().ok()
+}

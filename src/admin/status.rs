@@ -1,0 +1,276 @@
+//! The JSON document `/status` serves (and the dashboard charts): servers, pools, clients, routing counters,
+//! latency percentiles.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::classify::Reason;
+use crate::proxy::Shared;
+use crate::stats::{ClientState, Destination, Percentiles, PrimaryRead};
+
+/// The whole status document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_seconds: f64,
+    pub primary: Option<String>,
+    pub primary_error: Option<String>,
+    pub max_lag_seconds: f64,
+    pub max_lag_bytes: u64,
+    pub readmit_lag_seconds: f64,
+    pub paused: bool,
+    pub servers: Vec<ServerView>,
+    pub pools: Vec<PoolView>,
+    pub clients: ClientsView,
+    pub routing: RoutingView,
+    pub latency: LatencyView,
+    pub classifier: ClassifierView,
+    pub errors: Vec<ErrorView>,
+}
+
+/// One server.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    pub address: String,
+    pub role: &'static str,
+    pub up: bool,
+    pub eligible: bool,
+    pub reason: String,
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub last_probe_age_seconds: Option<f64>,
+    pub probe_latency_ms: Option<f64>,
+    pub replay_paused: bool,
+    pub outstanding: usize,
+    pub transitions: Vec<TransitionView>,
+}
+
+/// One eligibility change.
+#[derive(Debug, Serialize)]
+pub struct TransitionView {
+    pub at_unix_ms: u128,
+    pub eligible: bool,
+    pub reason: String,
+}
+
+/// One pool.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    pub user: String,
+    pub database: String,
+    pub server: String,
+    pub kind: &'static str,
+    pub active: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    pub size: usize,
+}
+
+/// Clients by state.
+#[derive(Debug, Serialize)]
+pub struct ClientsView {
+    pub connected: usize,
+    pub active: usize,
+    pub waiting: usize,
+    pub idle: usize,
+}
+
+/// Routing counters.
+#[derive(Debug, Serialize)]
+pub struct RoutingView {
+    /// Units routed afresh, by destination and reason.
+    pub routed: Vec<RoutedView>,
+    /// Reads that ran on the primary, by why.
+    pub primary_reads: Vec<CountView>,
+    /// Units that followed a pinned server, by destination.
+    pub pinned_primary: u64,
+    pub pinned_replica: u64,
+    /// Reads refused (no server could take them).
+    pub refused_reads: u64,
+    /// All units by destination (routed + pinned).
+    pub total_primary: u64,
+    pub total_replica: u64,
+}
+
+/// One counter by destination and reason.
+#[derive(Debug, Serialize)]
+pub struct RoutedView {
+    pub destination: &'static str,
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+/// One labelled counter.
+#[derive(Debug, Serialize)]
+pub struct CountView {
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+/// Unit latency by destination.
+#[derive(Debug, Serialize)]
+pub struct LatencyView {
+    pub primary: Percentiles,
+    pub replica: Percentiles,
+}
+
+/// Classifier cache.
+#[derive(Debug, Serialize)]
+pub struct ClassifierView {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+/// Errors by SQLSTATE class.
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub class: String,
+    pub count: u64,
+}
+
+/// Builds the status document.
+pub fn status(shared: &Shared) -> Status {
+    let router = &shared.router;
+    let lag = &shared.config.lag;
+    let primary = router.primary();
+    let servers = shared
+        .monitor
+        .snapshot()
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| ServerView {
+            role: s.role.label(),
+            up: s.up,
+            eligible: s.eligible,
+            reason: s.reason,
+            lag_bytes: s.lag_bytes,
+            lag_seconds: s.lag.map(|d| d.as_secs_f64()),
+            last_probe_age_seconds: s.last_ok.map(|t| t.elapsed().as_secs_f64()),
+            probe_latency_ms: s.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
+            replay_paused: s.probe.replay_paused,
+            outstanding: router.servers.get(i).map_or(0, |b| {
+                b.outstanding.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            transitions: s
+                .transitions
+                .iter()
+                .map(|t| TransitionView {
+                    at_unix_ms: t.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+                    eligible: t.eligible,
+                    reason: t.reason.clone(),
+                })
+                .collect(),
+            name: s.name,
+            address: s.address,
+        })
+        .collect();
+    let mut pools = Vec::new();
+    for ((user, database), set) in shared.all_pools() {
+        for (kind, list) in [("write", &set.write), ("read", &set.read)] {
+            for (i, pool) in list.iter().enumerate() {
+                let st = pool.stats();
+                pools.push(PoolView {
+                    user: user.clone(),
+                    database: database.clone(),
+                    server: router
+                        .servers
+                        .get(i)
+                        .map_or_else(String::new, |b| b.name.clone()),
+                    kind,
+                    active: st.active,
+                    idle: st.idle,
+                    waiting: st.waiting,
+                    size: st.size,
+                });
+            }
+        }
+    }
+    let clients = shared.stats.clients.list();
+    let count = |s: ClientState| clients.iter().filter(|c| c.state() == s).count();
+    let stats = &shared.stats;
+    let mut routed = Vec::new();
+    let (mut total_primary, mut total_replica) = (
+        stats.pinned_count(Destination::Primary),
+        stats.pinned_count(Destination::Replica),
+    );
+    for (dest, label) in [
+        (Destination::Primary, "primary"),
+        (Destination::Replica, "replica"),
+    ] {
+        for reason in Reason::ALL {
+            let n = stats.count(dest, reason);
+            match dest {
+                Destination::Primary => total_primary += n,
+                Destination::Replica => total_replica += n,
+            }
+            if n > 0 {
+                routed.push(RoutedView {
+                    destination: label,
+                    reason: reason.label(),
+                    count: n,
+                });
+            }
+        }
+    }
+    let (cache_hits, cache_misses) = shared.classifier.cache_counts();
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: shared.started.elapsed().as_secs_f64(),
+        primary: primary
+            .as_ref()
+            .ok()
+            .and_then(|&i| router.servers.get(i))
+            .map(|b| b.name.clone()),
+        primary_error: primary.err(),
+        max_lag_seconds: lag.max_lag.as_secs_f64(),
+        max_lag_bytes: lag.max_lag_bytes,
+        readmit_lag_seconds: lag.readmit_lag().as_secs_f64(),
+        paused: shared.is_paused(),
+        servers,
+        pools,
+        clients: ClientsView {
+            connected: clients.len(),
+            active: count(ClientState::Active),
+            waiting: count(ClientState::Waiting),
+            idle: count(ClientState::Idle),
+        },
+        routing: RoutingView {
+            routed,
+            primary_reads: PrimaryRead::ALL
+                .iter()
+                .map(|&w| CountView {
+                    reason: w.label(),
+                    count: stats.primary_reads(w),
+                })
+                .collect(),
+            pinned_primary: stats.pinned_count(Destination::Primary),
+            pinned_replica: stats.pinned_count(Destination::Replica),
+            refused_reads: stats.refused_reads(),
+            total_primary,
+            total_replica,
+        },
+        latency: LatencyView {
+            primary: stats.latency.percentiles(Destination::Primary),
+            replica: stats.latency.percentiles(Destination::Replica),
+        },
+        classifier: ClassifierView {
+            cache_hits,
+            cache_misses,
+        },
+        errors: stats
+            .errors
+            .snapshot()
+            .into_iter()
+            .map(|(class, count)| ErrorView { class, count })
+            .collect(),
+    }
+}
+
+/// Milliseconds since the Unix epoch (for the dashboard's clock).
+pub fn now_unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
