@@ -77,9 +77,10 @@ pub async fn run(
     };
     let proxy = match Proxy::bind(config.clone()).await {
         Ok(p) => p,
-        Err(_) if port.is_none() => {
+        Err(_) => {
+            // A port is taken (another pgsplit?): fall back to free ones, keeping an explicit --port.
             let mut c = config;
-            c.listen.set_port(0);
+            c.listen.set_port(port.unwrap_or(0));
             c.admin_listen.set_port(0);
             match Proxy::bind(c).await {
                 Ok(p) => p,
@@ -88,10 +89,6 @@ pub async fn run(
                     return ExitCode::FAILURE;
                 }
             }
-        }
-        Err(e) => {
-            eprintln!("pgsplit demo: cannot listen on {}: {e}", config.listen);
-            return ExitCode::FAILURE;
         }
     };
     let addr = match proxy.local_addr() {

@@ -98,6 +98,17 @@ impl Pool {
                 }
             }
         };
+        self.with_permit(permit).await
+    }
+
+    /// Like [`Pool::checkout`], but only if a slot is free right now (`None` otherwise).
+    pub async fn try_checkout(&self) -> Option<Result<PooledConn>> {
+        let permit = self.0.slots.clone().try_acquire_owned().ok()?;
+        Some(self.with_permit(permit).await)
+    }
+
+    async fn with_permit(&self, permit: OwnedSemaphorePermit) -> Result<PooledConn> {
+        let inner = &self.0;
         let now = Instant::now();
         loop {
             let candidate = lock(&inner.idle).pop();

@@ -376,6 +376,8 @@ pub struct PoolSet {
     pub write: Vec<Pool>,
     /// Read pools, by server index.
     pub read: Vec<Pool>,
+    /// The ParameterStatus values a server reported at the last greeting (for logins while the pools are busy).
+    pub greeting: std::sync::Mutex<Option<std::collections::HashMap<String, String>>>,
 }
 
 impl PoolSet {
@@ -404,6 +406,7 @@ impl PoolSet {
                 .servers()
                 .map(|s| Pool::new(target(s), config.pools.read_pool_size, timeouts))
                 .collect(),
+            greeting: std::sync::Mutex::new(None),
         }
     }
 

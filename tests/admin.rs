@@ -227,6 +227,36 @@ async fn health_status_metrics_and_console_follow_the_cluster() {
         err.contains("admin"),
         "a non-admin user is refused the console: {err}"
     );
+
+    // The dashboard in headless Chromium: no console errors, and replica1's lag line above the threshold line.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shot = format!("{root}/target/dashboard.png");
+    let page = format!("http://{admin}/dashboard");
+    let browser = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args([
+                "tests/browser/dashboard.mjs",
+                &page,
+                &shot,
+                "replica1",
+                "30",
+            ])
+            .current_dir(root)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run node (npm ci --prefix tests/browser, and Debian's chromium: see .ci/run)");
+    let summary = String::from_utf8_lossy(&browser.stdout);
+    assert!(
+        browser.status.success(),
+        "dashboard check failed: {summary}{}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    assert!(
+        summary.contains("\"aboveThreshold\":true") && summary.contains("\"consoleErrors\":[]"),
+        "{summary}"
+    );
     cluster.resume_replay("replica1").expect("resume");
 
     // Metrics after a pgbench run parse with a real OpenMetrics parser and carry the series with sane values.

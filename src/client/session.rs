@@ -7,7 +7,7 @@
 //! needs (ReadyForQuery, ParseComplete/CloseComplete of statements pgsplit injected, ParameterStatus, fatal
 //! errors).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,9 @@ enum Expect {
     Close { swallow: bool },
     /// A simple Query pgsplit sent on the client's behalf; everything up to its ReadyForQuery is swallowed.
     Hidden,
+    /// A Sync pgsplit sent to end a batch on a replica before a write moves to the primary; its
+    /// ReadyForQuery is swallowed.
+    SyncHidden,
     /// A Sync or simple Query: answered by ReadyForQuery; the setting changes its unit makes.
     Sync(Vec<SessionChange>),
 }
@@ -107,6 +110,8 @@ enum Placement {
     Held,
     /// It must wait until the held server has answered what it has (a write behind reads on a replica).
     Wait,
+    /// A write arrived inside a batch that is on a replica: end that batch with a Sync, then wait.
+    SyncThenWait,
 }
 
 /// What happened while waiting.
@@ -117,6 +122,7 @@ enum Event {
     ServerWrote(std::io::Result<usize>),
     Shutdown,
     Idle,
+    Progress,
 }
 
 /// One client's session.
@@ -225,49 +231,105 @@ impl Session {
     /// Sends AuthenticationOk, the server's parameters (as a server connection with this client's settings
     /// reports them), BackendKeyData and ReadyForQuery.
     async fn greet(&mut self) -> Result<(), End> {
+        let params = self.greeting_params().await?;
+        let mut out = BytesMut::with_capacity(512);
+        messages::authentication(&mut out, messages::AUTH_OK, &[]);
+        let mut names: Vec<&String> = params.keys().collect();
+        names.sort();
+        for name in names {
+            messages::parameter_status(&mut out, name, &params[name]);
+        }
+        messages::backend_key_data(&mut out, self.key.0, self.key.1);
+        messages::ready_for_query(&mut out, b'I');
+        self.cout.extend_from_slice(&out);
+        self.settings.greeted(&params);
+        Ok(())
+    }
+
+    /// The ParameterStatus values to greet with: what a server connection with this client's settings reports.
+    /// A login never waits for a busy pool (a synchronous client may hold it while it logs in another
+    /// connection): when no connection is free, the last greeting's values serve, with this client's own.
+    async fn greeting_params(&mut self) -> Result<HashMap<String, String>, End> {
+        let free = match self.shared.router.primary() {
+            Ok(i) => self.pools.pool(Target::Primary(i)).try_checkout().await,
+            Err(_) => None,
+        };
+        let cached = self.pools.greeting.lock().ok().and_then(|g| g.clone());
+        let conn = match (free, cached) {
+            (Some(Ok(conn)), _) => Some(conn),
+            (_, Some(mut params)) => {
+                for (name, value) in self.settings.startup_values() {
+                    let reported =
+                        matches!(name, "application_name" | "timezone" | "intervalstyle")
+                            || (name == "client_encoding" && !value.eq_ignore_ascii_case("auto"));
+                    if let Some(key) = params
+                        .keys()
+                        .find(|k| k.eq_ignore_ascii_case(name))
+                        .cloned()
+                    {
+                        if reported {
+                            params.insert(key, value.to_string());
+                        }
+                    }
+                }
+                return Ok(params);
+            }
+            _ => None,
+        };
         let mut last_error = None;
-        for route in [Route::Write, Route::Read] {
-            match self.checkout(route).await {
-                Ok(held) => {
-                    self.held = Some(held);
-                    break;
+        let mut held = None;
+        if let Some(conn) = conn {
+            let target = Target::Primary(self.shared.router.primary().unwrap_or(0));
+            let mut h = self.new_held(conn, target);
+            match self.sync_params(&mut h).await {
+                Ok(()) => held = Some(h),
+                Err(e) => return Err(self.refuse_greeting(e)),
+            }
+        } else {
+            for route in [Route::Write, Route::Read] {
+                match self.checkout(route).await {
+                    Ok(h) => {
+                        held = Some(h);
+                        break;
+                    }
+                    Err(Checkout::Failed(e)) => last_error = Some(e),
+                    Err(e) => return Err(self.refuse_greeting(e)),
                 }
-                Err(Checkout::Server(frame)) => {
-                    // The server refused this client's settings (e.g. a bad client_encoding): refuse the login.
-                    let msg = messages::error_field(&frame.body, b'M')
-                        .unwrap_or("invalid startup parameter");
-                    let code = messages::error_field(&frame.body, b'C')
-                        .unwrap_or(sqlstate::PROTOCOL_VIOLATION);
-                    self.queue_error(Severity::Fatal, code, msg);
-                    return Err(End::Fatal);
-                }
-                Err(Checkout::Failed(e)) => last_error = Some(e),
             }
         }
-        let Some(held) = self.held.as_ref() else {
+        let Some(h) = held else {
             let msg =
                 last_error.map_or_else(|| "no server is available".to_string(), |e| e.to_string());
             self.queue_error(Severity::Fatal, sqlstate::CANNOT_CONNECT_NOW, &msg);
             return Err(End::Fatal);
         };
-        let mut out = BytesMut::with_capacity(512);
-        messages::authentication(&mut out, messages::AUTH_OK, &[]);
-        let mut names: Vec<&String> = held.conn.params.keys().collect();
-        names.sort();
-        for name in names {
-            messages::parameter_status(&mut out, name, &held.conn.params[name]);
+        let params = h.conn.params.clone();
+        if let Ok(mut g) = self.pools.greeting.lock() {
+            *g = Some(params.clone());
         }
-        messages::backend_key_data(&mut out, self.key.0, self.key.1);
-        messages::ready_for_query(&mut out, b'I');
-        self.cout.extend_from_slice(&out);
-        let greeted = held.conn.params.clone();
-        self.settings.greeted(&greeted);
         // The greeting connection only served to learn the parameters: it goes back to the pool.
-        if let Some(h) = self.held.take() {
-            self.cancel.clear();
-            h.conn.release();
+        self.cancel.clear();
+        h.conn.release();
+        Ok(params)
+    }
+
+    /// Refuses the login after a server rejected this client's settings (e.g. a bad client_encoding).
+    fn refuse_greeting(&mut self, e: Checkout) -> End {
+        match e {
+            Checkout::Server(frame) => {
+                let msg =
+                    messages::error_field(&frame.body, b'M').unwrap_or("invalid startup parameter");
+                let code = messages::error_field(&frame.body, b'C')
+                    .unwrap_or(sqlstate::PROTOCOL_VIOLATION);
+                self.queue_error(Severity::Fatal, code, msg);
+            }
+            Checkout::Failed(e) => self.queue_error(
+                Severity::Fatal,
+                sqlstate::CANNOT_CONNECT_NOW,
+                &e.to_string(),
+            ),
         }
-        Ok(())
+        End::Fatal
     }
 
     /// Between units of work: nothing in flight for this client.
@@ -278,6 +340,8 @@ impl Session {
     /// The message loop.
     async fn serve(&mut self) -> End {
         loop {
+            // Give back a server that has answered everything before routing what waits.
+            self.maybe_release();
             if let Err(end) = self.dispatch().await {
                 return end;
             }
@@ -312,7 +376,7 @@ impl Session {
                         return end;
                     }
                 }
-                Event::Shutdown => {}
+                Event::Shutdown | Event::Progress => {}
                 Event::Idle => {
                     self.queue_error(
                         Severity::Fatal,
@@ -370,6 +434,8 @@ impl Session {
             }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
                         _ = stop.changed(), if idle_between_units && !*stop.borrow() => Event::Shutdown,
             _ = tokio::time::sleep(idle), if watch_idle => Event::Idle,
+            // Nothing to wait for (a stalled unit whose server was just released): route it now.
+            else => Event::Progress,
         }
     }
 
@@ -425,6 +491,20 @@ impl Session {
                     Ok(text) => self.classify(text),
                     Err(_) => write_decision(),
                 };
+                let just_prepare = self.held.is_none()
+                    && self.deferred_begin.is_none()
+                    && !decision.pins
+                    && !view.name.is_empty()
+                    && self.statements.get(view.name).is_none()
+                    && self.crbuf.starts_with(&[b'S', 0, 0, 0, 4]);
+                if just_prepare {
+                    // Parse + Sync outside a transaction (libpq's PQprepare): recorded and answered here; the
+                    // statement is prepared on whichever server a later Bind goes to. A synchronous client that
+                    // prepares while another of its connections holds the pool's last slot must not wait for one.
+                    self.statements.parse(self.id, &view, decision);
+                    messages::empty(&mut self.cout, b'1');
+                    return Ok(None);
+                }
                 self.start_unit(frame, decision).await
             }
             b'B' => {
@@ -455,12 +535,22 @@ impl Session {
                     messages::empty(&mut self.cout, b'3');
                     return Ok(None);
                 }
+                if kind == b'P' && self.held.is_some() {
+                    // A portal lives on the server that bound it.
+                    self.forward(&frame);
+                    return Ok(None);
+                }
                 let decision = if kind == b'S' {
                     self.statement_decision(name)
                 } else {
                     write_decision()
                 };
                 self.start_unit(frame, decision).await
+            }
+            b'E' if self.held.is_some() => {
+                // Execute follows its portal's Bind.
+                self.forward(&frame);
+                Ok(None)
             }
             b'E' | b'F' => self.start_unit(frame, write_decision()).await,
             b'S' => {
@@ -611,6 +701,15 @@ impl Session {
         }
         match self.placement(decision.route) {
             Placement::Wait => return Ok(Some(frame)),
+            Placement::SyncThenWait => {
+                if let Some(h) = self.held.as_mut() {
+                    messages::empty(&mut self.sout, b'S');
+                    h.pending += 1;
+                    h.expect.push_back(Expect::SyncHidden);
+                    h.unsynced = false;
+                }
+                return Ok(Some(frame));
+            }
             Placement::Held => {
                 if let Some(h) = &self.held {
                     self.shared.stats.pinned(destination(h.target));
@@ -637,7 +736,17 @@ impl Session {
         let Some(h) = &self.held else {
             return Placement::Route;
         };
-        if h.unsynced || (h.pending == 0 && h.in_transaction()) {
+        if h.unsynced {
+            // Inside a batch (after a Flush, or before its Sync): a write must still not run on a replica. Outside
+            // a transaction block the replica's part can be ended with a Sync and the write sent to the primary.
+            return match (h.target, route) {
+                (Target::Replica(_), Route::Write) if !h.in_transaction() => {
+                    Placement::SyncThenWait
+                }
+                _ => Placement::Held,
+            };
+        }
+        if h.pending == 0 && h.in_transaction() {
             return Placement::Held;
         }
         match (h.target, route) {
@@ -759,8 +868,16 @@ impl Session {
                 },
             }
         };
-        let mut held = Held {
-            _load: Load::new(router.backend(target)),
+        let mut held = self.new_held(conn, target);
+        self.sync_params(&mut held).await?;
+        self.cancel
+            .set(held.conn.address.clone(), held.conn.backend_key);
+        Ok(held)
+    }
+
+    fn new_held(&self, conn: PooledConn, target: Target) -> Held {
+        Held {
+            _load: Load::new(self.shared.router.backend(target)),
             since: std::time::Instant::now(),
             conn,
             target,
@@ -772,11 +889,7 @@ impl Session {
             unit_error: false,
             txn_changes: Vec::new(),
             rolled_back: false,
-        };
-        self.sync_params(&mut held).await?;
-        self.cancel
-            .set(held.conn.address.clone(), held.conn.backend_key);
-        Ok(held)
+        }
     }
 
     /// Applies this client's session parameters to a server connection, resetting what other clients set.
@@ -1028,6 +1141,10 @@ impl Session {
                                 if !h.unit_error {
                                     h.txn_changes.extend(changes);
                                 }
+                                break;
+                            }
+                            Expect::SyncHidden => {
+                                swallow = true;
                                 break;
                             }
                             // Not answered before the Sync: failed or skipped after an error.

@@ -144,6 +144,13 @@ impl Settings {
         }
     }
 
+    /// The startup parameters with plain values (lower-case names).
+    pub fn startup_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.startup
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), s.raw.as_deref()?)))
+    }
+
     /// The ParameterStatus values the client saw at login.
     pub fn greeted(&mut self, params: &HashMap<String, String>) {
         self.seen = params.clone();

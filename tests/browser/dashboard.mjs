@@ -31,8 +31,13 @@ let shotTaken = false;
 function finish() {
   const summary = { consoleErrors, maxLag, replicaLag, aboveThreshold };
   process.stdout.write(JSON.stringify(summary) + '\n');
-  if (consoleErrors.length) problems.push(`${consoleErrors.length} console/page error(s): ${consoleErrors.join(' | ')}`);
-  if (!aboveThreshold && !problems.some((p) => p.startsWith('lag'))) {
+  if (consoleErrors.length) {
+    const counts = new Map();
+    for (const e of consoleErrors) counts.set(e, (counts.get(e) || 0) + 1);
+    const distinct = [...counts].map(([e, n]) => (n > 1 ? `${n}× ${e}` : e));
+    problems.push(`${consoleErrors.length} console/page error(s): ${distinct.join(' | ')}`);
+  }
+  if (!aboveThreshold && !problems.some((p) => p.startsWith('lag') || p.startsWith('page never'))) {
     problems.push(`lag of ${replica} (${replicaLag}) never went above maxLag (${maxLag}) within ${waitSeconds} s`);
   }
   if (problems.length) {

@@ -1,0 +1,259 @@
+//! The extended query protocol in transaction pooling: pgbench in extended and prepared modes, pipelining,
+//! portals with a row limit, an error mid-pipeline, statements re-prepared on other servers, and a name reused
+//! for another text after Close.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use tokio_postgres::error::SqlState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_extended_and_prepared_with_32_clients_over_pools_of_4() {
+    let env = env();
+    let proxy = spawn_proxy(config(&env.cluster, 4, 4, ""));
+    let u = url(proxy, APP);
+    let init = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", &u])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for r in ["replica1", "replica2"] {
+        env.cluster
+            .wait_replayed(r, Duration::from_secs(30))
+            .expect("replayed");
+    }
+    for mode in ["extended", "prepared"] {
+        for script in [&["-S"][..], &[][..]] {
+            let mut args = vec!["-M", mode, "-c", "32", "-j", "2", "-t", "50"];
+            args.extend_from_slice(script);
+            let out = Command::new("pgbench")
+                .args(&args)
+                .arg(&u)
+                .output()
+                .expect("pgbench");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "pgbench {args:?}: {stdout}{stderr}");
+            assert!(
+                stdout.contains("number of failed transactions: 0 "),
+                "pgbench {args:?}: {stdout}{stderr}"
+            );
+            assert!(
+                !stderr.contains("already exists"),
+                "pgbench {args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn pipelined_queries_and_an_error_mid_pipeline() {
+    let c = connect().await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS pipe_t (id int PRIMARY KEY)")
+        .await
+        .expect("create");
+    let read = c
+        .prepare("SELECT $1::int4 + 1, pg_is_in_recovery()")
+        .await
+        .expect("prepare");
+    // Many queries in flight at once on one connection (tokio-postgres pipelines them).
+    let futures = (0..50).map(|i| {
+        let c = &c;
+        let read = &read;
+        async move { c.query_one(read, &[&i]).await.map(|r| r.get::<_, i32>(0)) }
+    });
+    let results = join_all(futures).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.expect("pipelined query"), i as i32 + 1);
+    }
+    // An error in the middle of a pipeline fails that query only; the ones around it behave as with Postgres.
+    let ok1 = c.query_one("SELECT 1::int4", &[]);
+    let bad = c.query_one("SELECT 1/0", &[]);
+    let ok2 = c.query_one("SELECT 2::int4", &[]);
+    let (ok1, bad, ok2) = futures_util::join!(ok1, bad, ok2);
+    assert_eq!(ok1.expect("before the error").get::<_, i32>(0), 1);
+    assert_eq!(
+        bad.expect_err("division by zero").code(),
+        Some(&SqlState::DIVISION_BY_ZERO)
+    );
+    assert_eq!(ok2.expect("after the error").get::<_, i32>(0), 2);
+}
+
+#[tokio::test]
+async fn a_portal_with_a_row_limit_suspends_and_resumes() {
+    let mut c = connect().await;
+    let tx = c.transaction().await.expect("begin");
+    let stmt = tx
+        .prepare("SELECT g FROM generate_series(1, 100) g")
+        .await
+        .expect("prepare");
+    let portal = tx.bind(&stmt, &[]).await.expect("bind");
+    let mut seen = Vec::new();
+    loop {
+        let rows = tx
+            .query_portal(&portal, 10)
+            .await
+            .expect("execute with max_rows 10");
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 10);
+        seen.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<i32>>());
+    tx.commit().await.expect("commit");
+}
+
+/// A raw protocol client (trust user), for message sequences drivers do not produce.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect() -> Raw {
+        let mut s = TcpStream::connect(env().proxy).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        for (k, v) in [("user", "trustclient"), ("database", "app")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        s.write_all(&p).expect("startup");
+        let mut raw = Raw(s);
+        raw.until_ready();
+        raw
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.0.write_all(&m).expect("send");
+    }
+
+    fn parse(&mut self, name: &str, sql: &str) {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&0u16.to_be_bytes());
+        self.send(b'P', &b);
+    }
+
+    fn bind_execute(&mut self, name: &str) {
+        let mut b = vec![0];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        self.send(b'B', &b);
+        self.send(b'E', &[0, 0, 0, 0, 0]);
+    }
+
+    fn close(&mut self, name: &str) {
+        let mut b = vec![b'S'];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        self.send(b'C', &b);
+    }
+
+    fn sync(&mut self) {
+        self.send(b'S', &[]);
+    }
+
+    /// Reads messages up to ReadyForQuery; returns (tag, body) of each.
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            self.0.read_exact(&mut head).expect("read header");
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            self.0.read_exact(&mut body).expect("read body");
+            let done = head[0] == b'Z';
+            out.push((head[0], body));
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+fn first_value(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, row) = messages.iter().find(|(t, _)| *t == b'D')?;
+    let len = i32::from_be_bytes([row[2], row[3], row[4], row[5]]) as usize;
+    Some(String::from_utf8_lossy(&row[6..6 + len]).to_string())
+}
+
+#[test]
+fn a_statement_name_reused_for_another_text_after_close() {
+    let mut c = Raw::connect();
+    c.parse("s1", "SELECT 'first'::text");
+    c.sync();
+    let tags: Vec<u8> = c.until_ready().iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"1Z");
+    c.bind_execute("s1");
+    c.sync();
+    assert_eq!(first_value(&c.until_ready()).as_deref(), Some("first"));
+    c.close("s1");
+    c.sync();
+    let tags: Vec<u8> = c.until_ready().iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"3Z", "CloseComplete then ReadyForQuery");
+    c.parse("s1", "SELECT 'second'::text");
+    c.bind_execute("s1");
+    c.sync();
+    let replies = c.until_ready();
+    assert_eq!(first_value(&replies).as_deref(), Some("second"));
+    // Many more executions, moved over servers between units: always the second text.
+    for _ in 0..10 {
+        c.bind_execute("s1");
+        c.sync();
+        assert_eq!(first_value(&c.until_ready()).as_deref(), Some("second"));
+    }
+    // A duplicate name is reported as Postgres does.
+    c.parse("s1", "SELECT 3");
+    c.sync();
+    let replies = c.until_ready();
+    let err = replies
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("duplicate statement error");
+    assert!(
+        String::from_utf8_lossy(&err.1).contains("42P05"),
+        "{:?}",
+        String::from_utf8_lossy(&err.1)
+    );
+}
+
+#[test]
+fn a_function_call_message_runs_on_the_primary() {
+    let mut c = Raw::connect();
+    // FunctionCall: pg_is_in_recovery (oid 3810), no arguments, text result.
+    let mut b = 3810u32.to_be_bytes().to_vec();
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    c.send(b'F', &b);
+    let replies = c.until_ready();
+    let (_, v) = replies
+        .iter()
+        .find(|(t, _)| *t == b'V')
+        .expect("FunctionCallResponse");
+    assert_eq!(
+        &v[4..],
+        b"f",
+        "pg_is_in_recovery() via FunctionCall ran on the primary"
+    );
+}
