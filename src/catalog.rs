@@ -20,14 +20,14 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Retry interval after a failed read.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// Reads the catalog of every served database on the primary (union of all).
-pub async fn load(config: &Config) -> Result<FunctionCatalog, String> {
+/// Reads the catalog of every served database on `server` (the current primary; union of all databases).
+pub async fn load(config: &Config, server: &crate::config::ServerConfig) -> Result<FunctionCatalog, String> {
     let user = config.users.first().ok_or("no user configured")?;
     let mut rows = Vec::new();
     for db in &config.databases {
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&config.primary.host)
-            .port(config.primary.port)
+        pg.host(&server.host)
+            .port(server.port)
             .user(user.server_user())
             .dbname(db.server_database())
             .application_name("pgsplit catalog")
@@ -65,7 +65,9 @@ pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<
     }
     let mut loaded = Some(loaded);
     loop {
-        match load(&shared.config).await {
+        // The server that takes writes now (it follows a failover), else the configured primary.
+        let primary = shared.router.primary().ok().and_then(|i| shared.config.servers().nth(i));
+        match load(&shared.config, primary.unwrap_or(&shared.config.primary)).await {
             Ok(catalog) => {
                 tracing::debug!(
                     functions = catalog.len(),
