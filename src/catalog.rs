@@ -21,7 +21,10 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Reads the catalog of every served database on `server` (the current primary; union of all databases).
-pub async fn load(config: &Config, server: &crate::config::ServerConfig) -> Result<FunctionCatalog, String> {
+pub async fn load(
+    config: &Config,
+    server: &crate::config::ServerConfig,
+) -> Result<FunctionCatalog, String> {
     let user = config.users.first().ok_or("no user configured")?;
     let mut rows = Vec::new();
     for db in &config.databases {
@@ -66,7 +69,11 @@ pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<
     let mut loaded = Some(loaded);
     loop {
         // The server that takes writes now (it follows a failover), else the configured primary.
-        let primary = shared.router.primary().ok().and_then(|i| shared.config.servers().nth(i));
+        let primary = shared
+            .router
+            .primary()
+            .ok()
+            .and_then(|i| shared.config.servers().nth(i));
         match load(&shared.config, primary.unwrap_or(&shared.config.primary)).await {
             Ok(catalog) => {
                 tracing::debug!(

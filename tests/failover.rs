@@ -108,6 +108,10 @@ async fn a_lagging_replica_is_excluded_then_readmitted_after_the_hold() {
     );
     // Its lag passed max_lag one second after the write; it is out within 2 probe intervals (plus scheduling slack).
     let bound = Duration::from_secs(1) + INTERVAL * 2 + Duration::from_millis(300);
+    eprintln!(
+        "replica1 excluded {:?} after the write (max_lag 1s)",
+        excluded.duration_since(written)
+    );
     assert!(
         excluded.duration_since(written) <= bound,
         "excluded after {:?}",
@@ -130,6 +134,10 @@ async fn a_lagging_replica_is_excluded_then_readmitted_after_the_hold() {
     })
     .await;
     let under = under_since.expect("lag went under the re-admit mark");
+    eprintln!(
+        "replica1 re-admitted {:?} after its lag went under the re-admit mark (hold 1s)",
+        readmitted.duration_since(under)
+    );
     assert!(
         readmitted.duration_since(under) >= Duration::from_millis(800),
         "re-admitted {:?} after going under the mark (hold is 1s)",
@@ -203,6 +211,7 @@ async fn reads_survive_a_replica_stopping_and_it_returns() {
         ok += o;
         errors += e;
     }
+    eprintln!("replica2 stopped under load: {ok} reads succeeded after the stop, {errors} errors");
     assert!(ok > 50, "reads continued on the others ({ok})");
     assert!(
         errors <= 4,
@@ -273,6 +282,7 @@ async fn writes_follow_a_promoted_replica() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let (port, after) = landed.expect("writes resume on the promoted server");
+    eprintln!("writes resumed on the promoted replica {after:?} after pg_promote returned");
     assert_eq!(port, new_port);
     assert!(
         after <= INTERVAL * 2 + Duration::from_millis(500),
