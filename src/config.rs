@@ -47,6 +47,9 @@ pub struct Config {
     /// Most client connections accepted at once. Default 1000.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// Runtime worker threads; 0 (default) means one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
     /// Largest client message accepted, in bytes. Default 256 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,

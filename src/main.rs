@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime().block_on(async move {
+            runtime(config.workers).block_on(async move {
                 let proxy = match Proxy::bind(config.clone()).await {
                     Ok(p) => p,
                     Err(e) => {
@@ -80,16 +80,17 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo { replicas, port } => {
-            runtime().block_on(pgsplit::demo::run(replicas, port, shutdown_signal()))
+            runtime(0).block_on(pgsplit::demo::run(replicas, port, shutdown_signal()))
         }
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgsplit: cannot start the runtime: {e}");

@@ -377,7 +377,8 @@ pub struct PoolSet {
     /// Read pools, by server index.
     pub read: Vec<Pool>,
     /// The ParameterStatus values a server reported at the last greeting (for logins while the pools are busy).
-    pub greeting: std::sync::Mutex<Option<std::collections::HashMap<String, String>>>,
+    pub greeting:
+        std::sync::Mutex<Option<std::sync::Arc<std::collections::HashMap<String, String>>>>,
 }
 
 impl PoolSet {

@@ -99,6 +99,8 @@ pub struct ServerConn {
     pub params: HashMap<String, String>,
     /// Session settings pgsplit applied on behalf of clients (lower-case names), to be reset for other clients.
     pub applied: HashMap<String, String>,
+    /// Fingerprint of the client settings `applied` holds exactly, when nothing changed them since.
+    pub settings_fingerprint: Option<u64>,
     /// When the connection was opened.
     pub created: Instant,
     /// When it was last checked in.
@@ -147,6 +149,7 @@ impl ServerConn {
             backend_key: (0, 0),
             params: HashMap::new(),
             applied: HashMap::new(),
+            settings_fingerprint: None,
             created: Instant::now(),
             last_used: Instant::now(),
             status: b'I',

@@ -133,6 +133,8 @@ fn duration_histogram() -> prometheus_client::metrics::histogram::Histogram {
 pub struct Latency {
     hdr: [std::sync::Mutex<hdrhistogram::Histogram<u64>>; 2],
     prom: DurationFamily,
+    /// The family's two histograms, resolved once (no label lookup per unit).
+    prom_by_destination: [prometheus_client::metrics::histogram::Histogram; 2],
 }
 
 /// Bucket bounds (seconds) of the Prometheus query duration histogram.
@@ -149,9 +151,16 @@ impl Default for Latency {
                 });
             std::sync::Mutex::new(h)
         };
+        let prom = DurationFamily::new_with_constructor(duration_histogram);
+        let resolve = |destination| {
+            prom.get_or_create(&DestinationLabel { destination })
+                .clone()
+        };
+        let prom_by_destination = [resolve("primary"), resolve("replica")];
         Latency {
             hdr: [hdr(), hdr()],
-            prom: DurationFamily::new_with_constructor(duration_histogram),
+            prom,
+            prom_by_destination,
         }
     }
 }
@@ -179,10 +188,7 @@ impl Latency {
         if let Ok(mut h) = self.hdr[i].lock() {
             let _ = h.record(micros);
         }
-        let destination = if i == 0 { "primary" } else { "replica" };
-        self.prom
-            .get_or_create(&DestinationLabel { destination })
-            .observe(took.as_secs_f64());
+        self.prom_by_destination[i].observe(took.as_secs_f64());
     }
 
     /// Percentiles so far on `dest`.

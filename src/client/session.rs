@@ -35,6 +35,10 @@ use crate::stats::{ClientInfo, ClientState, Destination};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const BUFFER_LIMIT: usize = 256 * 1024;
+/// Room made in the client read buffer before a read.
+const READ_CHUNK: usize = 16 * 1024;
+/// A client idle this long gives its buffers back.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// What a server answer to a message pgsplit forwarded or injected means for bookkeeping.
 #[derive(Debug)]
@@ -116,8 +120,9 @@ enum Placement {
 
 /// What happened while waiting.
 enum Event {
-    ClientRead(std::io::Result<usize>),
-    ClientWrote(std::io::Result<usize>),
+    ClientReadable(std::io::Result<()>),
+    ClientWritable(std::io::Result<()>),
+    Shrink,
     ServerRead(std::io::Result<usize>),
     ServerWrote(std::io::Result<usize>),
     Shutdown,
@@ -190,8 +195,8 @@ impl Session {
             client,
             peer,
             crbuf,
-            cout: BytesMut::with_capacity(16 * 1024),
-            sout: BytesMut::with_capacity(16 * 1024),
+            cout: BytesMut::new(),
+            sout: BytesMut::new(),
             user,
             database,
             pools,
@@ -249,7 +254,7 @@ impl Session {
     /// The ParameterStatus values to greet with: what a server connection with this client's settings reports.
     /// A login never waits for a busy pool (a synchronous client may hold it while it logs in another
     /// connection): when no connection is free, the last greeting's values serve, with this client's own.
-    async fn greeting_params(&mut self) -> Result<HashMap<String, String>, End> {
+    async fn greeting_params(&mut self) -> Result<Arc<HashMap<String, String>>, End> {
         let free = match self.shared.router.primary() {
             Ok(i) => self.pools.pool(Target::Primary(i)).try_checkout().await,
             Err(_) => None,
@@ -257,22 +262,26 @@ impl Session {
         let cached = self.pools.greeting.lock().ok().and_then(|g| g.clone());
         let conn = match (free, cached) {
             (Some(Ok(conn)), _) => Some(conn),
-            (_, Some(mut params)) => {
+            (_, Some(cached)) => {
+                // This client's own values for the settings a server echoes; the shared map when equal.
+                let mut own = Vec::new();
                 for (name, value) in self.settings.startup_values() {
                     let reported =
                         matches!(name, "application_name" | "timezone" | "intervalstyle")
                             || (name == "client_encoding" && !value.eq_ignore_ascii_case("auto"));
-                    if let Some(key) = params
-                        .keys()
-                        .find(|k| k.eq_ignore_ascii_case(name))
-                        .cloned()
-                    {
-                        if reported {
-                            params.insert(key, value.to_string());
+                    let key = cached.keys().find(|k| k.eq_ignore_ascii_case(name));
+                    if let (true, Some(key)) = (reported, key) {
+                        if cached.get(key).map(String::as_str) != Some(value) {
+                            own.push((key.clone(), value.to_string()));
                         }
                     }
                 }
-                return Ok(params);
+                if own.is_empty() {
+                    return Ok(cached);
+                }
+                let mut params = (*cached).clone();
+                params.extend(own);
+                return Ok(Arc::new(params));
             }
             _ => None,
         };
@@ -303,10 +312,17 @@ impl Session {
             self.queue_error(Severity::Fatal, sqlstate::CANNOT_CONNECT_NOW, &msg);
             return Err(End::Fatal);
         };
-        let params = h.conn.params.clone();
-        if let Ok(mut g) = self.pools.greeting.lock() {
-            *g = Some(params.clone());
-        }
+        let params = match self.pools.greeting.lock() {
+            Ok(mut g) => match g.as_ref() {
+                Some(cached) if **cached == h.conn.params => cached.clone(),
+                _ => {
+                    let fresh = Arc::new(h.conn.params.clone());
+                    *g = Some(fresh.clone());
+                    fresh
+                }
+            },
+            Err(_) => Arc::new(h.conn.params.clone()),
+        };
         // The greeting connection only served to learn the parameters: it goes back to the pool.
         self.cancel.clear();
         h.conn.release();
@@ -355,12 +371,34 @@ impl Session {
                 return End::Fatal;
             }
             match self.wait().await {
-                Event::ClientRead(Ok(0))
-                | Event::ClientRead(Err(_))
-                | Event::ClientWrote(Err(_)) => return End::ClientGone,
-                Event::ClientRead(Ok(_))
-                | Event::ClientWrote(Ok(_))
-                | Event::ServerWrote(Ok(_)) => {}
+                Event::ClientReadable(Err(_)) | Event::ClientWritable(Err(_)) => {
+                    return End::ClientGone
+                }
+                Event::ClientReadable(Ok(())) => {
+                    if self.crbuf.capacity() - self.crbuf.len() < READ_CHUNK / 2 {
+                        self.crbuf.reserve(READ_CHUNK);
+                    }
+                    match self.client.try_read_buf(&mut self.crbuf) {
+                        Ok(0) => return End::ClientGone,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return End::ClientGone,
+                    }
+                }
+                Event::ClientWritable(Ok(())) => match self.client.try_write(&self.cout) {
+                    Ok(n) => self.cout.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return End::ClientGone,
+                },
+                Event::Shrink => {
+                    // Idle for a while: give the buffers back (an idle client then costs a few hundred bytes).
+                    for buf in [&mut self.crbuf, &mut self.cout, &mut self.sout] {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
+                }
+                Event::ServerWrote(Ok(_)) => {}
                 Event::ServerRead(Ok(0)) => {
                     if let Err(end) = self.server_lost("the server closed the connection") {
                         return end;
@@ -416,10 +454,12 @@ impl Session {
             }
             None => (None, None, None),
         };
-        let (mut cread, mut cwrite) = client.split();
+        // Buffers are released after a while idle; readiness first, so an idle client holds none.
+        let holds_buffers = crbuf.capacity() + cout.capacity() + sout.capacity() > 0;
+        let client: &TcpStream = client;
         tokio::select! {
-            r = cread.read_buf(crbuf), if read_client => Event::ClientRead(r),
-            r = cwrite.write_buf(cout), if !cout.is_empty() => Event::ClientWrote(r),
+            r = client.readable(), if read_client => Event::ClientReadable(r),
+            r = client.writable(), if !cout.is_empty() => Event::ClientWritable(r),
             r = async {
                 match (sread.as_mut(), srbuf) {
                     (Some(r), Some(b)) => r.read_buf(b).await,
@@ -434,6 +474,7 @@ impl Session {
             }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
                         _ = stop.changed(), if idle_between_units && !*stop.borrow() => Event::Shutdown,
             _ = tokio::time::sleep(idle), if watch_idle => Event::Idle,
+            _ = tokio::time::sleep(SHRINK_AFTER), if idle_between_units && holds_buffers && cout.is_empty() => Event::Shrink,
             // Nothing to wait for (a stalled unit whose server was just released): route it now.
             else => Event::Progress,
         }
@@ -1087,6 +1128,7 @@ impl Session {
             params,
             applied,
             unnamed_owner,
+            settings_fingerprint,
             ..
         } = &mut *h.conn;
         let mut pos = 0usize;
@@ -1164,6 +1206,7 @@ impl Session {
                             for c in &changes {
                                 self.settings.record(c);
                                 Settings::applied_on(applied, c);
+                                *settings_fingerprint = None;
                             }
                         }
                     }
@@ -1190,6 +1233,7 @@ impl Session {
                         // The client changed a reported setting: it is now part of its session (and must be
                         // reset before another client uses this connection).
                         applied.insert(name.to_ascii_lowercase(), quote_literal(value));
+                        *settings_fingerprint = None;
                         self.settings.reported(name, value);
                         swallow = !self.settings.status_changes(name, value);
                     }

@@ -22,9 +22,13 @@ struct Setting {
 /// A client's settings.
 #[derive(Debug, Default)]
 pub struct Settings {
+    /// Hash of `current`, so that a connection already synced for an equal set is recognised cheaply.
+    fingerprint: u64,
     current: Vec<Setting>,
     startup: Vec<Setting>,
-    /// ParameterStatus values the client has seen, by server spelling of the name.
+    /// ParameterStatus values the client was greeted with (shared between clients), by server spelling.
+    greeted: std::sync::Arc<HashMap<String, String>>,
+    /// Values the client has seen change since.
     seen: HashMap<String, String>,
 }
 
@@ -48,6 +52,17 @@ impl Settings {
             Some(s) => *s = setting,
             None => self.current.push(setting),
         }
+        self.refingerprint();
+    }
+
+    fn refingerprint(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for s in &self.current {
+            s.name.hash(&mut h);
+            s.sql.hash(&mut h);
+        }
+        self.fingerprint = h.finish();
     }
 
     /// Records a change the client made that the server accepted.
@@ -68,6 +83,7 @@ impl Settings {
             }
             SessionChange::ResetAll => self.current = self.startup.clone(),
         }
+        self.refingerprint();
     }
 
     /// Records a value the server reported for this client's session (a ParameterStatus it caused).
@@ -87,7 +103,8 @@ impl Settings {
 
     /// Whether a ParameterStatus should reach the client: only when the value it sees changes.
     pub fn status_changes(&mut self, name: &str, value: &str) -> bool {
-        if self.seen.get(name).map(String::as_str) == Some(value) {
+        let current = self.seen.get(name).or_else(|| self.greeted.get(name));
+        if current.map(String::as_str) == Some(value) {
             return false;
         }
         self.seen.insert(name.to_string(), value.to_string());
@@ -97,6 +114,9 @@ impl Settings {
     /// The SQL that brings `conn` to this client's settings (resetting what other clients left), or `None`
     /// when it already has them.
     pub fn sync_sql(&self, conn: &ServerConn) -> Option<String> {
+        if conn.settings_fingerprint == Some(self.fingerprint) {
+            return None;
+        }
         let mut sql = String::new();
         for s in &self.current {
             if conn.applied.get(&s.name) == Some(&s.sql) {
@@ -128,6 +148,7 @@ impl Settings {
             .iter()
             .map(|s| (s.name.clone(), s.sql.clone()))
             .collect();
+        conn.settings_fingerprint = Some(self.fingerprint);
     }
 
     /// Marks a change the client made on a server connection, in that connection's `applied` map (so that the
@@ -152,8 +173,9 @@ impl Settings {
     }
 
     /// The ParameterStatus values the client saw at login.
-    pub fn greeted(&mut self, params: &HashMap<String, String>) {
-        self.seen = params.clone();
+    pub fn greeted(&mut self, params: &std::sync::Arc<HashMap<String, String>>) {
+        self.greeted = params.clone();
+        self.seen.clear();
     }
 }
 
@@ -274,10 +296,10 @@ mod tests {
     #[test]
     fn status_is_forwarded_only_when_it_changes() {
         let mut s = Settings::default();
-        s.greeted(&HashMap::from([(
+        s.greeted(&std::sync::Arc::new(HashMap::from([(
             "TimeZone".to_string(),
             "UTC".to_string(),
-        )]));
+        )])));
         assert!(!s.status_changes("TimeZone", "UTC"));
         assert!(s.status_changes("TimeZone", "Europe/Paris"));
         assert!(!s.status_changes("TimeZone", "Europe/Paris"));
