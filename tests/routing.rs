@@ -312,6 +312,7 @@ async fn weights_and_least_connections_shape_the_spread() {
 
 #[tokio::test]
 async fn with_no_reachable_replica_reads_fall_back_or_fail_as_configured() {
+    setup_schema().await;
     let env = env();
     let dead_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -106,6 +106,16 @@ pub enum End {
     Fatal,
 }
 
+/// Whether pgsplit answers a statement itself.
+enum Local {
+    /// Answered.
+    Answered,
+    /// It is pgsplit's to answer, after the replies in flight.
+    Wait,
+    /// For a server.
+    NotMine,
+}
+
 /// Where a new unit of work can go right now.
 enum Placement {
     /// No server held: route it.
@@ -512,8 +522,11 @@ impl Session {
                 let Some(text) = messages::query_text(&frame.body) else {
                     return Err(self.violation("invalid Query message"));
                 };
-                if self.answer_locally(text) {
-                    return Ok(None);
+                match self.answer_locally(text) {
+                    Local::Answered => return Ok(None),
+                    // `SET pgsplit.route` behind replies still in flight: answer it in order, once they are in.
+                    Local::Wait => return Ok(Some(frame)),
+                    Local::NotMine => {}
                 }
                 let decision = self.classify(text);
                 if decision.pins && first_word_is(text, "listen") {
@@ -635,7 +648,7 @@ impl Session {
     /// Statements pgsplit answers itself: `SET pgsplit.route`, a plain BEGIN (deferred until the transaction's
     /// first statement shows where it may run), and COMMIT/ROLLBACK of a deferred BEGIN that ran nothing.
     /// Returns whether it answered.
-    fn answer_locally(&mut self, text: &str) -> bool {
+    fn answer_locally(&mut self, text: &str) -> Local {
         let busy = self.held.is_some() || self.stalled.is_some();
         if first_word_is(text, "set") && classify::route_setting(text).is_some() {
             // Answered in order only when nothing is in flight (a transaction may be open).
@@ -645,7 +658,7 @@ impl Session {
                     .as_ref()
                     .is_some_and(|h| h.pending > 0 || h.unsynced);
             if in_flight {
-                return false;
+                return Local::Wait;
             }
             self.route_override = classify::route_setting(text).flatten();
             messages::command_complete(&mut self.cout, "SET");
@@ -655,10 +668,10 @@ impl Session {
                 None => b'I',
             };
             messages::ready_for_query(&mut self.cout, status);
-            return true;
+            return Local::Answered;
         }
         if busy || self.keep_servers {
-            return false;
+            return Local::NotMine;
         }
         if self.deferred_begin.is_none() {
             if classify::is_plain_begin(text) {
@@ -668,17 +681,17 @@ impl Session {
                 });
                 messages::command_complete(&mut self.cout, "BEGIN");
                 messages::ready_for_query(&mut self.cout, b'T');
-                return true;
+                return Local::Answered;
             }
-            return false;
+            return Local::NotMine;
         }
         let Some(tag) = classify::transaction_end(text) else {
-            return false;
+            return Local::NotMine;
         };
         self.deferred_begin = None;
         messages::command_complete(&mut self.cout, tag);
         messages::ready_for_query(&mut self.cout, b'I');
-        true
+        Local::Answered
     }
 
     /// Remembers the setting changes of a statement about to be sent; a change pgsplit cannot follow keeps the

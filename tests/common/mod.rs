@@ -41,7 +41,13 @@ pub fn env() -> &'static Env {
             .with_env_filter(std::env::var("PGSPLIT_LOG").unwrap_or_else(|_| "warn".into()))
             .try_init();
         let cluster = start_cluster();
-        let proxy = spawn_proxy(config(&cluster, 8, 8, ""));
+        // Round robin: tests that check reads spread over both replicas do not depend on other tests' load.
+        let proxy = spawn_proxy(config(
+            &cluster,
+            8,
+            8,
+            "[routing]\nbalancer = \"round_robin\"",
+        ));
         Env { cluster, proxy }
     })
 }
