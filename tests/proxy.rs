@@ -483,43 +483,16 @@ async fn pgbench_runs_with_no_failed_transactions() {
     let env = env();
     let proxy = spawn_proxy(config(&env.cluster, 8, 8, ""));
     let u = url(proxy, APP);
-    let init = Command::new("pgbench")
-        .args(["-i", "-s", "1", "-q", &u])
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let wait = env
-        .cluster
-        .wait_replayed("replica1", Duration::from_secs(30))
-        .and(
-            env.cluster
-                .wait_replayed("replica2", Duration::from_secs(30)),
+    tokio::task::spawn_blocking(move || {
+        pgbench_init(&env.cluster, &u);
+        pgbench(
+            &u,
+            &["-S", "-M", "simple", "-c", "16", "-j", "2", "-t", "300"],
         );
-    wait.expect("replicas caught up");
-    for args in [
-        vec!["-S", "-M", "simple", "-c", "16", "-j", "2", "-t", "300"],
-        vec!["-M", "simple", "-c", "8", "-j", "2", "-t", "100"],
-    ] {
-        let out = Command::new("pgbench")
-            .args(&args)
-            .arg(&u)
-            .output()
-            .expect("pgbench");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "pgbench {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("number of failed transactions: 0 "),
-            "pgbench {args:?}: {stdout}"
-        );
-    }
+        pgbench(&u, &["-M", "simple", "-c", "8", "-j", "2", "-t", "100"]);
+    })
+    .await
+    .expect("pgbench runs");
 }
 
 #[tokio::test]

@@ -163,3 +163,39 @@ pub fn primary_port() -> u16 {
 pub fn replica_ports() -> Vec<u16> {
     env().cluster.replicas().iter().map(|r| r.port).collect()
 }
+
+/// `pgbench -i -s 1` through `url`, then waits until both replicas have replayed it.
+pub fn pgbench_init(cluster: &Cluster, url: &str) {
+    let init = std::process::Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", url])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for r in ["replica1", "replica2"] {
+        cluster
+            .wait_replayed(r, std::time::Duration::from_secs(30))
+            .expect("replicas caught up");
+    }
+}
+
+/// Runs pgbench with `args` through `url`; asserts it succeeded with 0 failed transactions and returns
+/// (stdout, stderr).
+pub fn pgbench(url: &str, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "pgbench {args:?}: {stdout}{stderr}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "pgbench {args:?}: {stdout}{stderr}"
+    );
+    (stdout, stderr)
+}
