@@ -101,17 +101,8 @@ impl Raw {
         let mut s = TcpStream::connect(env().proxy).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", "trustclient"), ("database", "app")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        p.extend_from_slice(&body);
-        s.write_all(&p).expect("startup");
+        s.write_all(&startup_packet("trustclient"))
+            .expect("startup");
         let mut raw = Raw(s);
         raw.until_ready();
         raw

@@ -395,21 +395,6 @@ fn raw_exchange(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn startup_packet(user: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608u32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", "app")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
-}
-
 fn error_code(reply: &[u8]) -> Option<String> {
     let start = reply.iter().position(|&b| b == b'E')?;
     let body = &reply[start + 5..];
