@@ -11,7 +11,8 @@
 //! 1. baseline: N connections (connect + StartupMessage, exactly as in step 2) to a dummy listener that only
 //!    accepts and holds the raw sockets on a plain thread. The RSS delta is the client side's own cost.
 //! 2. all closed, freed memory handed back to the kernel (`malloc_trim`), then N connections to pgsplit, each
-//!    logged in and idle. The RSS delta minus the baseline's is pgsplit's.
+//!    logged in and idle; 2 s later (sessions release their buffers after 1 s idle; no `malloc_trim` this
+//!    time, so the RSS is what a running pgsplit keeps) the RSS delta minus the baseline's is pgsplit's.
 //!
 //! RSS is `VmRSS` of /proc/self/status. Alongside, glibc's `mallinfo2` gives the heap bytes in use, which does
 //! not depend on what the allocator keeps or returns. Kernel socket memory is in neither.
@@ -173,7 +174,8 @@ fn run() -> Result<()> {
         || proxy.shared.clients.load(Ordering::Relaxed) >= pg_n,
         Duration::from_secs(30),
     );
-    settle();
+    // No malloc_trim here: the RSS is what a running pgsplit keeps once its idle clients gave their buffers back.
+    std::thread::sleep(IDLE_SETTLE);
     let (rss3, heap3) = (rss_bytes()?, heap_in_use());
     let sessions = proxy.shared.clients.load(Ordering::Relaxed);
     eprintln!(
@@ -496,6 +498,9 @@ fn heap_in_use() -> u64 {
     let m = unsafe { libc::mallinfo2() };
     (m.uordblks + m.hblkhd) as u64
 }
+
+/// Longer than a session's idle buffer release (1 s).
+const IDLE_SETTLE: Duration = Duration::from_millis(2000);
 
 /// Lets background work finish and hands freed memory back to the kernel before a measurement.
 fn settle() {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod monitor;
+pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

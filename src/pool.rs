@@ -123,7 +123,8 @@ impl Pool {
                 _permit: permit,
             });
         }
-        let conn = ServerConn::connect(&inner.target, inner.timeouts.connect).await?;
+        // Boxed: a login's state is large and would otherwise be part of every client's task.
+        let conn = Box::pin(ServerConn::connect(&inner.target, inner.timeouts.connect)).await?;
         inner.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),

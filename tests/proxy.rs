@@ -567,6 +567,38 @@ async fn waiting_for_a_pool_slot_times_out_with_an_error() {
 }
 
 #[tokio::test]
+async fn an_idle_client_is_closed_after_client_idle_and_a_busy_one_is_not() {
+    let env = env();
+    let mut cfg = config(&env.cluster, 2, 2, "");
+    cfg.timeouts.client_idle = Duration::from_millis(400);
+    let proxy = spawn_proxy(cfg);
+    let busy = connect_to(proxy, APP).await.expect("busy");
+    let idle = connect_to(proxy, APP).await.expect("idle");
+    idle.batch_execute("SELECT 1")
+        .await
+        .expect("idle's first query");
+    // Statements every 150 ms for 1.2 s, and one that runs longer than the timeout: never idle that long.
+    for _ in 0..8 {
+        busy.batch_execute("SELECT 1")
+            .await
+            .expect("busy stays open");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    busy.batch_execute("SELECT pg_sleep(0.6)")
+        .await
+        .expect("a statement longer than client_idle is not idleness");
+    busy.batch_execute("SELECT 1")
+        .await
+        .expect("still open right after it");
+    // Meanwhile the other client said nothing for 1.2 s.
+    let err = idle
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("closed for idleness");
+    assert!(idle.is_closed(), "{err}");
+}
+
+#[tokio::test]
 async fn shutdown_lets_running_transactions_finish_and_closes_idle_clients() {
     let env = env();
     let proxy = pgsplit::proxy::Proxy::bind(config(&env.cluster, 2, 2, ""))

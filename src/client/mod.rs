@@ -22,11 +22,27 @@ pub use settings::{is_plain_name, quote_literal};
 /// Serves one client connection to the end.
 pub async fn serve(
     shared: Arc<Shared>,
-    mut socket: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
 ) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // The login is boxed: its state is freed once it is done instead of sizing every client's task.
+    if let Some(mut session) = Box::pin(open(shared, socket, peer, stop)).await {
+        session.run().await;
+    }
+}
+
+/// Reads the startup packet, authenticates and checks the database: the session for an application client
+/// (the admin console and cancel requests are served here, and give `None`).
+async fn open(
+    shared: Arc<Shared>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Option<Box<session::Session>> {
+    // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
+    // large buffer's pages resident after login (it grows when a client sends more).
+    let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = shared.config.timeouts.client_login;
     let opened = tokio::time::timeout(login_timeout, async {
         let opening = login::read_opening(&mut socket, &mut buf).await?;
@@ -82,11 +98,11 @@ pub async fn serve(
     .await;
     let (user, database, params) = match opened {
         Ok(Ok(Some(x))) => x,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             tracing::debug!(%peer, code = e.code, message = %e.message, "login refused");
             login::fatal(&mut socket, e.code, &e.message).await;
-            return;
+            return None;
         }
         Err(_) => {
             login::fatal(
@@ -95,12 +111,12 @@ pub async fn serve(
                 "client did not finish logging in in time",
             )
             .await;
-            return;
+            return None;
         }
     };
     if database == crate::config::ADMIN_DATABASE {
-        crate::admin::console::serve(shared, socket, buf).await;
-        return;
+        Box::pin(crate::admin::console::serve(shared, socket, buf)).await;
+        return None;
     }
     let Some(pools) = shared.pools(&user, &database) else {
         login::fatal(
@@ -109,12 +125,11 @@ pub async fn serve(
             "unknown user or database",
         )
         .await;
-        return;
+        return None;
     };
-    let mut s = session::Session::new(
+    Some(Box::new(session::Session::new(
         shared, socket, peer, buf, user, database, params, pools, stop,
-    );
-    s.run().await;
+    )))
 }
 
 /// Reads a client's startup packet, then refuses it with a FATAL error (used when over the client limit).

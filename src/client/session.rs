@@ -9,13 +9,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::quote_literal;
 use super::settings::Settings;
@@ -24,6 +26,7 @@ use crate::cancel::CancelSlot;
 use crate::classify::{self, Decision, Reason, Route, SessionChange};
 use crate::config::PoolMode;
 use crate::error::Error;
+use crate::net;
 use crate::pool::PooledConn;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::{self, BindView, ParseView, Severity};
@@ -132,11 +135,11 @@ enum Placement {
 enum Event {
     ClientReadable(std::io::Result<()>),
     ClientWritable(std::io::Result<()>),
-    Shrink,
-    ServerRead(std::io::Result<usize>),
+    /// The idle timer: time to check the idle timeout and buffer release.
+    Timer,
+    ServerReadable(std::io::Result<()>),
     ServerWrote(std::io::Result<usize>),
     Shutdown,
-    Idle,
     Progress,
 }
 
@@ -156,8 +159,9 @@ pub struct Session {
     pools: Arc<PoolSet>,
     key: (i32, i32),
     cancel: Arc<CancelSlot>,
-    held: Option<Held>,
-    parked: Vec<Held>,
+    /// Boxed: an idle client then carries a pointer, not the whole record.
+    held: Option<Box<Held>>,
+    parked: Vec<Box<Held>>,
     keep_servers: bool,
     /// The client ran LISTEN: it keeps its primary connection held so notifications reach it while idle.
     listening: bool,
@@ -176,6 +180,13 @@ pub struct Session {
     skip_to_sync: bool,
     stop: watch::Receiver<bool>,
     max_message: usize,
+    /// Fires for the idle timeout and buffer release; re-armed lazily from `last_active`.
+    idle_timer: Pin<Box<Sleep>>,
+    timer_armed: bool,
+    /// The last I/O event.
+    last_active: Instant,
+    /// When the buffers were last released.
+    last_shrink: Instant,
 }
 
 impl Session {
@@ -198,6 +209,7 @@ impl Session {
         shared.stats.clients.add(info.clone());
         let keep_servers = shared.config.pool_mode == PoolMode::Session;
         let max_message = shared.config.max_message_bytes;
+        let now = Instant::now();
         Session {
             id,
             info,
@@ -226,18 +238,23 @@ impl Session {
             skip_to_sync: false,
             stop,
             max_message,
+            idle_timer: Box::pin(tokio::time::sleep_until(now)),
+            timer_armed: false,
+            last_active: now,
+            last_shrink: now,
         }
     }
 
     /// Greets the client and serves it until it leaves.
     pub async fn run(&mut self) {
         tracing::debug!(client = self.id, peer = %self.peer, user = %self.user, db = %self.database, "client connected");
-        let end = match self.greet().await {
+        // The greeting and the finish run once: boxed, so their state does not sit in every idle client's task.
+        let end = match Box::pin(self.greet()).await {
             Ok(()) => self.serve().await,
             Err(end) => end,
         };
         let _ = self.flush_client().await;
-        self.finish().await;
+        Box::pin(self.finish()).await;
         self.shared.cancels.unregister(self.key.0);
         self.shared.stats.clients.remove(self.id);
         tracing::debug!(client = self.id, ?end, "client disconnected");
@@ -360,7 +377,7 @@ impl Session {
 
     /// Between units of work: nothing in flight for this client.
     fn is_idle(&self) -> bool {
-        self.stalled.is_none() && self.held.as_ref().is_none_or(Held::is_idle)
+        self.stalled.is_none() && self.held.as_ref().is_none_or(|h| h.is_idle())
     }
 
     /// The message loop.
@@ -380,7 +397,11 @@ impl Session {
                 );
                 return End::Fatal;
             }
-            match self.wait().await {
+            let event = self.wait().await;
+            if !matches!(event, Event::Timer) {
+                self.last_active = Instant::now();
+            }
+            match event {
                 Event::ClientReadable(Err(_)) | Event::ClientWritable(Err(_)) => {
                     return End::ClientGone
                 }
@@ -388,7 +409,7 @@ impl Session {
                     if self.crbuf.capacity() - self.crbuf.len() < READ_CHUNK / 2 {
                         self.crbuf.reserve(READ_CHUNK);
                     }
-                    match self.client.try_read_buf(&mut self.crbuf) {
+                    match net::read_available(&self.client, &mut self.crbuf) {
                         Ok(0) => return End::ClientGone,
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -400,45 +421,97 @@ impl Session {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return End::ClientGone,
                 },
-                Event::Shrink => {
-                    // Idle for a while: give the buffers back (an idle client then costs a few hundred bytes).
-                    for buf in [&mut self.crbuf, &mut self.cout, &mut self.sout] {
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                    }
-                }
-                Event::ServerWrote(Ok(_)) => {}
-                Event::ServerRead(Ok(0)) => {
-                    if let Err(end) = self.server_lost("the server closed the connection") {
+                Event::Timer => {
+                    if let Err(end) = self.on_timer() {
                         return end;
                     }
                 }
-                Event::ServerRead(Err(e)) | Event::ServerWrote(Err(e)) => {
+                Event::ServerWrote(Ok(_)) => {}
+                Event::ServerReadable(Ok(())) => {
+                    let read = match self.held.as_mut() {
+                        Some(h) => {
+                            let ServerConn { stream, rbuf, .. } = &mut *h.conn;
+                            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+                                rbuf.reserve(READ_CHUNK);
+                            }
+                            net::read_available(stream, rbuf)
+                        }
+                        None => continue,
+                    };
+                    let result = match read {
+                        Ok(0) => self.server_lost("the server closed the connection"),
+                        Ok(_) => self.relay_server(),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+                        Err(e) => self.server_lost(&e.to_string()),
+                    };
+                    if let Err(end) = result {
+                        return end;
+                    }
+                }
+                Event::ServerReadable(Err(e)) | Event::ServerWrote(Err(e)) => {
                     if let Err(end) = self.server_lost(&e.to_string()) {
                         return end;
                     }
                 }
-                Event::ServerRead(Ok(_)) => {
-                    if let Err(end) = self.relay_server() {
-                        return end;
-                    }
-                }
                 Event::Shutdown | Event::Progress => {}
-                Event::Idle => {
-                    self.queue_error(
-                        Severity::Fatal,
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "terminating connection due to idle timeout (timeouts.client_idle)",
-                    );
-                    return End::Fatal;
-                }
             }
         }
     }
 
+    /// The idle timer fired: closes a client idle past `timeouts.client_idle`, gives back the buffers of one
+    /// idle for [`SHRINK_AFTER`]. It may fire early (it is re-armed lazily, not on every message): then it
+    /// only re-arms.
+    fn on_timer(&mut self) -> Result<(), End> {
+        self.timer_armed = false;
+        let now = Instant::now();
+        let idle = self.shared.config.timeouts.client_idle;
+        if !idle.is_zero() && now.duration_since(self.last_active) >= idle && self.between_units() {
+            self.queue_error(
+                Severity::Fatal,
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to idle timeout (timeouts.client_idle)",
+            );
+            return Err(End::Fatal);
+        }
+        if now.duration_since(self.last_active.max(self.last_shrink)) >= SHRINK_AFTER {
+            // Idle for a while: give the buffers back (an idle client then costs a few hundred bytes).
+            self.last_shrink = now;
+            for buf in [&mut self.crbuf, &mut self.cout, &mut self.sout] {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No unit of work in flight or stalled.
+    fn between_units(&self) -> bool {
+        self.held.as_ref().is_none_or(|h| h.is_idle()) && self.stalled.is_none()
+    }
+
     /// Waits for the next I/O event on either side.
     async fn wait(&mut self) -> Event {
+        let idle = self.shared.config.timeouts.client_idle;
+        let between_units = self.between_units();
+        let watch_idle = between_units && !idle.is_zero();
+        // Buffers are released after a while idle; readiness first, so an idle client holds none.
+        let holds_buffers = self.crbuf.capacity() + self.cout.capacity() + self.sout.capacity() > 0;
+        let shrink_due = between_units && holds_buffers && self.cout.is_empty();
+        let timer_needed = watch_idle || shrink_due;
+        if timer_needed && !self.timer_armed {
+            let mut due = self.last_active.max(self.last_shrink) + SHRINK_AFTER;
+            if watch_idle {
+                let idle_due = self.last_active + idle;
+                due = if shrink_due {
+                    due.min(idle_due)
+                } else {
+                    idle_due
+                };
+            }
+            self.idle_timer.as_mut().reset(due);
+            self.timer_armed = true;
+        }
         let Session {
             client,
             crbuf,
@@ -447,44 +520,37 @@ impl Session {
             held,
             stop,
             stalled,
-            shared,
+            idle_timer,
             ..
         } = self;
         let read_client =
             stalled.is_none() && crbuf.len() < BUFFER_LIMIT && sout.len() < BUFFER_LIMIT;
-        let idle = shared.config.timeouts.client_idle;
-        let idle_between_units = held.as_ref().is_none_or(Held::is_idle) && stalled.is_none();
-        let watch_idle = idle_between_units && !idle.is_zero();
         let has_server = held.is_some();
-        let (mut sread, mut swrite, srbuf) = match held {
+        let (sread, mut swrite) = match held {
             Some(h) => {
-                let ServerConn { stream, rbuf, .. } = &mut *h.conn;
-                let (r, w) = stream.split();
-                (Some(r), Some(w), Some(rbuf))
+                let (r, w) = h.conn.stream.split();
+                (Some(r), Some(w))
             }
-            None => (None, None, None),
+            None => (None, None),
         };
-        // Buffers are released after a while idle; readiness first, so an idle client holds none.
-        let holds_buffers = crbuf.capacity() + cout.capacity() + sout.capacity() > 0;
         let client: &TcpStream = client;
         tokio::select! {
             r = client.readable(), if read_client => Event::ClientReadable(r),
             r = client.writable(), if !cout.is_empty() => Event::ClientWritable(r),
             r = async {
-                match (sread.as_mut(), srbuf) {
-                    (Some(r), Some(b)) => r.read_buf(b).await,
-                    _ => std::future::pending().await,
+                match sread.as_ref() {
+                    Some(r) => r.readable().await,
+                    None => std::future::pending().await,
                 }
-            }, if has_server && cout.len() < BUFFER_LIMIT => Event::ServerRead(r),
+            }, if has_server && cout.len() < BUFFER_LIMIT => Event::ServerReadable(r),
             r = async {
                 match swrite.as_mut() {
                     Some(w) => w.write_buf(sout).await,
                     None => std::future::pending().await,
                 }
             }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
-                        _ = stop.changed(), if idle_between_units && !*stop.borrow() => Event::Shutdown,
-            _ = tokio::time::sleep(idle), if watch_idle => Event::Idle,
-            _ = tokio::time::sleep(SHRINK_AFTER), if idle_between_units && holds_buffers && cout.is_empty() => Event::Shrink,
+            _ = stop.changed(), if between_units && !*stop.borrow() => Event::Shutdown,
+            _ = idle_timer.as_mut(), if timer_needed => Event::Timer,
             // Nothing to wait for (a stalled unit whose server was just released): route it now.
             else => Event::Progress,
         }
@@ -856,7 +922,7 @@ impl Session {
         }
     }
 
-    async fn checkout(&mut self, route: Route) -> Result<Held, Checkout> {
+    async fn checkout(&mut self, route: Route) -> Result<Box<Held>, Checkout> {
         let router = &self.shared.router;
         let stats = &self.shared.stats;
         let primary_target = || {
@@ -929,8 +995,8 @@ impl Session {
         Ok(held)
     }
 
-    fn new_held(&self, conn: PooledConn, target: Target) -> Held {
-        Held {
+    fn new_held(&self, conn: PooledConn, target: Target) -> Box<Held> {
+        Box::new(Held {
             _load: Load::new(self.shared.router.backend(target)),
             since: std::time::Instant::now(),
             conn,
@@ -943,7 +1009,7 @@ impl Session {
             unit_error: false,
             txn_changes: Vec::new(),
             rolled_back: false,
-        }
+        })
     }
 
     /// Applies this client's session parameters to a server connection, resetting what other clients set.
@@ -953,7 +1019,8 @@ impl Session {
             return Ok(());
         };
         tracing::debug!(client = self.id, server = %conn.server, %sql, "applying session settings");
-        match conn.run_internal(&sql).await {
+        // Boxed: rare, and its state would otherwise enlarge every client's task.
+        match Box::pin(conn.run_internal(&sql)).await {
             Ok(None) => {
                 self.settings.synced(conn);
                 Ok(())
@@ -1374,7 +1441,7 @@ impl Session {
 
     /// At the end of the session: give back clean connections, roll back open transactions, close the rest.
     async fn finish(&mut self) {
-        let mut all: Vec<Held> = self.parked.drain(..).collect();
+        let mut all: Vec<Box<Held>> = self.parked.drain(..).collect();
         all.extend(self.held.take());
         for mut h in all {
             if h.pending == 0 && !h.unsynced && h.pass == 0 && h.conn.rbuf.is_empty() {
