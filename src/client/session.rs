@@ -161,7 +161,7 @@ pub struct Session {
     cancel: Arc<CancelSlot>,
     /// Boxed: an idle client then carries a pointer, not the whole record.
     held: Option<Box<Held>>,
-    parked: Vec<Box<Held>>,
+    parked: Vec<Held>,
     keep_servers: bool,
     /// The client ran LISTEN: it keeps its primary connection held so notifications reach it while idle.
     listening: bool,
@@ -954,7 +954,7 @@ impl Session {
             _ => false,
         });
         if let Some(i) = parked {
-            let mut held = self.parked.swap_remove(i);
+            let mut held = Box::new(self.parked.swap_remove(i));
             self.sync_params(&mut held).await?;
             self.cancel
                 .set(held.conn.address.clone(), held.conn.backend_key);
@@ -1395,7 +1395,7 @@ impl Session {
         self.info.set_state(ClientState::Idle);
         if self.keep_servers {
             h.since = std::time::Instant::now();
-            self.parked.push(h);
+            self.parked.push(*h);
         } else {
             h.conn.release();
         }
@@ -1441,8 +1441,8 @@ impl Session {
 
     /// At the end of the session: give back clean connections, roll back open transactions, close the rest.
     async fn finish(&mut self) {
-        let mut all: Vec<Box<Held>> = self.parked.drain(..).collect();
-        all.extend(self.held.take());
+        let mut all: Vec<Held> = self.parked.drain(..).collect();
+        all.extend(self.held.take().map(|h| *h));
         for mut h in all {
             if h.pending == 0 && !h.unsynced && h.pass == 0 && h.conn.rbuf.is_empty() {
                 if h.in_transaction() {
