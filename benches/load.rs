@@ -3,16 +3,17 @@
 //! `cargo bench --bench load` (a plain `fn main`, no harness). It:
 //!
 //! 1. starts a local primary and two streaming replicas ([`Cluster::start`]),
-//! 2. starts pgsplit in this process, on its own 2-worker tokio runtime (`[pools]` 8/8, `[lag] max_lag = "60s"`,
-//!    a trust user), plus a second pgsplit with `[routing] read_write_split = false`,
+//! 2. starts pgsplit in this process, on its own tokio runtime of `PGSPLIT_BENCH_WORKERS` threads (`[pools]`
+//!    8/8, `[lag] max_lag = "60s"`, a trust user), plus a second pgsplit with `[routing] read_write_split = false`,
 //! 3. starts PgBouncer (transaction pooling, pool size 8, in front of the primary only: it does not split),
 //! 4. loads `pgbench -i -s 10` on the primary and waits until the replicas have replayed it,
 //! 5. runs every workload against every target, alternating targets within each round (the start target rotates
 //!    from round to round), and prints per-run rows, medians over rounds and the pgsplit/PgBouncer and
 //!    pgsplit/direct ratios. The same goes to `target/bench/load.json` under the package directory.
 //!
-//! Environment: `PGSPLIT_BENCH_ROUNDS` (default 2), `PGSPLIT_BENCH_SECONDS` (pgbench `-T`, default 10),
-//! `PGSPLIT_BENCH_WORKERS` (pgsplit runtime threads, default 2),
+//! Environment: `PGSPLIT_BENCH_ROUNDS` (default 3), `PGSPLIT_BENCH_SECONDS` (pgbench `-T`, default 10),
+//! `PGSPLIT_BENCH_WORKERS` (pgsplit runtime threads, default 1: like PgBouncer's one thread, and what a 2-core
+//! machine that also runs the servers and pgbench does best with — `workers = 1` in a configuration),
 //! `PGSPLIT_LOG` (pgsplit's log filter, default `warn`).
 //!
 //! Measured per run: TPS (pgbench, without connection time), average latency (pgbench's `latency average`),
@@ -137,6 +138,9 @@ struct RunResult {
     avg_ms: Option<f64>,
     p99_ms: Option<f64>,
     cpu_us_per_txn: Option<f64>,
+    /// Busy CPU time of the whole machine (every process: pgbench, the servers, the proxy, the kernel) per
+    /// transaction, from /proc/stat: what the proxy costs everything else too.
+    machine_us_per_txn: Option<f64>,
     /// pgsplit only: the share of units of work (statements or batches up to Sync) it sent to a replica.
     replica_share: Option<f64>,
     transactions: u64,
@@ -179,7 +183,7 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
 }
 
 fn run() -> Result<()> {
-    let rounds = env_number("PGSPLIT_BENCH_ROUNDS", 2)? as usize;
+    let rounds = env_number("PGSPLIT_BENCH_ROUNDS", 3)? as usize;
     let seconds = env_number("PGSPLIT_BENCH_SECONDS", 10)?;
     let bindir = Cluster::find_bindir()?;
     // The versioned bin directory first: /usr/bin/pgbench is Debian's Perl wrapper.
@@ -233,7 +237,7 @@ fn run() -> Result<()> {
     );
 
     // pgsplit, in this process.
-    let workers = env_number("PGSPLIT_BENCH_WORKERS", 2)? as usize;
+    let workers = env_number("PGSPLIT_BENCH_WORKERS", 1)? as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .thread_name("pgsplit")
@@ -435,8 +439,15 @@ impl Bench<'_> {
         let port = self.ports[&target];
         let units_before = self.proxies.get(&target).map(|s| units(s));
         let cpu_before = self.proxy_cpu(target);
+        let machine_before = machine_busy_us();
         let mut r = pgbench_run(self.pgbench, port, w.args, self.seconds)?;
+        let machine_after = machine_busy_us();
         let cpu_after = self.proxy_cpu(target);
+        if let (Some(a), Some(b)) = (machine_before, machine_after) {
+            if r.transactions > 0 {
+                r.machine_us_per_txn = Some((b - a) / r.transactions as f64);
+            }
+        }
         if let (Some((p0, r0)), Some(shared)) = (units_before, self.proxies.get(&target)) {
             let (p1, r1) = units(shared);
             let total = (p1 - p0) + (r1 - r0);
@@ -562,6 +573,21 @@ fn p99_from_logs(dir: &Path) -> Result<Option<f64>> {
 }
 
 /// This process's user + system CPU time so far, in µs.
+/// Busy CPU time of the whole machine so far, µs (/proc/stat: user + nice + system + irq + softirq).
+fn machine_busy_us() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(busy * 1e6 / hz)
+}
+
 fn self_cpu_us() -> f64 {
     // SAFETY: getrusage only writes into the zeroed struct we pass.
     let usage = unsafe {
@@ -845,10 +871,10 @@ fn fmt_pct(v: Option<f64>) -> String {
 }
 
 /// One line of the run and median tables.
-fn table_line(c: [&str; 9]) -> String {
+fn table_line(c: [&str; 10]) -> String {
     format!(
-        "{:<16} {:<16} {:>5} {:>9} {:>8} {:>8} {:>10} {:>10} {:>6}\n",
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        "{:<16} {:<16} {:>5} {:>9} {:>8} {:>8} {:>10} {:>12} {:>10} {:>6}\n",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
     )
 }
 
@@ -868,6 +894,7 @@ struct Summary {
     avg_ms: Option<f64>,
     p99_ms: Option<f64>,
     cpu_us_per_txn: Option<f64>,
+    machine_us_per_txn: Option<f64>,
     replica_share: Option<f64>,
     failed: u64,
     errors: usize,
@@ -918,6 +945,7 @@ impl<'a> Report<'a> {
                         avg_ms: med(|r| r.avg_ms),
                         p99_ms: med(|r| r.p99_ms),
                         cpu_us_per_txn: med(|r| r.cpu_us_per_txn),
+                        machine_us_per_txn: med(|r| r.machine_us_per_txn),
                         replica_share: med(|r| r.replica_share),
                         failed: results.iter().map(|r| r.failed).sum(),
                         errors: results.len() - ok.len(),
@@ -963,6 +991,7 @@ impl<'a> Report<'a> {
             "avg ms",
             "p99 ms",
             "CPU µs/txn",
+            "machine µs/txn",
             "to replica",
             "failed",
         ]);
@@ -970,7 +999,8 @@ impl<'a> Report<'a> {
         let _ = writeln!(
             out,
             "\npgbench -T {} s per run, {} round(s), scale {SCALE}, pools of {POOL_SIZE}; -c 16 -j 2 unless noted, \
-             select-1client is -c 1 -j 1.\nCPU: the proxy's own CPU time per transaction. to replica: share of \
+             select-1client is -c 1 -j 1.\nCPU: the proxy's own CPU time per transaction; machine: busy CPU of the whole machine (pgbench, servers, \
+             proxy, kernel) per transaction. to replica: share of \
              pgsplit's units of work sent to a replica.",
             self.seconds, self.rounds
         );
@@ -989,6 +1019,7 @@ impl<'a> Report<'a> {
                         &fmt_opt(x.avg_ms, 3),
                         &fmt_opt(x.p99_ms, 3),
                         &fmt_opt(x.cpu_us_per_txn, 1),
+                        &fmt_opt(x.machine_us_per_txn, 1),
                         &fmt_pct(x.replica_share),
                         &x.failed.to_string(),
                     ]);
@@ -997,7 +1028,18 @@ impl<'a> Report<'a> {
                         None => line,
                     }
                 }
-                None => table_line([r.workload, r.target.label(), &round, na, na, na, na, na, na]),
+                None => table_line([
+                    r.workload,
+                    r.target.label(),
+                    &round,
+                    na,
+                    na,
+                    na,
+                    na,
+                    na,
+                    na,
+                    na,
+                ]),
             });
         }
 
@@ -1018,11 +1060,12 @@ impl<'a> Report<'a> {
                     &fmt_opt(s.avg_ms, 3),
                     &fmt_opt(s.p99_ms, 3),
                     &fmt_opt(s.cpu_us_per_txn, 1),
+                    &fmt_opt(s.machine_us_per_txn, 1),
                     &fmt_pct(s.replica_share),
                     &s.failed.to_string(),
                 ])
             } else {
-                table_line([w, t.label(), "-", na, na, na, na, na, na])
+                table_line([w, t.label(), "-", na, na, na, na, na, na, na])
             });
         }
 
@@ -1043,6 +1086,11 @@ impl<'a> Report<'a> {
                 "split on/off (pgsplit)",
                 Target::Pgsplit,
                 Target::PgsplitNoSplit,
+            ),
+            (
+                "pgsplit split off/pgbouncer",
+                Target::PgsplitNoSplit,
+                Target::PgBouncer,
             ),
         ];
         for w in WORKLOADS {
@@ -1079,6 +1127,7 @@ impl<'a> Report<'a> {
                     "avg_ms": opt(x.avg_ms),
                     "p99_ms": opt(x.p99_ms),
                     "cpu_us_per_txn": opt(x.cpu_us_per_txn),
+                    "machine_us_per_txn": opt(x.machine_us_per_txn),
                     "replica_share": opt(x.replica_share),
                     "transactions": x.transactions,
                     "failed": x.failed,
@@ -1104,6 +1153,7 @@ impl<'a> Report<'a> {
                     "median_avg_ms": opt(s.avg_ms),
                     "median_p99_ms": opt(s.p99_ms),
                     "median_cpu_us_per_txn": opt(s.cpu_us_per_txn),
+                    "median_machine_us_per_txn": opt(s.machine_us_per_txn),
                     "median_replica_share": opt(s.replica_share),
                     "failed": s.failed,
                     "errored_runs": s.errors,
@@ -1123,6 +1173,7 @@ impl<'a> Report<'a> {
                     "workload": w.name,
                     "pgsplit/pgbouncer": ratio_json(self.ratios(w.name, Target::Pgsplit, Target::PgBouncer)),
                     "pgsplit/direct": ratio_json(self.ratios(w.name, Target::Pgsplit, Target::Direct)),
+                    "pgsplit split off/pgbouncer": ratio_json(self.ratios(w.name, Target::PgsplitNoSplit, Target::PgBouncer)),
                 })
             })
             .collect();
