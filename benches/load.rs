@@ -237,12 +237,19 @@ fn run() -> Result<()> {
     );
 
     // pgsplit, in this process.
+    // Built as the pgsplit binary builds it: one thread runs everything with 1 worker, else a pool.
     let workers = env_number("PGSPLIT_BENCH_WORKERS", 1)? as usize;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .thread_name("pgsplit")
-        .enable_all()
-        .build()?;
+    let runtime = Arc::new(if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("pgsplit")
+            .enable_all()
+            .build()?
+    });
     let start_proxy = |split: bool| -> Result<ProxyHandle> {
         let config = proxy_config(&cluster, split)?;
         let handle = runtime.block_on(async { Proxy::bind(config).await?.spawn() })?;
@@ -252,9 +259,24 @@ fn run() -> Result<()> {
     let nosplit =
         start_proxy(false).map_err(|e| format!("start pgsplit (read_write_split = false): {e}"))?;
     eprintln!(
-        "load bench: pgsplit on {} (split) and {} (read_write_split = false)",
-        split.addr, nosplit.addr
+        "load bench: pgsplit on {} (split) and {} (read_write_split = false), {} worker thread(s)",
+        split.addr,
+        nosplit.addr,
+        workers.max(1)
     );
+    // A thread that drives the runtime for the whole bench (a single-threaded runtime runs tasks only inside
+    // `block_on`); its CPU time is pgsplit's.
+    let (driver_stop, driver_stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = {
+        let runtime = runtime.clone();
+        std::thread::Builder::new()
+            .name("pgsplit".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = driver_stopped.await;
+                })
+            })?
+    };
 
     // PgBouncer, in front of the primary.
     let bouncer = match &pgbouncer_bin {
@@ -360,11 +382,15 @@ fn run() -> Result<()> {
 
     // Clean up: PgBouncer, the proxies, then the servers (Cluster's Drop).
     drop(bouncer);
+    let _ = driver_stop.send(());
+    let _ = driver.join();
     runtime.block_on(async {
         split.shutdown().await;
         nosplit.shutdown().await;
     });
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Ok(runtime) = Arc::try_unwrap(runtime) {
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
     drop(cluster);
     Ok(())
 }

@@ -85,9 +85,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime: one thread runs everything when `workers = 1` (no hand-offs between threads at all), else a
+/// work-stealing pool of `workers` threads (0: one per core).
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         builder.worker_threads(workers);
     }
     match builder.enable_all().build() {

@@ -122,3 +122,76 @@ fn demo_serves_reads_from_replicas_and_cleans_up_on_ctrl_c() {
         .expect("psql");
     assert!(!out.status.success(), "the primary still runs after Ctrl-C");
 }
+
+#[test]
+fn run_on_one_thread_routes_and_stops_on_sigterm() {
+    let cluster = pgsplit::cluster::Cluster::start(pgsplit::cluster::ClusterOptions {
+        replicas: 1,
+        ..Default::default()
+    })
+    .expect("cluster");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgsplit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
+             [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             [[replicas]]\nname = \"replica1\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             [lag]\nmax_lag = \"60s\"\n\
+             [[databases]]\nname = \"postgres\"\n\
+             [[users]]\nname = \"postgres\"\nauth = \"trust\"\n",
+            cluster.primary().port,
+            cluster.replicas()[0].port
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgsplit");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args(["-X", "-At", &url, "-c", sql])
+            .output()
+            .expect("psql")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !psql("SELECT 1").status.success() {
+        assert!(Instant::now() < deadline, "pgsplit did not start serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = |sql: &str| {
+        String::from_utf8_lossy(&psql(sql).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        out("SELECT pg_is_in_recovery()"),
+        "t",
+        "a read on the replica"
+    );
+    assert!(
+        out("CREATE TABLE one_thread (a int); INSERT INTO one_thread VALUES (1); SELECT 'ok'")
+            .ends_with("ok")
+    );
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pgsplit did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+}
