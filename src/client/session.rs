@@ -621,7 +621,7 @@ impl Session {
                     // Parse + Sync outside a transaction (libpq's PQprepare): recorded and answered here; the
                     // statement is prepared on whichever server a later Bind goes to. A synchronous client that
                     // prepares while another of its connections holds the pool's last slot must not wait for one.
-                    self.statements.parse(self.id, &view, decision);
+                    self.statements.parse(self.id, &view, &frame.body, decision);
                     messages::empty(&mut self.cout, b'1');
                     return Ok(None);
                 }
@@ -1038,7 +1038,7 @@ impl Session {
                 let Some(view) = ParseView::decode(&frame.body) else {
                     return Err(self.violation("invalid Parse"));
                 };
-                let (stmt, created) = self.statements.parse(self.id, &view, decision);
+                let (stmt, created) = self.statements.parse(self.id, &view, &frame.body, decision);
                 if stmt.server_name.is_empty() {
                     if let Some(h) = self.held.as_mut() {
                         h.conn.unnamed_owner = Some((self.id, stmt.generation));

@@ -38,19 +38,21 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Records a Parse; returns the statement as it must be prepared on the server. For a name the client
+    /// Records a Parse (`view` decoded from `body`); returns the statement as it must be prepared on the server. For a name the client
     /// already uses, returns the existing statement and `false` (the server then reports the duplicate).
     pub fn parse(
         &mut self,
         client_id: u64,
         view: &ParseView<'_>,
+        body: &Bytes,
         decision: Decision,
     ) -> (Statement, bool) {
         self.seq += 1;
         if view.name.is_empty() {
+            // Unnamed: the client's own Parse body serves as it is (no copy).
             let s = Statement {
                 server_name: Bytes::new(),
-                parse: encode_parse(b"", view),
+                parse: body.clone(),
                 decision,
                 generation: self.seq,
             };
@@ -98,7 +100,8 @@ impl Statements {
 }
 
 fn encode_parse(name: &[u8], view: &ParseView<'_>) -> Bytes {
-    let mut out = BytesMut::new();
+    let mut out =
+        BytesMut::with_capacity(16 + name.len() + view.query.len() + view.param_types.len());
     messages::parse(&mut out, name, view.query, view.param_types);
     // Keep the body only: header is re-added when sent.
     out.split_off(5).freeze()
