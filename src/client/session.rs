@@ -465,7 +465,7 @@ impl Session {
         self.timer_armed = false;
         let now = Instant::now();
         let idle = self.shared.config.timeouts.client_idle;
-        if !idle.is_zero() && now.duration_since(self.last_active) >= idle && self.between_units() {
+        if !idle.is_zero() && now.duration_since(self.last_active) >= idle && self.is_idle() {
             self.queue_error(
                 Severity::Fatal,
                 sqlstate::ADMIN_SHUTDOWN,
@@ -485,15 +485,10 @@ impl Session {
         Ok(())
     }
 
-    /// No unit of work in flight or stalled.
-    fn between_units(&self) -> bool {
-        self.held.as_ref().is_none_or(|h| h.is_idle()) && self.stalled.is_none()
-    }
-
     /// Waits for the next I/O event on either side.
     async fn wait(&mut self) -> Event {
         let idle = self.shared.config.timeouts.client_idle;
-        let between_units = self.between_units();
+        let between_units = self.is_idle();
         let watch_idle = between_units && !idle.is_zero();
         // Buffers are released after a while idle; readiness first, so an idle client holds none.
         let holds_buffers = self.crbuf.capacity() + self.cout.capacity() + self.sout.capacity() > 0;
