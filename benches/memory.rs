@@ -319,18 +319,9 @@ fn proxy_config(cluster: &Cluster) -> Result<Config> {
 // The raw-protocol client
 
 fn startup_message() -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196_608i32.to_be_bytes()); // protocol 3.0
-    for (k, v) in [("user", USER), ("database", DB)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
+    let mut out = bytes::BytesMut::new();
+    pgsplit::protocol::startup::encode_startup(&mut out, &[("user", USER), ("database", DB)]);
+    out.to_vec()
 }
 
 /// Connects and sends a StartupMessage; with `login`, reads until ReadyForQuery (an ErrorResponse fails).

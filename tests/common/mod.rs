@@ -202,15 +202,7 @@ pub fn pgbench(url: &str, args: &[&str]) -> (String, String) {
 
 /// A v3 StartupMessage for `user` on database `app`, for tests that speak raw protocol.
 pub fn startup_packet(user: &str) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", "app")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
+    let mut out = bytes::BytesMut::new();
+    pgsplit::protocol::startup::encode_startup(&mut out, &[("user", user), ("database", "app")]);
+    out.to_vec()
 }
