@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-use crate::classify::FunctionCatalog;
+use crate::classify::{FunctionCatalog, FunctionRow};
 use crate::config::{Config, VolatileFunctions};
 use crate::proxy::Shared;
 
-/// Functions, their schema, and whether each is a non-built-in VOLATILE one (built-ins have OIDs below 16384).
-const QUERY: &str = "SELECT n.nspname::text, p.proname::text, (p.provolatile = 'v' AND p.oid >= 16384) \
+/// Functions, their schema, whether each is user-defined (built-ins have OIDs below 16384) and VOLATILE.
+const QUERY: &str = "SELECT n.nspname::text, p.proname::text, p.oid >= 16384, p.provolatile = 'v' \
                      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
 
 /// Most one read per this interval, however many unknown functions statements call.
@@ -50,22 +50,20 @@ pub async fn load(
         drop(client);
         let _ = task.await;
         for r in result? {
-            rows.push((
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                r.get::<_, bool>(2),
-            ));
+            rows.push(FunctionRow {
+                schema: r.get(0),
+                name: r.get(1),
+                user_defined: r.get(2),
+                volatile: r.get(3),
+            });
         }
     }
     Ok(FunctionCatalog::new(rows))
 }
 
-/// Keeps the classifier's catalog current. Returns at once in `list` mode.
+/// Keeps the classifier's catalog current. In `list` mode routing ignores it, but it still tells built-in
+/// functions from user-defined ones, whose calls make a server connection be reset before reuse.
 pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<()>) {
-    if shared.config.routing.volatile_functions != VolatileFunctions::Catalog {
-        let _ = loaded.send(());
-        return;
-    }
     let mut loaded = Some(loaded);
     loop {
         // The server that takes writes now (it follows a failover), else the configured primary.
@@ -90,7 +88,13 @@ pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the function catalog from the primary; function calls route to the primary until it can");
+                let effect =
+                    if shared.config.routing.volatile_functions == VolatileFunctions::Catalog {
+                        "function calls route to the primary"
+                    } else {
+                        "connections that ran function calls are reset before reuse"
+                    };
+                tracing::warn!(error = %e, "cannot read the function catalog from the primary; {effect} until it can");
                 if let Some(tx) = loaded.take() {
                     let _ = tx.send(());
                 }

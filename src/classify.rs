@@ -13,6 +13,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::sql::Effects;
+
 /// Where a statement may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
@@ -94,12 +96,9 @@ pub struct Decision {
     pub route: Route,
     /// Why.
     pub reason: Reason,
-    /// The statement leaves state on its server connection that later statements of the same client depend
-    /// on (SQL-level PREPARE, LISTEN, WITH HOLD cursors, session advisory locks, temporary tables): the client
-    /// must keep its server connections for the rest of its session.
-    pub pins: bool,
-    /// The statement may change session settings (SET, RESET, DISCARD, `set_config`): see [`session_changes`].
-    pub session: bool,
+    /// What it may leave on its server connection (pins, resets, tracked settings). `effects.dirty` also
+    /// holds when it calls a function pgsplit cannot see into (user-defined, or unknown).
+    pub effects: Effects,
 }
 
 impl Decision {
@@ -107,16 +106,14 @@ impl Decision {
         Decision {
             route: Route::Write,
             reason,
-            pins: false,
-            session: false,
+            effects: Effects::NONE,
         }
     }
     const fn read(reason: Reason) -> Decision {
         Decision {
             route: Route::Read,
             reason,
-            pins: false,
-            session: false,
+            effects: Effects::NONE,
         }
     }
 }
@@ -188,17 +185,35 @@ pub struct Classifier {
 pub struct FunctionCatalog {
     known: HashSet<String>,
     volatile: HashSet<String>,
+    /// Names of non-built-in functions of any volatility (they may change session state).
+    user: HashSet<String>,
+}
+
+/// One `pg_proc` row as the catalog reads it.
+#[derive(Debug, Clone)]
+pub struct FunctionRow {
+    /// Schema name.
+    pub schema: String,
+    /// Function name.
+    pub name: String,
+    /// Not built in (OID at or above 16384).
+    pub user_defined: bool,
+    /// VOLATILE.
+    pub volatile: bool,
 }
 
 impl FunctionCatalog {
-    /// Builds it from (schema, name, is a non-built-in VOLATILE function) rows.
-    pub fn new(rows: impl IntoIterator<Item = (String, String, bool)>) -> FunctionCatalog {
+    /// Builds it from `pg_proc` rows.
+    pub fn new(rows: impl IntoIterator<Item = FunctionRow>) -> FunctionCatalog {
         let mut c = FunctionCatalog::default();
-        for (schema, name, user_volatile) in rows {
-            let (schema, name) = (schema.to_ascii_lowercase(), name.to_ascii_lowercase());
-            if user_volatile {
+        for r in rows {
+            let (schema, name) = (r.schema.to_ascii_lowercase(), r.name.to_ascii_lowercase());
+            if r.user_defined && r.volatile {
                 c.volatile.insert(format!("{schema}.{name}"));
                 c.volatile.insert(name.clone());
+            }
+            if r.user_defined {
+                c.user.insert(name.clone());
             }
             c.known.insert(name);
         }
@@ -301,14 +316,16 @@ impl Classifier {
 
     /// The decision for a statement text (one or several statements).
     pub fn classify(&self, sql: &str) -> Decision {
-        if let Some(d) = fast_path(sql) {
+        if let Some(mut d) = fast_path(sql) {
+            d.effects = crate::sql::effects(sql.as_bytes());
             return d;
         }
         if sql.len() > MAX_PARSED_BYTES {
             // Too large to parse safely: fail closed.
+            let mut effects = crate::sql::effects(sql.as_bytes());
+            effects.dirty = true;
             return Decision {
-                pins: pins_session(sql),
-                session: touches_session(sql),
+                effects,
                 ..Decision::write(Reason::Unparseable)
             };
         }
@@ -332,8 +349,9 @@ impl Classifier {
         } else {
             self.classify_deep(sql)
         };
-        d.pins = pins_session(sql);
-        d.session = touches_session(sql);
+        let opaque = d.effects.dirty;
+        d.effects = crate::sql::effects(sql.as_bytes());
+        d.effects.dirty |= opaque;
         if let (Some(k), Ok(mut cache)) = (key, self.cache.write()) {
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
@@ -360,17 +378,51 @@ impl Classifier {
     fn classify_uncached(&self, sql: &str) -> Decision {
         let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
             Ok(s) => s,
-            Err(_) => return Decision::write(Reason::Unparseable),
+            // Unreadable: a write, and whatever it calls is unknown (`effects.dirty`).
+            Err(_) => {
+                let mut d = Decision::write(Reason::Unparseable);
+                d.effects.dirty = true;
+                return d;
+            }
         };
         let mut result = Decision::read(Reason::ReadOnlyQuery);
         for s in &statements {
             let d = self.statement(s);
             if d.route == Route::Write {
-                return d;
+                result = d;
+                break;
             }
             result = d;
         }
+        // Carried to `classify`, which merges it into the lexical effects.
+        result.effects.dirty = self.calls_opaque_function(&statements);
         result
+    }
+
+    /// Whether a statement calls a function whose effects on the session pgsplit cannot see: a user-defined
+    /// one, or (until the catalog says otherwise, or without a catalog) any one that is not plain syntax.
+    fn calls_opaque_function(&self, statements: &[Statement]) -> bool {
+        let catalog = self.catalog.read().ok().and_then(|c| c.clone());
+        let opaque = |name: &ObjectName| {
+            let Some(last) = name.0.last().and_then(|p| p.as_ident()) else {
+                return true;
+            };
+            let n = last.value.to_ascii_lowercase();
+            if SYNTAX_FUNCTIONS.contains(&n.as_str()) {
+                return false;
+            }
+            match &catalog {
+                Some(c) if c.known.contains(&n) => c.user.contains(&n),
+                _ => {
+                    // Created since the catalog was read? Have it read again.
+                    self.unknown_function.store(true, Ordering::Relaxed);
+                    self.refresh.notify_one();
+                    true
+                }
+            }
+        };
+        let mut v = OpaqueCalls { opaque };
+        statements.iter().any(|s| s.visit(&mut v).is_break())
     }
 
     fn statement(&self, s: &Statement) -> Decision {
@@ -448,6 +500,38 @@ impl Classifier {
     }
 }
 
+/// Walks statements and stops at the first call of an opaque function.
+struct OpaqueCalls<F> {
+    opaque: F,
+}
+
+impl<F: Fn(&ObjectName) -> bool> Visitor for OpaqueCalls<F> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Function(f) if (self.opaque)(&f.name) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        match t {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. }
+                if (self.opaque)(name) =>
+            {
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
 /// Walks a query and stops at the first thing that makes it a write.
 struct ReadCheck<'a> {
     classifier: &'a Classifier,
@@ -501,204 +585,6 @@ impl Visitor for ReadCheck<'_> {
         }
         ControlFlow::Continue(())
     }
-}
-
-/// Whether a statement leaves session-bound state on its server connection (see [`Decision::pins`]).
-pub fn pins_session(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    let (body, _) = strip_leading(&lower);
-    let words: Vec<&str> = body.split_whitespace().take(4).collect();
-    let starts = |w: &str| words.first() == Some(&w);
-    starts("prepare")
-        || starts("listen")
-        || (starts("declare") && lower.contains("with hold"))
-        || (starts("create")
-            && matches!(
-                words.get(1),
-                Some(&"temp") | Some(&"temporary") | Some(&"local") | Some(&"global")
-            ))
-        || lower.contains("pg_advisory_lock")
-        || lower.contains("pg_try_advisory_lock")
-}
-
-/// Whether `sql` may change session settings: it has a SET, RESET or DISCARD word or calls `set_config`.
-/// (An over-approximation: [`session_changes`] then says exactly what, or that it cannot tell.)
-pub fn touches_session(sql: &str) -> bool {
-    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|w| {
-            ["set", "reset", "discard", "set_config"]
-                .iter()
-                .any(|k| w.eq_ignore_ascii_case(k))
-        })
-}
-
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
-/// A change of session settings that pgsplit re-applies on the client's next server connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionChange {
-    /// `SET name TO value` (value as SQL text).
-    Set { name: String, value: String },
-    /// `RESET name`.
-    Reset(String),
-    /// `RESET ALL` or `DISCARD ALL`.
-    ResetAll,
-}
-
-/// The session-setting changes a statement makes; `None` when it changes session state in a way pgsplit cannot
-/// track (the client then keeps its server connections). SET LOCAL, SET TRANSACTION and the like change nothing
-/// beyond their transaction.
-pub fn session_changes(sql: &str) -> Option<Vec<SessionChange>> {
-    let (body, _) = strip_leading(sql);
-    let body = body.trim_end().trim_end_matches(';').trim_end();
-    let first = body.split_whitespace().next()?.to_ascii_lowercase();
-    if first == "set" || first == "reset" || first == "discard" {
-        if body.contains(';') {
-            return None;
-        }
-        return simple_session_change(&first, body);
-    }
-    if !contains_ignore_case(sql, "set_config") {
-        return Some(Vec::new());
-    }
-    if sql.len() > SMALL_STACK_BYTES {
-        return None; // too long to walk here: the client keeps its connections instead
-    }
-    set_config_calls(sql)
-}
-
-fn simple_session_change(first: &str, body: &str) -> Option<Vec<SessionChange>> {
-    // The text after the n-th word.
-    let rest_after = |n: usize| -> &str {
-        let mut s = body;
-        for _ in 0..n {
-            s = s.trim_start();
-            let end = s.find(char::is_whitespace).unwrap_or(s.len());
-            s = &s[end..];
-        }
-        s.trim()
-    };
-    let word = |n: usize| {
-        body.split_whitespace()
-            .nth(n)
-            .map(|w| w.to_ascii_lowercase())
-    };
-    let plain = |name: &str| -> Option<String> {
-        let name = name.trim_matches('"').to_ascii_lowercase();
-        crate::client::is_plain_name(&name).then_some(name)
-    };
-    let set = |name: &str, value: &str| {
-        let value = value.trim();
-        (!value.is_empty()).then(|| {
-            vec![SessionChange::Set {
-                name: name.to_string(),
-                value: value.to_string(),
-            }]
-        })
-    };
-    match first {
-        "discard" => match word(1)?.as_str() {
-            "all" => Some(vec![SessionChange::ResetAll]),
-            "plans" | "sequences" | "temp" | "temporary" => Some(Vec::new()),
-            _ => None,
-        },
-        "reset" => {
-            let w1 = word(1)?;
-            let change = match w1.as_str() {
-                "all" => SessionChange::ResetAll,
-                "session" if word(2).as_deref() == Some("authorization") => {
-                    SessionChange::Reset("session_authorization".into())
-                }
-                "time" if word(2).as_deref() == Some("zone") => {
-                    SessionChange::Reset("timezone".into())
-                }
-                _ => SessionChange::Reset(plain(&w1)?),
-            };
-            Some(vec![change])
-        }
-        _ => {
-            let mut n = 1;
-            let mut w = word(n)?;
-            if w == "local" || w == "transaction" || w == "constraints" {
-                return Some(Vec::new());
-            }
-            if w == "session" {
-                n += 1;
-                w = word(n)?;
-                match w.as_str() {
-                    "characteristics" => return None,
-                    "authorization" => return set("session_authorization", rest_after(n + 1)),
-                    _ => {}
-                }
-            }
-            if w == "time" && word(n + 1).as_deref() == Some("zone") {
-                return set("timezone", rest_after(n + 2));
-            }
-            if w == "role" {
-                return set("role", rest_after(n + 1));
-            }
-            // `name TO value`, `name = value`, `name=value`.
-            let tail = rest_after(n);
-            let i = tail.find(|c: char| c == '=' || c.is_whitespace())?;
-            let (name, after) = tail.split_at(i);
-            let after = after.trim_start();
-            let value = if let Some(v) = after.strip_prefix('=') {
-                v
-            } else if after.len() > 2
-                && after[..2].eq_ignore_ascii_case("to")
-                && after[2..].starts_with(char::is_whitespace)
-            {
-                &after[2..]
-            } else {
-                return None;
-            };
-            set(&plain(name)?, value)
-        }
-    }
-}
-
-/// `set_config(name, value, false)` calls with literal arguments; `None` when a call cannot be read that way.
-fn set_config_calls(sql: &str) -> Option<Vec<SessionChange>> {
-    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let mut out = Vec::new();
-    let mut unknown = false;
-    let _ = sqlparser::ast::visit_expressions(&statements, |e| {
-        let Expr::Function(f) = e else {
-            return ControlFlow::<()>::Continue(());
-        };
-        let name = f.name.0.last().and_then(|p| p.as_ident());
-        if !name.is_some_and(|i| i.value.eq_ignore_ascii_case("set_config")) {
-            return ControlFlow::Continue(());
-        }
-        let literal = |a: &FunctionArg| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => Some(v.value.clone()),
-            _ => None,
-        };
-        let args: Vec<Option<Value>> = match &f.args {
-            FunctionArguments::List(l) => l.args.iter().map(literal).collect(),
-            _ => vec![None],
-        };
-        match args.as_slice() {
-            [Some(Value::SingleQuotedString(name)), Some(Value::SingleQuotedString(value)), Some(Value::Boolean(false))]
-                if crate::client::is_plain_name(&name.to_ascii_lowercase()) =>
-            {
-                out.push(SessionChange::Set {
-                    name: name.to_ascii_lowercase(),
-                    value: crate::client::quote_literal(value),
-                })
-            }
-            [_, _, Some(Value::Boolean(true))] => {}
-            _ => unknown = true,
-        }
-        ControlFlow::Continue(())
-    });
-    (!unknown).then_some(out)
 }
 
 /// `SET pgsplit.route TO primary | replica | auto` (or `=`): `Some(Some(Write))` for primary,
@@ -926,8 +812,7 @@ fn fast_path(sql: &str) -> Option<Decision> {
         return Some(Decision {
             route,
             reason: Reason::Hint,
-            pins: pins_session(sql),
-            session: touches_session(sql),
+            effects: Effects::NONE,
         });
     }
     let trimmed = body.trim_end().trim_end_matches(';');
@@ -950,10 +835,7 @@ fn fast_path(sql: &str) -> Option<Decision> {
     } else if is("set") && is_set_transaction_read_only(trimmed) {
         Some(Decision::read(Reason::ReadOnlyTransaction))
     } else if is("set") || is("reset") || is("discard") {
-        Some(Decision {
-            session: true,
-            ..Decision::write(Reason::SessionState)
-        })
+        Some(Decision::write(Reason::SessionState))
     } else if is("table") {
         // `TABLE name` (sqlparser does not parse it): a read when the rest is just a relation name.
         // `TABLE [ONLY] name [*]`, nothing more (no locking clause or anything else).
@@ -1082,62 +964,6 @@ mod tests {
     }
 
     #[test]
-    fn session_changes_are_read_from_set_reset_discard_and_set_config() {
-        let set = |n: &str, v: &str| SessionChange::Set {
-            name: n.into(),
-            value: v.into(),
-        };
-        assert_eq!(
-            session_changes("SET search_path TO tenant_a, public"),
-            Some(vec![set("search_path", "tenant_a, public")])
-        );
-        assert_eq!(
-            session_changes("set statement_timeout = '5s';"),
-            Some(vec![set("statement_timeout", "'5s'")])
-        );
-        assert_eq!(
-            session_changes("SET SESSION work_mem=64000"),
-            Some(vec![set("work_mem", "64000")])
-        );
-        assert_eq!(
-            session_changes("SET TIME ZONE 'UTC'"),
-            Some(vec![set("timezone", "'UTC'")])
-        );
-        assert_eq!(session_changes("SET LOCAL search_path TO x"), Some(vec![]));
-        assert_eq!(session_changes("SET TRANSACTION READ ONLY"), Some(vec![]));
-        assert_eq!(
-            session_changes("RESET search_path"),
-            Some(vec![SessionChange::Reset("search_path".into())])
-        );
-        assert_eq!(
-            session_changes("RESET ALL"),
-            Some(vec![SessionChange::ResetAll])
-        );
-        assert_eq!(
-            session_changes("DISCARD ALL"),
-            Some(vec![SessionChange::ResetAll])
-        );
-        assert_eq!(
-            session_changes("SELECT pg_catalog.set_config('search_path', '', false)"),
-            Some(vec![set("search_path", "E''")])
-        );
-        assert_eq!(
-            session_changes("SELECT set_config('a.b', 'x', true)"),
-            Some(vec![])
-        );
-        assert_eq!(
-            session_changes("SELECT set_config(name, 'x', false) FROM t"),
-            None
-        );
-        assert_eq!(session_changes("SET a = 1; SET b = 2"), None);
-        assert_eq!(
-            session_changes("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
-            None
-        );
-        assert_eq!(session_changes("SELECT 1"), Some(vec![]));
-    }
-
-    #[test]
     fn local_answers_are_recognized() {
         assert_eq!(
             route_setting("SET pgsplit.route TO primary"),
@@ -1172,10 +998,16 @@ mod tests {
             Route::Write,
             "no catalog yet: fail closed"
         );
+        let row = |schema: &str, name: &str, user_defined: bool, volatile: bool| FunctionRow {
+            schema: schema.into(),
+            name: name.into(),
+            user_defined,
+            volatile,
+        };
         c.set_catalog(FunctionCatalog::new([
-            ("pg_catalog".to_string(), "count".to_string(), false),
-            ("public".to_string(), "record_visit".to_string(), true),
-            ("public".to_string(), "pure".to_string(), false),
+            row("pg_catalog", "count", false, false),
+            row("public", "record_visit", true, true),
+            row("public", "pure", true, false),
         ]));
         assert_eq!(c.classify("SELECT count(*) FROM t").route, Route::Read);
         assert_eq!(c.classify("SELECT pure(1)").route, Route::Read);

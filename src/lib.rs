@@ -21,4 +21,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod sql;
 pub mod stats;

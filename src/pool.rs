@@ -14,6 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, Result};
 use crate::server::{ServerConn, ServerTarget};
 
+/// Longest a session reset may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Timeouts a pool applies.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolTimeouts {
@@ -163,7 +166,12 @@ impl Pool {
 
     fn checkin(&self, mut conn: ServerConn) {
         let now = Instant::now();
-        if conn.broken || conn.status != b'I' || !conn.rbuf.is_empty() || self.expired(&conn, now) {
+        if conn.broken
+            || conn.needs_reset
+            || conn.status != b'I'
+            || !conn.rbuf.is_empty()
+            || self.expired(&conn, now)
+        {
             return;
         }
         conn.last_used = now;
@@ -183,8 +191,32 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
-    /// Returns the connection to its pool if it is clean; closes it otherwise.
+    /// Returns the connection to its pool if it is clean; closes it otherwise. One that may carry session state
+    /// (`needs_reset`) is reset first, in the background: it holds its pool slot until the reset is done, and is
+    /// closed if the reset fails or takes longer than [`RESET_TIMEOUT`].
     pub fn release(mut self) {
+        let needs_reset = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.needs_reset && !c.broken && c.status == b'I' && c.rbuf.is_empty());
+        if needs_reset {
+            tokio::spawn(async move {
+                let reset = match self.conn.as_mut() {
+                    Some(conn) => tokio::time::timeout(RESET_TIMEOUT, conn.reset_session()).await,
+                    None => return,
+                };
+                match reset {
+                    Ok(Ok(())) => self.release(),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "closing a server connection whose session reset failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!("closing a server connection whose session reset timed out")
+                    }
+                }
+            });
+            return;
+        }
         if let Some(conn) = self.conn.take() {
             self.pool.checkin(conn);
         }

@@ -109,6 +109,8 @@ pub struct ServerConn {
     pub status: u8,
     /// Set when the connection must not be reused.
     pub broken: bool,
+    /// Something ran here that may have left session state pgsplit does not track: reset before reuse.
+    pub needs_reset: bool,
     /// Statements prepared here under pgsplit's names.
     pub prepared: PreparedSet,
     /// Which client statement the server's unnamed statement holds, as (client id, generation).
@@ -154,6 +156,7 @@ impl ServerConn {
             last_used: Instant::now(),
             status: b'I',
             broken: false,
+            needs_reset: false,
             prepared: PreparedSet::default(),
             unnamed_owner: None,
             server: target.server.as_str().into(),
@@ -342,6 +345,70 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+
+    /// Brings the session back to what pgsplit's bookkeeping says it is: no cursors, no role or session
+    /// authorization but the login's, no LISTEN, no temporary objects, no sequence state, no session advisory
+    /// locks, no SQL-level prepared statements, and exactly the settings `applied` records. Protocol-level
+    /// statements pgsplit prepared stay (unlike `DISCARD ALL`), so a reset costs one round trip and no
+    /// re-preparing. Fails (and the caller closes the connection) if any part of it fails.
+    pub async fn reset_session(&mut self) -> Result<()> {
+        let mut sql = String::from(
+            "CLOSE ALL;\nRESET SESSION AUTHORIZATION;\nRESET ALL;\nUNLISTEN *;\nDISCARD TEMP;\nDISCARD SEQUENCES;\n",
+        );
+        for (name, value) in &self.applied {
+            sql.push_str(&crate::sql::set_statement(name, value));
+            sql.push_str(";\n");
+        }
+        sql.push_str(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
+             FROM pg_catalog.pg_advisory_unlock_all()",
+        );
+        let mut out = BytesMut::new();
+        messages::query(&mut out, &sql);
+        self.write_all(&out).await?;
+        let mut sql_prepared = false;
+        let mut failed = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' => sql_prepared = f.body.ends_with(b"t"),
+                b'E' => {
+                    failed = Some(error_field(&f.body, b'M').unwrap_or("error").to_string());
+                }
+                b'S' => {
+                    if let Some((k, v)) = messages::parameter_status_view(&f.body) {
+                        self.params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                b'Z' => {
+                    self.status = f.body.first().copied().unwrap_or(b'I');
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some(detail) = failed {
+            self.broken = true;
+            return Err(Error::server_io(
+                &self.server,
+                format!("session reset failed: {detail}"),
+            ));
+        }
+        if sql_prepared {
+            // Rare: a function ran PREPARE. Only DEALLOCATE ALL reaches those; pgsplit re-prepares its own.
+            if self.run_internal("DEALLOCATE ALL").await?.is_some() {
+                self.broken = true;
+                return Err(Error::server_io(
+                    &self.server,
+                    "session reset failed: DEALLOCATE ALL",
+                ));
+            }
+            self.prepared.clear();
+            self.unnamed_owner = None;
+        }
+        self.needs_reset = false;
+        Ok(())
     }
 
     /// True when nothing suggests the connection is unusable: idle status, nothing buffered, not marked broken,

@@ -17,7 +17,6 @@ use crate::protocol::sqlstate;
 use crate::proxy::Shared;
 
 pub use login::printable;
-pub use settings::{is_plain_name, quote_literal};
 
 /// Serves one client connection to the end.
 pub async fn serve(

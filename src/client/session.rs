@@ -19,11 +19,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::quote_literal;
-use super::settings::Settings;
+use super::settings::{Outcome, Settings, TxnLog};
 use super::statements::{Statement, Statements};
 use crate::cancel::CancelSlot;
-use crate::classify::{self, Decision, Reason, Route, SessionChange};
+use crate::classify::{self, Decision, Reason, Route};
 use crate::config::PoolMode;
 use crate::error::Error;
 use crate::net;
@@ -34,6 +33,7 @@ use crate::protocol::{sqlstate, Frame};
 use crate::proxy::Shared;
 use crate::router::{Load, PoolSet, ReadTarget, Target};
 use crate::server::ServerConn;
+use crate::sql::{quote_literal, Effects, SessionEvent};
 use crate::stats::{ClientInfo, ClientState, Destination};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
@@ -59,8 +59,8 @@ enum Expect {
     /// A Sync pgsplit sent to end a batch on a replica before a write moves to the primary; its
     /// ReadyForQuery is swallowed.
     SyncHidden,
-    /// A Sync or simple Query: answered by ReadyForQuery; the setting changes its unit makes.
-    Sync(Vec<SessionChange>),
+    /// A Sync or simple Query: answered by ReadyForQuery; the setting and savepoint events of its unit.
+    Sync(Vec<SessionEvent>),
 }
 
 /// A server connection the client is using.
@@ -80,10 +80,10 @@ struct Held {
     pass: usize,
     /// An ErrorResponse arrived since the last ReadyForQuery.
     unit_error: bool,
-    /// Setting changes accepted inside the current transaction.
-    txn_changes: Vec<SessionChange>,
-    /// The current transaction ended in ROLLBACK.
-    rolled_back: bool,
+    /// Setting changes of the current transaction, kept until it ends.
+    txn: TxnLog,
+    /// A COMMIT or ROLLBACK command tag arrived since the last ReadyForQuery.
+    unit_ended: bool,
     /// `pending` right after the last Execute or Query: Syncs forwarded after it, before the client ends a
     /// COPY FROM STDIN it started, are ignored by the server and get no ReadyForQuery.
     pending_at_execute: usize,
@@ -174,8 +174,8 @@ pub struct Session {
     route_override: Option<Route>,
     /// Session settings carried to every server connection.
     settings: Settings,
-    /// Setting changes of the unit being sent, recorded once the server accepts them.
-    unit_changes: Vec<SessionChange>,
+    /// Setting and savepoint events of the unit being sent, recorded once the server accepts them.
+    unit_changes: Vec<SessionEvent>,
     stalled: Option<Frame>,
     skip_to_sync: bool,
     stop: watch::Receiver<bool>,
@@ -590,10 +590,10 @@ impl Session {
                     Local::NotMine => {}
                 }
                 let decision = self.classify(text);
-                if decision.pins && first_word_is(text, "listen") {
+                if decision.effects.listens {
                     self.listening = true;
                 }
-                if decision.session {
+                if decision.effects.session {
                     self.note_session_changes(text);
                 }
                 self.start_unit(frame, decision).await
@@ -608,7 +608,7 @@ impl Session {
                 };
                 let just_prepare = self.held.is_none()
                     && self.deferred_begin.is_none()
-                    && !decision.pins
+                    && !decision.effects.pins
                     && !view.name.is_empty()
                     && self.statements.get(view.name).is_none()
                     && self.crbuf.starts_with(&[b'S', 0, 0, 0, 4]);
@@ -627,7 +627,7 @@ impl Session {
                     return Err(self.violation("invalid Bind message"));
                 };
                 let decision = self.statement_decision(view.statement);
-                if decision.session {
+                if decision.effects.session {
                     let text = self
                         .statements
                         .get(view.statement)
@@ -695,12 +695,12 @@ impl Session {
 
     /// The routing decision for a statement text; everything is a write when read/write splitting is off.
     fn classify(&self, text: &str) -> Decision {
+        let decision = self.shared.classifier.classify(text);
         if self.shared.router.splits_reads() {
-            self.shared.classifier.classify(text)
+            decision
         } else {
             Decision {
-                pins: classify::pins_session(text),
-                session: classify::touches_session(text),
+                effects: decision.effects,
                 ..write_decision()
             }
         }
@@ -758,7 +758,7 @@ impl Session {
     /// Remembers the setting changes of a statement about to be sent; a change pgsplit cannot follow keeps the
     /// client on its server connections instead.
     fn note_session_changes(&mut self, text: &str) {
-        match classify::session_changes(text) {
+        match crate::sql::session_events(text.as_bytes()) {
             Some(changes) => self.unit_changes.extend(changes),
             None => {
                 tracing::debug!(
@@ -799,7 +799,7 @@ impl Session {
                 ..decision
             };
         }
-        if decision.pins {
+        if decision.effects.pins {
             // Session-bound state (temporary tables, cursors, SQL-level prepared statements) lives on the
             // primary connection: the client's reads follow it there from now on.
             self.reads_on_primary = true;
@@ -807,7 +807,7 @@ impl Session {
         if self.reads_on_primary && decision.reason != Reason::Hint {
             decision.route = Route::Write;
         }
-        if decision.pins && !self.keep_servers {
+        if decision.effects.pins && !self.keep_servers {
             tracing::debug!(
                 client = self.id,
                 "statement pins the client to its server connections"
@@ -836,11 +836,19 @@ impl Session {
                 }
             }
         }
-        if let Some(begin) = self.deferred_begin.take() {
-            if let Some(h) = self.held.as_mut() {
+        if let Some(h) = self.held.as_mut() {
+            if let Some(begin) = self.deferred_begin.take() {
                 begin.encode(&mut self.sout);
                 h.pending += 1;
                 h.expect.push_back(Expect::Hidden);
+            }
+            // What runs here may leave state behind: reset before another client gets the connection, or
+            // (LOAD) never give it to another client at all.
+            if decision.effects.dirty && matches!(frame.tag, b'Q' | b'B' | b'F') {
+                h.conn.needs_reset = true;
+            }
+            if decision.effects.poisons {
+                h.conn.broken = true;
             }
         }
         self.forward_routed(frame, decision)?;
@@ -1002,8 +1010,8 @@ impl Session {
             pass: 0,
             pending_at_execute: 0,
             unit_error: false,
-            txn_changes: Vec::new(),
-            rolled_back: false,
+            txn: TxnLog::default(),
+            unit_ended: false,
         })
     }
 
@@ -1204,6 +1212,7 @@ impl Session {
             applied,
             unnamed_owner,
             settings_fingerprint,
+            needs_reset,
             ..
         } = &mut *h.conn;
         let mut pos = 0usize;
@@ -1254,9 +1263,14 @@ impl Session {
                     h.pending = h.pending.saturating_sub(1);
                     while let Some(e) = h.expect.pop_front() {
                         match e {
-                            Expect::Sync(changes) => {
+                            Expect::Sync(events) => {
                                 if !h.unit_error {
-                                    h.txn_changes.extend(changes);
+                                    h.txn.push(events);
+                                } else if *status == b'I' && !h.unit_ended {
+                                    // Outside a transaction block an error undoes the whole unit.
+                                } else if !events.is_empty() {
+                                    h.txn.failed(&events);
+                                    *needs_reset = true;
                                 }
                                 break;
                             }
@@ -1274,14 +1288,22 @@ impl Session {
                         }
                     }
                     h.unit_error = false;
+                    h.unit_ended = false;
                     if *status == b'I' {
                         // Settings changed in a transaction hold only if it committed.
-                        let changes = std::mem::take(&mut h.txn_changes);
-                        if !std::mem::take(&mut h.rolled_back) {
-                            for c in &changes {
-                                self.settings.record(c);
-                                Settings::applied_on(applied, c);
-                                *settings_fingerprint = None;
+                        match h.txn.finish() {
+                            Outcome::Keep(changes) => {
+                                for c in &changes {
+                                    self.settings.record(c);
+                                    Settings::applied_on(applied, c);
+                                    *settings_fingerprint = None;
+                                }
+                            }
+                            Outcome::Uncertain => {
+                                // Only this connection knows which settings hold: the client keeps it.
+                                tracing::debug!(client = self.id, "settings uncertain after a failed unit: the client keeps its server connections");
+                                self.keep_servers = true;
+                                self.reads_on_primary = true;
                             }
                         }
                     }
@@ -1305,11 +1327,12 @@ impl Session {
                         messages::parameter_status_view(&rest[HEADER_LEN..total])
                     {
                         params.insert(name.to_string(), value.to_string());
-                        // The client changed a reported setting: it is now part of its session (and must be
-                        // reset before another client uses this connection).
-                        applied.insert(name.to_ascii_lowercase(), quote_literal(value));
-                        *settings_fingerprint = None;
-                        self.settings.reported(name, value);
+                        // The client changed a reported setting it may set: it is now part of its session (and
+                        // must be reset before another client uses this connection).
+                        if self.settings.reported(name, value) {
+                            applied.insert(name.to_ascii_lowercase(), quote_literal(value));
+                            *settings_fingerprint = None;
+                        }
                         swallow = !self.settings.status_changes(name, value);
                     }
                 }
@@ -1332,13 +1355,28 @@ impl Session {
                 }
                 b'C' => {
                     let body = &rest[HEADER_LEN..total];
-                    if body.starts_with(b"ROLLBACK") {
-                        h.rolled_back = true;
-                    }
-                    if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
-                        prepared.clear();
-                        *unnamed_owner = None;
-                        self.statements.clear();
+                    let tag = body.split(|&b| b == 0).next().unwrap_or_default();
+                    match tag {
+                        // The transaction's outcome is its last COMMIT or ROLLBACK (a ROLLBACK TO SAVEPOINT also
+                        // says ROLLBACK, but never ends a transaction: a COMMIT or ROLLBACK follows it).
+                        b"COMMIT" => {
+                            h.txn.ended(true);
+                            h.unit_ended = true;
+                        }
+                        b"ROLLBACK" => {
+                            h.txn.ended(false);
+                            h.unit_ended = true;
+                        }
+                        b"PREPARE TRANSACTION" => {
+                            h.txn.unsure();
+                            *needs_reset = true;
+                        }
+                        b"DISCARD ALL" | b"DEALLOCATE ALL" => {
+                            prepared.clear();
+                            *unnamed_owner = None;
+                            self.statements.clear();
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -1459,6 +1497,7 @@ impl Session {
                     .await
                     {
                         Ok(Ok(None)) => {
+                            h.conn.needs_reset = false;
                             h.conn.prepared.clear();
                             h.conn.unnamed_owner = None;
                             h.conn.applied.clear();
@@ -1525,12 +1564,16 @@ fn destination(target: Target) -> Destination {
     }
 }
 
+/// The primary, for what pgsplit cannot read (a FunctionCall, an unknown statement); the connection is reset
+/// before reuse.
 fn write_decision() -> Decision {
     Decision {
         route: Route::Write,
         reason: Reason::WriteStatement,
-        pins: false,
-        session: false,
+        effects: Effects {
+            dirty: true,
+            ..Effects::NONE
+        },
     }
 }
 

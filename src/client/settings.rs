@@ -5,8 +5,22 @@
 
 use std::collections::HashMap;
 
-use crate::classify::SessionChange;
 use crate::server::ServerConn;
+use crate::sql::{is_plain_name, quote_literal, set_statement, SessionChange, SessionEvent};
+
+/// Settings the server reports (ParameterStatus) that a client may set and pgsplit therefore follows. Others
+/// (`is_superuser`, `session_authorization`, `in_hot_standby`, `server_version`, …) are the server's or the
+/// login's, never something to replay on another connection.
+const FOLLOWED_REPORTS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+    "default_transaction_read_only",
+    "search_path",
+];
 
 /// One setting as the client wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,12 +100,16 @@ impl Settings {
         self.refingerprint();
     }
 
-    /// Records a value the server reported for this client's session (a ParameterStatus it caused).
-    pub fn reported(&mut self, name: &str, value: &str) {
+    /// Records a value the server reported for this client's session (a ParameterStatus it caused). Returns
+    /// false, recording nothing, for a setting pgsplit does not follow (see [`FOLLOWED_REPORTS`]).
+    pub fn reported(&mut self, name: &str, value: &str) -> bool {
         let lower = name.to_ascii_lowercase();
+        if !FOLLOWED_REPORTS.contains(&lower.as_str()) {
+            return false;
+        }
         if let Some(s) = self.current.iter_mut().find(|s| s.name == lower) {
             if s.raw.as_deref() == Some(value) {
-                return;
+                return true;
             }
         }
         self.set(Setting {
@@ -99,6 +117,7 @@ impl Settings {
             sql: quote_literal(value),
             raw: Some(value.to_string()),
         });
+        true
     }
 
     /// Whether a ParameterStatus should reach the client: only when the value it sees changes.
@@ -131,11 +150,12 @@ impl Settings {
             {
                 continue;
             }
-            sql.push_str(&format!("SET {} TO {};", s.name, s.sql));
+            sql.push_str(&set_statement(&s.name, &s.sql));
+            sql.push_str(";\n");
         }
         for name in conn.applied.keys() {
             if !self.current.iter().any(|s| s.name == *name) {
-                sql.push_str(&format!("RESET {name};"));
+                sql.push_str(&format!("RESET {name};\n"));
             }
         }
         (!sql.is_empty()).then_some(sql)
@@ -179,6 +199,101 @@ impl Settings {
     }
 }
 
+/// Setting changes made inside the current transaction, with the savepoints that may undo part of them. They
+/// become the client's settings only when the transaction commits (or, outside a transaction block, when its
+/// unit succeeds); a `ROLLBACK TO SAVEPOINT` drops what followed the savepoint.
+#[derive(Debug, Default)]
+pub struct TxnLog {
+    entries: Vec<Entry>,
+    /// How the transaction ended, from its last COMMIT (`true`) or ROLLBACK (`false`) command tag.
+    end: Option<bool>,
+    /// A unit that changed settings failed part-way: what survived is not known exactly.
+    uncertain: bool,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Change(SessionChange),
+    Savepoint(String),
+}
+
+/// What the log says when the transaction is over.
+#[derive(Debug)]
+pub enum Outcome {
+    /// These changes hold (possibly none).
+    Keep(Vec<SessionChange>),
+    /// pgsplit cannot tell which changes hold: the server connection alone knows.
+    Uncertain,
+}
+
+impl TxnLog {
+    /// Adds the events of a unit the server ran without error.
+    pub fn push(&mut self, events: Vec<SessionEvent>) {
+        for e in events {
+            match e {
+                SessionEvent::Change(c) => self.entries.push(Entry::Change(c)),
+                SessionEvent::Savepoint(n) => self.entries.push(Entry::Savepoint(n)),
+                SessionEvent::RollbackTo(n) => match self.savepoint(&n) {
+                    Some(i) => self.entries.truncate(i + 1),
+                    None => self.uncertain = true,
+                },
+                SessionEvent::Release(n) => match self.savepoint(&n) {
+                    Some(i) => {
+                        let later = self.entries.split_off(i);
+                        self.entries
+                            .extend(later.into_iter().filter(|e| matches!(e, Entry::Change(_))));
+                    }
+                    None => self.uncertain = true,
+                },
+            }
+        }
+    }
+
+    /// A unit with these events failed: some of them may have run before the error.
+    pub fn failed(&mut self, events: &[SessionEvent]) {
+        if !events.is_empty() {
+            self.uncertain = true;
+        }
+    }
+
+    /// A COMMIT (`true`) or ROLLBACK (`false`) command tag.
+    pub fn ended(&mut self, committed: bool) {
+        self.end = Some(committed);
+    }
+
+    /// Marks the log uncertain (a transaction end pgsplit cannot judge, such as PREPARE TRANSACTION).
+    pub fn unsure(&mut self) {
+        self.uncertain = true;
+    }
+
+    fn savepoint(&self, name: &str) -> Option<usize> {
+        self.entries
+            .iter()
+            .rposition(|e| matches!(e, Entry::Savepoint(n) if n == name))
+    }
+
+    /// The transaction is over: what holds. The log is empty again afterwards.
+    pub fn finish(&mut self) -> Outcome {
+        let log = std::mem::take(self);
+        if log.end == Some(false) {
+            // Rolled back whole: nothing of it holds, whatever failed on the way.
+            return Outcome::Keep(Vec::new());
+        }
+        if log.uncertain {
+            return Outcome::Uncertain;
+        }
+        Outcome::Keep(
+            log.entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    Entry::Change(c) => Some(c),
+                    Entry::Savepoint(_) => None,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The startup parameters carried to server connections, with `options` (`-c name=value`) expanded.
 fn startup_settings(startup: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -214,29 +329,6 @@ fn startup_settings(startup: &[(String, String)]) -> Vec<(String, String)> {
     out
 }
 
-/// A setting name safe to splice into SQL unquoted.
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-}
-
-/// A string as an SQL literal.
-pub fn quote_literal(value: &str) -> String {
-    let mut s = String::with_capacity(value.len() + 3);
-    s.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\'' => s.push_str("''"),
-            '\\' => s.push_str("\\\\"),
-            _ => s.push(c),
-        }
-    }
-    s.push('\'');
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +359,65 @@ mod tests {
     fn literals_are_quoted() {
         assert_eq!(quote_literal("it's"), "E'it''s'");
         assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+
+    fn change(name: &str, value: &str) -> SessionEvent {
+        SessionEvent::Change(SessionChange::Set {
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+
+    #[test]
+    fn a_rollback_to_savepoint_undoes_only_what_followed_it() {
+        let mut log = TxnLog::default();
+        log.push(vec![change("a", "1"), SessionEvent::Savepoint("s".into())]);
+        log.push(vec![change("b", "2")]);
+        log.push(vec![SessionEvent::RollbackTo("s".into())]);
+        log.push(vec![change("c", "3"), SessionEvent::Release("s".into())]);
+        log.ended(true);
+        let names: Vec<String> = match log.finish() {
+            Outcome::Keep(changes) => changes
+                .iter()
+                .map(|c| match c {
+                    SessionChange::Set { name, .. } => name.clone(),
+                    _ => String::new(),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(names, ["a", "c"]);
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_keeps_nothing_and_a_failed_unit_is_uncertain() {
+        let mut log = TxnLog::default();
+        log.push(vec![change("a", "1")]);
+        log.ended(false);
+        assert!(matches!(log.finish(), Outcome::Keep(c) if c.is_empty()));
+        log.push(vec![change("a", "1")]);
+        log.failed(&[change("b", "2")]);
+        log.ended(true);
+        assert!(matches!(log.finish(), Outcome::Uncertain));
+        // A fresh transaction after finish starts clean.
+        log.push(vec![change("a", "1")]);
+        assert!(matches!(log.finish(), Outcome::Keep(c) if c.len() == 1));
+    }
+
+    #[test]
+    fn replayed_settings_are_one_statement_per_line() {
+        assert_eq!(set_statement("timezone", "'UTC'"), "SET TIME ZONE 'UTC'");
+        assert_eq!(set_statement("work_mem", "'4MB'"), "SET work_mem TO '4MB'");
+    }
+
+    #[test]
+    fn only_client_settable_reports_are_followed() {
+        let mut s = Settings::default();
+        assert!(!s.reported("is_superuser", "on"));
+        assert!(!s.reported("session_authorization", "postgres"));
+        assert!(!s.reported("in_hot_standby", "on"));
+        assert!(s.reported("TimeZone", "UTC"));
+        assert_eq!(s.current.len(), 1);
     }
 
     #[test]
