@@ -611,25 +611,59 @@ pub fn route_setting(sql: &str) -> Option<Option<Route>> {
     }
 }
 
-/// Whether `sql` is a single plain BEGIN / START TRANSACTION without READ ONLY (it may carry an isolation
-/// level or READ WRITE): one pgsplit may defer until the transaction's first statement.
+/// Whether `sql` is one BEGIN / START TRANSACTION that pgsplit may answer itself and send later with the
+/// transaction's first statement: exactly PostgreSQL's grammar (`BEGIN [WORK | TRANSACTION]`, `START
+/// TRANSACTION`, then modes separated by commas or spaces), with only the modes that cannot fail on any server —
+/// `ISOLATION LEVEL READ COMMITTED | REPEATABLE READ | READ UNCOMMITTED` and `READ WRITE`. Never READ ONLY (it
+/// picks a replica at once), SERIALIZABLE or DEFERRABLE (a hot standby refuses them), a hint, or anything
+/// PostgreSQL would reject (`BEGIN DEFERRED`): those go to a server as they are.
 pub fn is_plain_begin(sql: &str) -> bool {
-    let (body, hint) = strip_leading(sql);
+    use crate::sql::lexer::{Lexer, Tok};
+    let (_, hint) = strip_leading(sql);
     if hint.is_some() {
         return false;
     }
-    let body = body.trim().trim_end_matches(';').trim_end();
-    if body.contains(';') {
-        return false;
+    let mut toks: Vec<Tok<'_>> = Lexer::new(sql.as_bytes()).collect();
+    if toks.last() == Some(&Tok::Punct(b';')) {
+        toks.pop();
     }
-    let lower = body.to_ascii_lowercase();
-    let first = lower.split_whitespace().next().unwrap_or("");
-    (first == "begin"
-        || (first == "start" && lower.split_whitespace().nth(1) == Some("transaction")))
-        && !lower.contains("read only")
-        && lower
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b" ,_\t\n\r".contains(&b))
+    let is = |i: usize, w: &str| toks.get(i).is_some_and(|t| t.is(w));
+    let mut i = if is(0, "begin") {
+        if is(1, "work") || is(1, "transaction") {
+            2
+        } else {
+            1
+        }
+    } else if is(0, "start") && is(1, "transaction") {
+        2
+    } else {
+        return false;
+    };
+    let mut first = true;
+    while i < toks.len() {
+        if !first && toks.get(i) == Some(&Tok::Punct(b',')) {
+            i += 1;
+            if i == toks.len() {
+                return false;
+            }
+        }
+        first = false;
+        if is(i, "isolation") && is(i + 1, "level") {
+            i += 2;
+            if (is(i, "read") && (is(i + 1, "committed") || is(i + 1, "uncommitted")))
+                || (is(i, "repeatable") && is(i + 1, "read"))
+            {
+                i += 2;
+            } else {
+                return false;
+            }
+        } else if is(i, "read") && is(i + 1, "write") {
+            i += 2;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// For a single COMMIT/END/ROLLBACK/ABORT (no savepoint, no AND CHAIN): the CommandComplete tag Postgres sends.
@@ -976,9 +1010,29 @@ mod tests {
         assert_eq!(route_setting("SET pgsplit.route TO auto"), Some(None));
         assert_eq!(route_setting("SET search_path TO x"), None);
         assert!(is_plain_begin("BEGIN"));
-        assert!(is_plain_begin("begin isolation level serializable;"));
-        assert!(!is_plain_begin("BEGIN READ ONLY"));
-        assert!(!is_plain_begin("BEGIN; SELECT 1"));
+        assert!(is_plain_begin("begin work;"));
+        assert!(is_plain_begin(
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ WRITE"
+        ));
+        assert!(is_plain_begin(
+            "begin /* c */ isolation level read committed read write"
+        ));
+        for sql in [
+            "begin isolation level serializable;",
+            "BEGIN READ ONLY",
+            "BEGIN; SELECT 1",
+            "BEGIN DEFERRED",
+            "BEGIN IMMEDIATE",
+            "BEGIN NOT DEFERRABLE",
+            "BEGIN ISOLATION LEVEL",
+            "BEGIN ISOLATION LEVEL REPEATABLE",
+            "BEGIN READ WRITE,",
+            "BEGIN , READ WRITE",
+            "START",
+            "/* pgsplit:primary */ BEGIN",
+        ] {
+            assert!(!is_plain_begin(sql), "{sql}");
+        }
         assert_eq!(transaction_end("COMMIT"), Some("COMMIT"));
         assert_eq!(transaction_end("end work"), Some("COMMIT"));
         assert_eq!(transaction_end("ROLLBACK TO SAVEPOINT a"), None);

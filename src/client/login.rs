@@ -55,7 +55,12 @@ pub async fn read_opening(
             match startup::check(buf) {
                 Ok(Some(len)) => break len,
                 Ok(None) => {}
-                Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+                // PostgreSQL only logs a bad length (a client that sent Terminate first, a port scanner) and
+                // closes without a word; so does pgsplit.
+                Err(e) => {
+                    tracing::debug!(error = %e, "closing a connection with an invalid startup packet");
+                    return Ok(Opening::Gone);
+                }
             }
             match socket.read_buf(buf).await {
                 Ok(0) | Err(_) => return Ok(Opening::Gone),

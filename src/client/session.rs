@@ -178,6 +178,9 @@ pub struct Session {
     unit_changes: Vec<SessionEvent>,
     stalled: Option<Frame>,
     skip_to_sync: bool,
+    /// The client's transaction failed before any server took it (see `in_aborted_transaction`); `Some(true)`
+    /// while an extended-protocol COMMIT/ROLLBACK is being answered.
+    aborted: Option<bool>,
     stop: watch::Receiver<bool>,
     max_message: usize,
     /// Fires for the idle timeout and buffer release; re-armed lazily from `last_active`.
@@ -236,6 +239,7 @@ impl Session {
             unit_changes: Vec::new(),
             stalled: None,
             skip_to_sync: false,
+            aborted: None,
             stop,
             max_message,
             idle_timer: Box::pin(tokio::time::sleep_until(now)),
@@ -406,8 +410,15 @@ impl Session {
                     return End::ClientGone
                 }
                 Event::ClientReadable(Ok(())) => {
-                    if self.crbuf.capacity() - self.crbuf.len() < READ_CHUNK / 2 {
-                        self.crbuf.reserve(READ_CHUNK);
+                    // Room for the rest of a large frame at once, else a chunk.
+                    let want = match open_frame(&self.crbuf, self.max_message) {
+                        Some(total) => total.saturating_sub(self.crbuf.len()).max(READ_CHUNK),
+                        None => READ_CHUNK,
+                    };
+                    if self.crbuf.capacity() - self.crbuf.len() < want.min(READ_CHUNK) / 2
+                        || (want > READ_CHUNK && self.crbuf.capacity() - self.crbuf.len() < want)
+                    {
+                        self.crbuf.reserve(want);
                     }
                     match net::read_available(&self.client, &mut self.crbuf) {
                         Ok(0) => return End::ClientGone,
@@ -516,10 +527,15 @@ impl Session {
             stop,
             stalled,
             idle_timer,
+            max_message,
             ..
         } = self;
-        let read_client =
-            stalled.is_none() && crbuf.len() < BUFFER_LIMIT && sout.len() < BUFFER_LIMIT;
+        // A frame larger than the buffer limit (up to `max_message_bytes`) is read whole: only whole frames are
+        // forwarded, so stopping half-way would wait forever.
+        let in_large_frame = open_frame(crbuf, *max_message).is_some();
+        let read_client = stalled.is_none()
+            && (crbuf.len() < BUFFER_LIMIT || in_large_frame)
+            && sout.len() < BUFFER_LIMIT;
         let has_server = held.is_some();
         let (sread, mut swrite) = match held {
             Some(h) => {
@@ -565,8 +581,13 @@ impl Session {
             if self.skip_to_sync {
                 if frame.tag == b'S' {
                     self.skip_to_sync = false;
-                    messages::ready_for_query(&mut self.cout, b'I');
+                    let status = if self.aborted.is_some() { b'E' } else { b'I' };
+                    messages::ready_for_query(&mut self.cout, status);
                 }
+                continue;
+            }
+            if self.aborted.is_some() {
+                self.in_aborted_transaction(frame)?;
                 continue;
             }
             if let Some(stalled) = self.on_frame(frame).await? {
@@ -576,20 +597,91 @@ impl Session {
         }
     }
 
+    /// Answers a client whose transaction failed before it reached a server (no server could be had after a
+    /// BEGIN pgsplit had acknowledged): as PostgreSQL answers in a failed transaction, everything but its end
+    /// gets 25P02, and COMMIT or ROLLBACK (simple or extended) ends it with ROLLBACK.
+    fn in_aborted_transaction(&mut self, frame: Frame) -> Result<(), End> {
+        let ends = |body: &[u8], parse: bool| {
+            let text = if parse {
+                ParseView::decode(body).map(|v| v.query)
+            } else {
+                messages::query_bytes(body)
+            };
+            text.and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(classify::transaction_end)
+                .is_some()
+        };
+        let failed = |s: &mut Session| {
+            s.queue_error(
+                Severity::Error,
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
+        };
+        match frame.tag {
+            b'Q' if ends(&frame.body, false) => {
+                self.aborted = None;
+                messages::command_complete(&mut self.cout, "ROLLBACK");
+                messages::ready_for_query(&mut self.cout, b'I');
+            }
+            b'Q' => {
+                failed(self);
+                messages::ready_for_query(&mut self.cout, b'E');
+            }
+            b'P' if ends(&frame.body, true) => {
+                self.aborted = Some(true);
+                messages::empty(&mut self.cout, b'1');
+            }
+            b'B' if self.aborted == Some(true) => messages::empty(&mut self.cout, b'2'),
+            b'D' if self.aborted == Some(true) => messages::empty(&mut self.cout, b'n'),
+            b'E' if self.aborted == Some(true) => {
+                self.aborted = None;
+                messages::command_complete(&mut self.cout, "ROLLBACK");
+            }
+            b'S' => messages::ready_for_query(&mut self.cout, b'E'),
+            b'C' => messages::empty(&mut self.cout, b'3'),
+            b'H' => {}
+            b'X' => return Err(End::ClientGone),
+            b'P' | b'B' | b'D' | b'E' | b'F' => {
+                failed(self);
+                if frame.tag == b'F' {
+                    messages::ready_for_query(&mut self.cout, b'E');
+                } else {
+                    self.skip_to_sync = true;
+                }
+            }
+            other => {
+                return Err(self.violation(&format!("invalid frontend message type {other}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one client frame; returns it back when it has to wait for the held server.
     async fn on_frame(&mut self, frame: Frame) -> Result<Option<Frame>, End> {
         match frame.tag {
             b'Q' => {
-                let Some(text) = messages::query_text(&frame.body) else {
+                let Some(bytes) = messages::query_bytes(&frame.body) else {
                     return Err(self.violation("invalid Query message"));
                 };
+                // Text in another client encoding is read as UTF-8 with stand-ins for what does not decode:
+                // keywords and punctuation are ASCII in every encoding PostgreSQL allows, except a few
+                // multi-byte ones whose second bytes can look like ASCII (see `unsafe_bytes`).
+                let text = String::from_utf8_lossy(bytes);
+                let text = text.as_ref();
                 match self.answer_locally(text) {
                     Local::Answered => return Ok(None),
                     // `SET pgsplit.route` behind replies still in flight: answer it in order, once they are in.
                     Local::Wait => return Ok(Some(frame)),
                     Local::NotMine => {}
                 }
-                let decision = self.classify(text);
+                let mut decision = self.classify(text);
+                if self.unsafe_bytes(bytes) {
+                    decision = Decision {
+                        effects: decision.effects,
+                        ..write_decision()
+                    };
+                }
                 if decision.effects.listens {
                     self.listening = true;
                 }
@@ -602,9 +694,10 @@ impl Session {
                 let Some(view) = ParseView::decode(&frame.body) else {
                     return Err(self.violation("invalid Parse message"));
                 };
-                let decision = match std::str::from_utf8(view.query) {
-                    Ok(text) => self.classify(text),
-                    Err(_) => write_decision(),
+                let decision = if self.unsafe_bytes(view.query) {
+                    write_decision()
+                } else {
+                    self.classify(&String::from_utf8_lossy(view.query))
                 };
                 let just_prepare = self.held.is_none()
                     && self.deferred_begin.is_none()
@@ -691,6 +784,13 @@ impl Session {
             b'p' => Err(self.violation("unexpected password message after authentication")),
             other => Err(self.violation(&format!("invalid frontend message type {}", other))),
         }
+    }
+
+    /// Whether a statement's bytes cannot be lexed safely: non-ASCII bytes in a client encoding whose multi-byte
+    /// characters may hold ASCII quote-like bytes (SJIS, BIG5, GBK, UHC, GB18030, JOHAB). Such text goes to
+    /// the primary and its connection is reset, whatever it says.
+    fn unsafe_bytes(&self, text: &[u8]) -> bool {
+        !text.is_ascii() && self.settings.ascii_unsafe_encoding()
     }
 
     /// The routing decision for a statement text; everything is a write when read/write splitting is off.
@@ -916,10 +1016,17 @@ impl Session {
         }
     }
 
-    /// After an error for a unit that never reached a server: end it the way the server would have.
+    /// After an error for a unit that never reached a server: end it the way the server would have. After a
+    /// BEGIN pgsplit acknowledged, the client is in a transaction, which has now failed.
     fn after_failed_unit(&mut self, tag: u8) {
+        let status = if self.deferred_begin.take().is_some() {
+            self.aborted = Some(false);
+            b'E'
+        } else {
+            b'I'
+        };
         if matches!(tag, b'Q' | b'F') {
-            messages::ready_for_query(&mut self.cout, b'I');
+            messages::ready_for_query(&mut self.cout, status);
         } else {
             self.skip_to_sync = true;
         }
@@ -1217,6 +1324,8 @@ impl Session {
         } = &mut *h.conn;
         let mut pos = 0usize;
         let mut lost: Option<String> = None;
+        let mut fatal = false;
+        let mut skip_rest = false;
         loop {
             if h.pass > 0 {
                 let n = h.pass.min(buf.len() - pos);
@@ -1251,7 +1360,8 @@ impl Session {
             match tag {
                 // Everything answering a statement pgsplit sent on the client's behalf is swallowed.
                 _ if hidden => {
-                    swallow = true;
+                    // An error of pgsplit's own statement reaches the client as its statement's error.
+                    swallow = tag != b'E';
                     if tag == b'Z' {
                         *status = rest.get(5).copied().unwrap_or(b'I');
                         h.pending = h.pending.saturating_sub(1);
@@ -1276,6 +1386,9 @@ impl Session {
                             }
                             Expect::SyncHidden => {
                                 swallow = true;
+                                // The reads failed on the replica: as on one server, nothing more runs up to
+                                // the client's Sync (the write waiting for the primary included).
+                                skip_rest |= h.unit_error;
                                 break;
                             }
                             // Not answered before the Sync: failed or skipped after an error.
@@ -1347,9 +1460,14 @@ impl Session {
                         messages::error_field(body, b'S'),
                         Some("FATAL") | Some("PANIC")
                     ) {
+                        // The server ends this connection (idle-in-transaction timeout, terminated by an
+                        // administrator, shutting down): the client gets the server's own error, then is closed, as
+                        // on a direct connection.
                         let detail =
                             messages::error_field(body, b'M').unwrap_or("fatal server error");
-                        lost = Some(detail.to_string());
+                        tracing::info!(client = self.id, detail, "the server ended the connection");
+                        pos += total;
+                        fatal = true;
                         break;
                     }
                 }
@@ -1392,6 +1510,15 @@ impl Session {
         if pos > 0 {
             self.cout.extend_from_slice(&buf[..pos]);
             buf.advance(pos);
+        }
+        if skip_rest {
+            self.skip_to_sync = true;
+        }
+        if fatal {
+            h.conn.broken = true;
+            self.held = None;
+            self.cancel.clear();
+            return Err(End::Fatal);
         }
         match lost {
             Some(detail) => {
@@ -1547,6 +1674,14 @@ impl From<Error> for Checkout {
     fn from(e: Error) -> Self {
         Checkout::Failed(e)
     }
+}
+
+/// The whole length of the frame that starts `buf`, when it is not all there yet and its length is acceptable.
+fn open_frame(buf: &[u8], max_message: usize) -> Option<usize> {
+    let header = buf.get(..HEADER_LEN)?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let total = len.checked_add(1)?;
+    (len >= 4 && len <= max_message && total > buf.len()).then_some(total)
 }
 
 /// A Query body (text + NUL).

@@ -185,6 +185,46 @@ impl Settings {
         }
     }
 
+    /// Whether the client encoding is one whose multi-byte characters may contain ASCII bytes (PostgreSQL
+    /// accepts these only as client encodings).
+    pub fn ascii_unsafe_encoding(&self) -> bool {
+        const UNSAFE: &[&str] = &[
+            "sjis",
+            "shiftjis",
+            "mskanji",
+            "win932",
+            "windows932",
+            "big5",
+            "win950",
+            "windows950",
+            "gbk",
+            "win936",
+            "windows936",
+            "cp936",
+            "uhc",
+            "win949",
+            "windows949",
+            "gb18030",
+            "johab",
+        ];
+        self.current
+            .iter()
+            .find(|s| s.name == "client_encoding")
+            .map(|s| {
+                // PostgreSQL compares encoding names on their letters and digits only.
+                let v: String = s
+                    .raw
+                    .as_deref()
+                    .unwrap_or(&s.sql)
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                UNSAFE.iter().any(|u| v.contains(u))
+            })
+            .unwrap_or(false)
+    }
+
     /// The startup parameters with plain values (lower-case names).
     pub fn startup_values(&self) -> impl Iterator<Item = (&str, &str)> {
         self.startup

@@ -208,8 +208,13 @@ pub fn close(out: &mut BytesMut, kind: u8, name: &[u8]) {
 
 /// The text of a simple Query body (without the trailing NUL); `None` when malformed.
 pub fn query_text(body: &[u8]) -> Option<&str> {
+    std::str::from_utf8(query_bytes(body)?).ok()
+}
+
+/// The text of a Query body as bytes, whatever the client encoding.
+pub fn query_bytes(body: &[u8]) -> Option<&[u8]> {
     let (text, _) = read_cstr(body)?;
-    std::str::from_utf8(text).ok()
+    Some(text)
 }
 
 /// A view of a Parse body.

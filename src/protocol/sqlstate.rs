@@ -26,3 +26,5 @@ pub const QUERY_CANCELED: &str = "57014";
 pub const SYSTEM_ERROR: &str = "58000";
 /// 25006: a write reached a read-only transaction (Postgres sends it; tests look for it).
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// 25P02: a statement inside a transaction that already failed.
+pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
