@@ -26,3 +26,9 @@ pub const QUERY_CANCELED: &str = "57014";
 pub const SYSTEM_ERROR: &str = "58000";
 /// 25006: a write reached a read-only transaction (Postgres sends it; tests look for it).
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// 53400: a configured pgsplit limit was reached (`[limits]`).
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+/// 42939: a name reserved for pgsplit (prepared statements named `pgsplit_…`).
+pub const RESERVED_NAME: &str = "42939";
+/// 26000: no such prepared statement.
+pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
