@@ -237,13 +237,13 @@ async fn messages_past_the_batch_cap_before_sync_are_refused_and_memory_stays_bo
     let proxy = proxy_with(2, 2, "[limits]\nmax_batch_messages = 100");
     tokio::task::spawn_blocking(move || {
         let mut c = Raw::connect(proxy);
-        // An implicit transaction the refusal must roll back, then 5,000 Parses of 40 KB each without a Sync:
-        // 200 MB that pgsplit would keep (each named statement's text) without the cap.
+        // An implicit transaction the refusal must roll back, then 5,000 Parses of 20 KB each without a Sync:
+        // 100 MB that pgsplit would keep (each named statement's text) without the cap.
         c.query("CREATE TABLE IF NOT EXISTS bounded_batch (n int)");
         c.until_ready();
         c.parse("", "INSERT INTO bounded_batch VALUES (1)");
         c.bind_execute("");
-        let padding = "x".repeat(40 * 1024);
+        let padding = "x".repeat(20 * 1024);
         let before = rss_kib();
         for chunk in 0..50 {
             let mut batch = Vec::new();
@@ -269,7 +269,7 @@ async fn messages_past_the_batch_cap_before_sync_are_refused_and_memory_stays_bo
         );
         let grown_mb = after.saturating_sub(before) / 1024;
         println!("RSS before {before} KiB, after {after} KiB: grew {grown_mb} MiB");
-        assert!(grown_mb < 100, "RSS grew by {grown_mb} MiB");
+        assert!(grown_mb < 50, "RSS grew by {grown_mb} MiB");
         // The client goes on, and the insert before the refusal was rolled back with its batch.
         c.query("/* pgsplit:primary */ SELECT count(*) FROM bounded_batch");
         assert_eq!(first_value(&c.until_ready()).as_deref(), Some("0"));
@@ -411,7 +411,7 @@ async fn a_long_query_being_classified_does_not_stall_other_clients() {
     });
     // Progress of the small client while each big query is outstanding.
     let mut during = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..3 {
         let before = counted.load(Ordering::Relaxed);
         let t = Instant::now();
         let Err(err) = big.simple_query(&sql).await else {
@@ -427,8 +427,8 @@ async fn a_long_query_being_classified_does_not_stall_other_clients() {
     // runtime thread, it would let almost none through.
     let total: usize = during.iter().map(|(n, _)| n).sum();
     assert!(
-        total >= 50,
-        "only {total} small SELECTs during 5 big queries: {during:?}"
+        total >= 30,
+        "only {total} small SELECTs during 3 big queries: {during:?}"
     );
 }
 
@@ -527,7 +527,7 @@ async fn a_late_cancel_never_cancels_another_clients_statement_on_a_pool_of_one(
         let b_stmt = tokio::spawn(async move { b2.simple_query("SELECT pg_sleep(0.15)").await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         let stop = Arc::new(AtomicBool::new(false));
-        let sprayers: Vec<_> = (0..4)
+        let sprayers: Vec<_> = (0..2)
             .map(|_| {
                 let (token, stop) = (token.clone(), stop.clone());
                 tokio::spawn(async move {
