@@ -9,24 +9,48 @@ use std::time::Duration;
 type ServerKey = (Arc<str>, (i32, i32));
 
 /// Where a client's current statement runs, if anywhere.
+///
+/// It is set only while a unit of work of the client is in flight on a server connection, and cleared as soon
+/// as the server has answered it, so a late cancel finds nothing. A cancel read from it just before that may
+/// still reach the server afterwards: a connection a cancel was forwarded for is therefore closed instead of
+/// going back to its pool ([`CancelSlot::release`]), and a late cancel can never hit another client's statement.
 #[derive(Default)]
 pub struct CancelSlot {
-    current: Mutex<Option<ServerKey>>,
+    current: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    key: Option<ServerKey>,
+    /// A cancel was forwarded since the connection was last released.
+    forwarded: bool,
 }
 
 impl CancelSlot {
-    /// Records the server connection the client now holds.
+    /// Records the server connection running the client's current unit.
     pub fn set(&self, address: Arc<str>, key: (i32, i32)) {
-        *lock(&self.current) = Some((address, key));
+        lock(&self.current).key = Some((address, key));
     }
 
-    /// Clears it when the connection goes back to a pool.
+    /// Clears it once nothing of the client is in flight there.
     pub fn clear(&self) {
-        *lock(&self.current) = None;
+        lock(&self.current).key = None;
     }
 
-    fn get(&self) -> Option<ServerKey> {
-        lock(&self.current).clone()
+    /// Clears it as the connection is given up: returns whether a cancel was forwarded for it, which may still
+    /// land, so the connection must not serve anyone else.
+    pub fn release(&self) -> bool {
+        let mut slot = lock(&self.current);
+        slot.key = None;
+        std::mem::take(&mut slot.forwarded)
+    }
+
+    /// The server key to cancel, noting that a cancel goes out.
+    fn take_for_cancel(&self) -> Option<ServerKey> {
+        let mut slot = lock(&self.current);
+        let key = slot.key.clone()?;
+        slot.forwarded = true;
+        Some(key)
     }
 }
 
@@ -70,7 +94,7 @@ impl CancelRegistry {
                 return;
             }
         };
-        if let Some((address, key)) = slot.get() {
+        if let Some((address, key)) = slot.take_for_cancel() {
             if let Err(e) = crate::server::send_cancel(&address, key, timeout).await {
                 tracing::warn!(%address, error = %e, "could not forward cancel request");
             }

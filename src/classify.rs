@@ -157,7 +157,7 @@ const CACHE_CAPACITY: usize = 8_192;
 /// Longest text whose decision is cached.
 const MAX_CACHED_BYTES: usize = 4 * 1024;
 /// Longest text classified on the calling thread's stack.
-const SMALL_STACK_BYTES: usize = 8 * 1024;
+pub const SMALL_STACK_BYTES: usize = 8 * 1024;
 /// Longest text parsed at all; longer ones are writes.
 const MAX_PARSED_BYTES: usize = 1024 * 1024;
 /// Stack for classifying long texts (reserved, touched only as deep as the tree goes).

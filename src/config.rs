@@ -73,6 +73,9 @@ pub struct Config {
     /// Timeouts (`[timeouts]`).
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Per-client resource limits (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Databases clients may connect to (`[[databases]]`); at least one.
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
@@ -272,6 +275,30 @@ impl Default for PoolsConfig {
             write_pool_size: 20,
             read_pool_size: 20,
             prepared_statements_per_server: 500,
+        }
+    }
+}
+
+/// Per-client resource limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Named prepared statements one client may hold at once; a Parse past it gets `53400`. Default 10000.
+    pub max_prepared_statements_per_client: usize,
+    /// Extended-protocol messages (Parse, Bind, Describe, Execute, Close) one client may send between two
+    /// Syncs; the message past it gets `53400` and the rest of the batch is skipped. Default 100000.
+    pub max_batch_messages: usize,
+    /// Connections still logging in (startup packet and authentication) at once; more are closed at once
+    /// with `53300`. They do not count against `max_client_connections`. Default 1000.
+    pub max_logins_in_progress: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_prepared_statements_per_client: 10_000,
+            max_batch_messages: 100_000,
+            max_logins_in_progress: 1000,
         }
     }
 }
@@ -660,6 +687,21 @@ impl Config {
         ] {
             if value < 1 {
                 return Err(loc.error(&pools.key(key), "must be at least 1"));
+            }
+        }
+
+        // Limits.
+        let limits = root.key("limits");
+        for (key, value) in [
+            (
+                "max_prepared_statements_per_client",
+                self.limits.max_prepared_statements_per_client,
+            ),
+            ("max_batch_messages", self.limits.max_batch_messages),
+            ("max_logins_in_progress", self.limits.max_logins_in_progress),
+        ] {
+            if value < 1 {
+                return Err(loc.error(&limits.key(key), "must be at least 1"));
             }
         }
 
@@ -1239,6 +1281,10 @@ password = "hunter2"
         assert_eq!(c.pools.write_pool_size, 20);
         assert_eq!(c.pools.read_pool_size, 20);
         assert_eq!(c.pools.prepared_statements_per_server, 500);
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.limits.max_prepared_statements_per_client, 10_000);
+        assert_eq!(c.limits.max_batch_messages, 100_000);
+        assert_eq!(c.limits.max_logins_in_progress, 1000);
         let t = &c.timeouts;
         assert_eq!(t.server_connect, Duration::from_secs(5));
         assert_eq!(t.pool_wait, Duration::from_secs(5));
@@ -1309,7 +1355,7 @@ password = "hunter2"
         for key in effective.keys() {
             assert!(example.contains_key(key), "example lacks `{key}`");
         }
-        for table in ["pools", "timeouts", "primary", "routing", "lag"] {
+        for table in ["pools", "limits", "timeouts", "primary", "routing", "lag"] {
             let eff = effective[table].as_table().unwrap();
             let ex = example[table].as_table().unwrap();
             for key in eff.keys() {
@@ -1757,6 +1803,18 @@ password = "hunter2"
                 &format!("{ok_tail}\n[pools]\n{key} = 0\n"),
                 Some(12),
                 Some(&format!("pools.{key}")),
+                "at least 1",
+            );
+        }
+        for key in [
+            "max_prepared_statements_per_client",
+            "max_batch_messages",
+            "max_logins_in_progress",
+        ] {
+            expect_err(
+                &format!("{ok_tail}\n[limits]\n{key} = 0\n"),
+                Some(12),
+                Some(&format!("limits.{key}")),
                 "at least 1",
             );
         }

@@ -36,6 +36,8 @@ pub struct Shared {
     paused: tokio::sync::watch::Sender<bool>,
     /// SCRAM verifiers per user, derived once at start.
     pub verifiers: HashMap<String, ScramVerifier>,
+    /// Random per process: seeds the mock SCRAM salts of unknown users.
+    pub mock_secret: [u8; 32],
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
     /// Clients connected now.
     pub clients: AtomicUsize,
@@ -73,6 +75,7 @@ impl Shared {
             started: std::time::Instant::now(),
             paused: tokio::sync::watch::channel(false).0,
             verifiers,
+            mock_secret: rand::random(),
             pools: Mutex::new(HashMap::new()),
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
@@ -209,6 +212,8 @@ impl Proxy {
         let admin = tokio::spawn(crate::admin::serve(shared.clone(), admin));
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
+        // Connections still logging in have their own cap: silent or slow sockets cannot take client slots.
+        let logins = Arc::new(Semaphore::new(shared.config.limits.max_logins_in_progress));
         let mut sessions = JoinSet::new();
         let reaper = tokio::spawn(reap_pools(shared.clone()));
         // Read the primary's function catalog before taking clients (bounded by the connect timeout); until it
@@ -237,22 +242,19 @@ impl Proxy {
                     }
                 },
             };
+            let Ok(login) = logins.clone().try_acquire_owned() else {
+                turn_away(socket);
+                continue;
+            };
             let _ = socket.set_nodelay(true);
             let shared = shared.clone();
             let stop = stop_rx.clone();
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    sessions.spawn(async move {
-                        shared.clients.fetch_add(1, Ordering::Relaxed);
-                        crate::client::serve(shared.clone(), socket, peer, stop).await;
-                        shared.clients.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
-                    });
-                }
-                Err(_) => {
-                    sessions.spawn(reject_too_many(shared, socket));
-                }
-            }
+            let slots = slots.clone();
+            sessions.spawn(async move {
+                shared.clients.fetch_add(1, Ordering::Relaxed);
+                crate::client::serve(shared.clone(), socket, peer, stop, login, slots).await;
+                shared.clients.fetch_sub(1, Ordering::Relaxed);
+            });
         }
         drop(listener);
         let _ = stop_tx.send(true);
@@ -283,14 +285,19 @@ impl Proxy {
     }
 }
 
-async fn reject_too_many(shared: Arc<Shared>, socket: TcpStream) {
-    crate::client::reject(
-        shared,
-        socket,
+/// Over `limits.max_logins_in_progress`: FATAL 53300 if the socket takes it at once, then closed; no task and
+/// no wait for a startup packet.
+fn turn_away(socket: TcpStream) {
+    tracing::debug!(
+        peer = ?socket.peer_addr().ok(),
+        "too many connections logging in: turned away"
+    );
+    let error = crate::protocol::messages::error_bytes(
+        crate::protocol::messages::Severity::Fatal,
         crate::protocol::sqlstate::TOO_MANY_CONNECTIONS,
-        "sorry, too many clients already",
-    )
-    .await;
+        "sorry, too many connections are logging in (limits.max_logins_in_progress)",
+    );
+    let _ = socket.try_write(&error);
 }
 
 async fn reap_pools(shared: Arc<Shared>) {

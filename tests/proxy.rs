@@ -1,6 +1,8 @@
 //! End-to-end behaviour of the proxy against a real primary and two streaming replicas: authentication,
 //! routing, transactions, COPY, errors, cancel, concurrency, disconnects, bad input and pgbench.
 
+#[path = "proxy/bounded.rs"]
+mod bounded;
 mod common;
 #[path = "proxy/isolation.rs"]
 mod isolation;
@@ -55,7 +57,8 @@ async fn every_auth_method_works_and_bad_logins_are_refused() {
     );
     assert_eq!(
         code(connect_to(env.proxy, ("nobody", "x")).await),
-        Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        Some(SqlState::INVALID_PASSWORD),
+        "an unknown user fails like a wrong password (mock SCRAM exchange)"
     );
     let bad_db = format!("postgres://app:app-secret@{}/nosuchdb", env.proxy);
     let err = tokio_postgres::connect(&bad_db, NoTls)

@@ -325,6 +325,8 @@ pub struct ScramServer {
     verifier: ScramVerifier,
     server_nonce: String,
     state: State,
+    /// A mock exchange for a user pgsplit does not know: it always fails, at the same point as a wrong password.
+    doomed: bool,
 }
 
 impl fmt::Debug for ScramServer {
@@ -342,11 +344,33 @@ impl ScramServer {
         Self::with_nonce(verifier, STANDARD.encode(raw))
     }
 
+    /// A mock exchange for `user`, whom pgsplit does not know (or who has no SCRAM secret), as PostgreSQL runs
+    /// one: to the client it looks like a real user's, with a salt that is the same at every attempt (derived
+    /// from `secret`, random per pgsplit process, and the user name, like PostgreSQL's `scram_mock_salt`) and
+    /// the default iteration count, and it fails where a wrong password fails. So logins do not tell which users
+    /// exist.
+    pub fn mock(secret: &[u8], user: &str) -> Self {
+        let digest = hmac(secret, &[b"pgsplit mock salt", user.as_bytes()]);
+        let mut keys = [0u8; 32];
+        rand::fill(&mut keys[..]);
+        let verifier = ScramVerifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: digest[..DEFAULT_SALT_LEN].to_vec(),
+            stored_key: keys,
+            server_key: keys,
+        };
+        ScramServer {
+            doomed: true,
+            ..Self::new(verifier)
+        }
+    }
+
     fn with_nonce(verifier: ScramVerifier, server_nonce: String) -> Self {
         ScramServer {
             verifier,
             server_nonce,
             state: State::Initial,
+            doomed: false,
         }
     }
 
@@ -491,7 +515,7 @@ impl ScramServer {
             *k ^= s;
         }
         let computed: [u8; 32] = Sha256::digest(client_key).into();
-        if !ct_eq(&computed, &self.verifier.stored_key) {
+        if !ct_eq(&computed, &self.verifier.stored_key) || self.doomed {
             return Err(AuthError::Failed);
         }
 
@@ -506,6 +530,39 @@ impl ScramServer {
 mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    #[test]
+    fn a_mock_exchange_looks_real_and_always_fails() {
+        let salt_of = |secret: &[u8], user: &str| {
+            let mut s = ScramServer::mock(secret, user);
+            let first = s
+                .client_first(SCRAM_SHA_256, b"n,,n=,r=abc")
+                .expect("server-first");
+            let text = String::from_utf8(first).expect("utf-8");
+            assert!(text.ends_with(",i=4096"), "{text}");
+            let salt = text.split(",s=").nth(1).and_then(|r| r.split(',').next());
+            STANDARD.decode(salt.expect("salt")).expect("base64")
+        };
+        // Deterministic per user and secret, 16 bytes like a real verifier's, different across users.
+        let a = salt_of(b"secret-1", "nobody");
+        assert_eq!(a.len(), DEFAULT_SALT_LEN);
+        assert_eq!(a, salt_of(b"secret-1", "nobody"));
+        assert_ne!(a, salt_of(b"secret-1", "somebody"));
+        assert_ne!(a, salt_of(b"secret-2", "nobody"));
+        // Whatever the password, the proof is refused as a wrong password is.
+        for password in ["", "x", "nobody"] {
+            let mut server = ScramServer::mock(b"secret-1", "nobody");
+            let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+            let first = server
+                .client_first(SCRAM_SHA_256, client.message())
+                .expect("client-first accepted");
+            client.update(&first).expect("client accepts server-first");
+            assert!(matches!(
+                server.client_final(client.message()),
+                Err(AuthError::Failed)
+            ));
+        }
+    }
 
     fn verifier(password: &str) -> ScramVerifier {
         // Few iterations keep the tests fast; the algorithm is the same.

@@ -119,12 +119,8 @@ pub async fn authenticate(
     buf: &mut BytesMut,
     user: &str,
 ) -> Result<(), LoginError> {
-    let Some(cfg) = shared.config.user(user) else {
-        return Err(LoginError::new(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("role \"{user}\" is not configured in pgsplit"),
-        ));
-    };
+    // A user pgsplit does not know gets a mock SCRAM exchange (as PostgreSQL does), refused as a wrong password.
+    let cfg = shared.config.user(user);
     let failed = || {
         LoginError::new(
             sqlstate::INVALID_PASSWORD,
@@ -132,10 +128,10 @@ pub async fn authenticate(
         )
     };
     let mut out = BytesMut::new();
-    match cfg.auth {
+    match cfg.map_or(AuthMethod::ScramSha256, |c| c.auth) {
         AuthMethod::Trust => Ok(()),
         AuthMethod::Md5 => {
-            let Some(password) = cfg.password.as_deref() else {
+            let Some(password) = cfg.and_then(|c| c.password.as_deref()) else {
                 return Err(failed());
             };
             let salt = md5::random_salt();
@@ -150,10 +146,10 @@ pub async fn authenticate(
             }
         }
         AuthMethod::ScramSha256 => {
-            let Some(verifier) = shared.verifiers.get(user) else {
-                return Err(failed());
+            let mut scram = match shared.verifiers.get(user) {
+                Some(verifier) => ScramServer::new(verifier.clone()),
+                None => ScramServer::mock(&shared.mock_secret, user),
             };
-            let mut scram = ScramServer::new(verifier.clone());
             messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);
             send(socket, &out).await?;
             // SASLInitialResponse: mechanism, length-prefixed client-first-message.

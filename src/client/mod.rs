@@ -11,22 +11,27 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::sqlstate;
 use crate::proxy::Shared;
 
 pub use login::printable;
 
-/// Serves one client connection to the end.
+/// Serves one client connection to the end. `login` is its place among the connections logging in, given back
+/// once it has logged in; it then takes one of the client `slots` for the rest of its session.
 pub async fn serve(
     shared: Arc<Shared>,
     socket: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
+    login: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
 ) {
     // The login is boxed: its state is freed once it is done instead of sizing every client's task.
-    if let Some(mut session) = Box::pin(open(shared, socket, peer, stop)).await {
+    if let Some((mut session, _slot)) =
+        Box::pin(open(shared, socket, peer, stop, login, slots)).await
+    {
         session.run().await;
     }
 }
@@ -38,7 +43,9 @@ async fn open(
     mut socket: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
-) -> Option<Box<session::Session>> {
+    login: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+) -> Option<(Box<session::Session>, OwnedSemaphorePermit)> {
     // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
@@ -56,6 +63,11 @@ async fn open(
             }
             login::Opening::Gone => return Ok(None),
         };
+        // A client slot, taken once the startup packet is in (as PostgreSQL checks its connection limit).
+        let slot = slots.try_acquire_owned().map_err(|_| login::LoginError {
+            code: sqlstate::TOO_MANY_CONNECTIONS,
+            message: "sorry, too many clients already".into(),
+        })?;
         let user = params
             .iter()
             .find(|(k, _)| k == "user")
@@ -77,7 +89,7 @@ async fn open(
         login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
         if database == crate::config::ADMIN_DATABASE {
             if shared.config.user(&user).is_some_and(|u| u.admin) {
-                return Ok(Some((user, database, params)));
+                return Ok(Some((user, database, params, slot)));
             }
             return Err(login::LoginError {
                 code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -92,10 +104,12 @@ async fn open(
                 message: format!("database \"{database}\" does not exist"),
             });
         }
-        Ok(Some((user, database, params)))
+        Ok(Some((user, database, params, slot)))
     })
     .await;
-    let (user, database, params) = match opened {
+    // Logged in (or not): no longer among the connections logging in.
+    drop(login);
+    let (user, database, params, slot) = match opened {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
@@ -126,27 +140,8 @@ async fn open(
         .await;
         return None;
     };
-    Some(Box::new(session::Session::new(
+    let session = Box::new(session::Session::new(
         shared, socket, peer, buf, user, database, params, pools, stop,
-    )))
-}
-
-/// Reads a client's startup packet, then refuses it with a FATAL error (used when over the client limit).
-pub async fn reject(shared: Arc<Shared>, mut socket: TcpStream, code: &str, message: &str) {
-    let mut buf = BytesMut::new();
-    let opened = tokio::time::timeout(
-        shared.config.timeouts.client_login,
-        login::read_opening(&mut socket, &mut buf),
-    )
-    .await;
-    match opened {
-        Ok(Ok(login::Opening::Startup { .. })) => login::fatal(&mut socket, code, message).await,
-        Ok(Ok(login::Opening::Cancel { pid, secret })) => {
-            shared
-                .cancels
-                .cancel(pid, secret, shared.config.timeouts.server_connect)
-                .await
-        }
-        _ => {}
-    }
+    ));
+    Some((session, slot))
 }

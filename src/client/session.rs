@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::settings::{Outcome, Settings, TxnLog};
-use super::statements::{Statement, Statements};
+use super::statements::{self, Statement, Statements, NEVER_PREPARED};
 use crate::cancel::CancelSlot;
 use crate::classify::{self, Decision, Reason, Route};
 use crate::config::PoolMode;
@@ -61,6 +61,9 @@ enum Expect {
     SyncHidden,
     /// A Sync or simple Query: answered by ReadyForQuery; the setting and savepoint events of its unit.
     Sync(Vec<SessionEvent>),
+    /// A Describe of [`NEVER_PREPARED`] pgsplit sent where it refused a client message: the server's error for it
+    /// is replaced with this one.
+    Refused { code: &'static str, message: String },
 }
 
 /// A server connection the client is using.
@@ -181,6 +184,10 @@ pub struct Session {
     /// The client's transaction failed before any server took it (see `in_aborted_transaction`); `Some(true)`
     /// while an extended-protocol COMMIT/ROLLBACK is being answered.
     aborted: Option<bool>,
+    /// Extended-protocol messages since the last Sync (`limits.max_batch_messages`).
+    batch_messages: usize,
+    /// The cancel slot points at the held connection (a unit is in flight there).
+    cancel_armed: bool,
     stop: watch::Receiver<bool>,
     max_message: usize,
     /// Fires for the idle timeout and buffer release; re-armed lazily from `last_active`.
@@ -240,6 +247,8 @@ impl Session {
             stalled: None,
             skip_to_sync: false,
             aborted: None,
+            batch_messages: 0,
+            cancel_armed: false,
             stop,
             max_message,
             idle_timer: Box::pin(tokio::time::sleep_until(now)),
@@ -389,10 +398,12 @@ impl Session {
         loop {
             // Give back a server that has answered everything before routing what waits.
             self.maybe_release();
+            self.sync_cancel();
             if let Err(end) = self.dispatch().await {
                 return end;
             }
             self.maybe_release();
+            self.sync_cancel();
             if self.is_idle() && *self.stop.borrow() {
                 self.queue_error(
                     Severity::Fatal,
@@ -520,22 +531,17 @@ impl Session {
         }
         let Session {
             client,
-            crbuf,
             cout,
             sout,
             held,
             stop,
             stalled,
             idle_timer,
-            max_message,
             ..
         } = self;
-        // A frame larger than the buffer limit (up to `max_message_bytes`) is read whole: only whole frames are
-        // forwarded, so stopping half-way would wait forever.
-        let in_large_frame = open_frame(crbuf, *max_message).is_some();
-        let read_client = stalled.is_none()
-            && (crbuf.len() < BUFFER_LIMIT || in_large_frame)
-            && sout.len() < BUFFER_LIMIT;
+        // Unless a frame is stalled, `crbuf` holds at most the start of one frame (dispatch took the complete
+        // ones): it must be read to its end whatever its size (up to `max_message_bytes`).
+        let read_client = stalled.is_none() && sout.len() < BUFFER_LIMIT;
         let has_server = held.is_some();
         let (sread, mut swrite) = match held {
             Some(h) => {
@@ -570,10 +576,10 @@ impl Session {
     /// Routes and forwards every complete client frame it can.
     async fn dispatch(&mut self) -> Result<(), End> {
         loop {
-            let frame = match self.stalled.take() {
-                Some(f) => f,
+            let (frame, fresh) = match self.stalled.take() {
+                Some(f) => (f, false),
                 None => match Frame::split(&mut self.crbuf, self.max_message) {
-                    Ok(Some(f)) => f,
+                    Ok(Some(f)) => (f, true),
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(self.violation(&e.to_string())),
                 },
@@ -581,14 +587,42 @@ impl Session {
             if self.skip_to_sync {
                 if frame.tag == b'S' {
                     self.skip_to_sync = false;
-                    let status = if self.aborted.is_some() { b'E' } else { b'I' };
-                    messages::ready_for_query(&mut self.cout, status);
+                    self.batch_messages = 0;
+                    if self.held.as_ref().is_some_and(|h| h.unsynced) {
+                        // The server failed the batch where pgsplit refused a message: its Sync ends it there.
+                        self.forward(&frame);
+                    } else {
+                        let status = if self.aborted.is_some() { b'E' } else { b'I' };
+                        messages::ready_for_query(&mut self.cout, status);
+                    }
                 }
                 continue;
             }
             if self.aborted.is_some() {
                 self.in_aborted_transaction(frame)?;
                 continue;
+            }
+            if fresh {
+                match frame.tag {
+                    b'P' | b'B' | b'D' | b'E' | b'C' => {
+                        self.batch_messages += 1;
+                        let cap = self.shared.config.limits.max_batch_messages;
+                        if self.batch_messages > cap {
+                            self.refuse(
+                                frame.tag,
+                                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                                format!(
+                                    "too many messages before Sync: a batch may hold at most {cap} Parse, Bind, \
+                                     Describe, Execute and Close messages (limits.max_batch_messages); the rest \
+                                     of this batch is skipped"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                    b'S' | b'Q' => self.batch_messages = 0,
+                    _ => {}
+                }
             }
             if let Some(stalled) = self.on_frame(frame).await? {
                 self.stalled = Some(stalled);
@@ -675,7 +709,11 @@ impl Session {
                     Local::Wait => return Ok(Some(frame)),
                     Local::NotMine => {}
                 }
-                let mut decision = self.classify(text);
+                if statements::names_reserved_statement(text) {
+                    self.refuse(b'Q', sqlstate::RESERVED_NAME, reserved_name_message());
+                    return Ok(None);
+                }
+                let mut decision = self.classify(text).await;
                 if self.unsafe_bytes(bytes) {
                     decision = Decision {
                         effects: decision.effects,
@@ -694,10 +732,28 @@ impl Session {
                 let Some(view) = ParseView::decode(&frame.body) else {
                     return Err(self.violation("invalid Parse message"));
                 };
+                let text = String::from_utf8_lossy(view.query);
+                if statements::names_reserved_statement(&text) {
+                    self.refuse(b'P', sqlstate::RESERVED_NAME, reserved_name_message());
+                    return Ok(None);
+                }
+                let cap = self.shared.config.limits.max_prepared_statements_per_client;
+                if !view.name.is_empty()
+                    && self.statements.get(view.name).is_none()
+                    && self.statements.named_len() >= cap
+                {
+                    let message = format!(
+                        "too many prepared statements: this client already holds {cap} named statements, the most \
+                         limits.max_prepared_statements_per_client allows; close some before preparing \"{}\"",
+                        String::from_utf8_lossy(view.name)
+                    );
+                    self.refuse(b'P', sqlstate::CONFIGURATION_LIMIT_EXCEEDED, message);
+                    return Ok(None);
+                }
                 let decision = if self.unsafe_bytes(view.query) {
                     write_decision()
                 } else {
-                    self.classify(&String::from_utf8_lossy(view.query))
+                    self.classify(&text).await
                 };
                 let just_prepare = self.held.is_none()
                     && self.deferred_begin.is_none()
@@ -719,6 +775,14 @@ impl Session {
                 let Some(view) = BindView::decode(&frame.body) else {
                     return Err(self.violation("invalid Bind message"));
                 };
+                if self.unknown_statement(view.statement) {
+                    self.refuse(
+                        b'B',
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
+                        no_statement_message(view.statement),
+                    );
+                    return Ok(None);
+                }
                 let decision = self.statement_decision(view.statement);
                 if decision.effects.session {
                     let text = self
@@ -735,6 +799,14 @@ impl Session {
                 let Some((kind, name)) = messages::target(&frame.body) else {
                     return Err(self.violation("invalid Describe or Close message"));
                 };
+                if frame.tag == b'D' && kind == b'S' && self.unknown_statement(name) {
+                    self.refuse(
+                        b'D',
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
+                        no_statement_message(name),
+                    );
+                    return Ok(None);
+                }
                 if self.held.is_none() && frame.tag == b'C' {
                     // Nothing is open on any server outside a held connection: answer locally.
                     if kind == b'S' {
@@ -794,8 +866,26 @@ impl Session {
     }
 
     /// The routing decision for a statement text; everything is a write when read/write splitting is off.
-    fn classify(&self, text: &str) -> Decision {
-        let decision = self.shared.classifier.classify(text);
+    /// A long text takes long to parse: it is classified on a blocking thread, so other clients on this runtime
+    /// thread are not held up.
+    async fn classify(&self, text: &str) -> Decision {
+        let decision = if text.len() <= classify::SMALL_STACK_BYTES {
+            self.shared.classifier.classify(text)
+        } else {
+            let shared = self.shared.clone();
+            let text = text.to_owned();
+            tokio::task::spawn_blocking(move || shared.classifier.classify(&text))
+                .await
+                // It never panics; if it did, fail closed (the primary, and the client keeps its connections).
+                .unwrap_or(Decision {
+                    effects: Effects {
+                        pins: true,
+                        dirty: true,
+                        ..Effects::NONE
+                    },
+                    ..write_decision()
+                })
+        };
         if self.shared.router.splits_reads() {
             decision
         } else {
@@ -1032,6 +1122,62 @@ impl Session {
         }
     }
 
+    /// Refuses a client message with an ERROR, with the protocol's error semantics: the rest of an
+    /// extended-protocol batch is skipped up to its Sync, which gets ReadyForQuery; a Query gets ReadyForQuery at
+    /// once. With a server held, the server itself fails the unit at this point (a Describe of a statement that
+    /// never exists, whose error is replaced with this one): what came before is answered first, and an open
+    /// transaction or the batch's implicit one ends as after any error.
+    fn refuse(&mut self, tag: u8, code: &'static str, message: String) {
+        tracing::debug!(client = self.id, code, %message, "message refused");
+        let Some(h) = self.held.as_mut() else {
+            self.queue_error(Severity::Error, code, &message);
+            self.after_failed_unit(tag);
+            return;
+        };
+        messages::target_message(&mut self.sout, b'D', b'S', NEVER_PREPARED);
+        h.expect.push_back(Expect::Refused { code, message });
+        h.unsynced = true;
+        if tag == b'Q' {
+            messages::empty(&mut self.sout, b'S');
+            self.note_sent(b'S');
+        } else {
+            self.skip_to_sync = true;
+        }
+    }
+
+    /// Whether a Bind or Describe names a statement the client does not hold. Such a name never reaches a server
+    /// as it is (it could be another client's statement there), except a SQL-level prepared statement's of a
+    /// client that keeps its server connections (not `pgsplit_…`, which are pgsplit's own).
+    fn unknown_statement(&self, name: &[u8]) -> bool {
+        if self.statements.get(name).is_some() {
+            return false;
+        }
+        let reserved = name
+            .get(..statements::RESERVED_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(statements::RESERVED_PREFIX.as_bytes()));
+        name.is_empty() || reserved || !self.keep_servers
+    }
+
+    /// Points the cancel slot at the held connection while a unit is in flight there, and clears it as soon as
+    /// the server has answered everything (so a late cancel reaches nothing).
+    fn sync_cancel(&mut self) {
+        let busy = self
+            .held
+            .as_ref()
+            .filter(|h| h.pending > 0 || h.unsynced || h.pass > 0);
+        match busy {
+            Some(h) if !self.cancel_armed => {
+                self.cancel.set(h.conn.address.clone(), h.conn.backend_key);
+                self.cancel_armed = true;
+            }
+            None if self.cancel_armed => {
+                self.cancel.clear();
+                self.cancel_armed = false;
+            }
+            _ => {}
+        }
+    }
+
     async fn checkout(&mut self, route: Route) -> Result<Box<Held>, Checkout> {
         let router = &self.shared.router;
         let stats = &self.shared.stats;
@@ -1066,8 +1212,6 @@ impl Session {
         if let Some(i) = parked {
             let mut held = Box::new(self.parked.swap_remove(i));
             self.sync_params(&mut held).await?;
-            self.cancel
-                .set(held.conn.address.clone(), held.conn.backend_key);
             return Ok(held);
         }
         let mut tried_replica = false;
@@ -1100,8 +1244,6 @@ impl Session {
         };
         let mut held = self.new_held(conn, target);
         self.sync_params(&mut held).await?;
-        self.cancel
-            .set(held.conn.address.clone(), held.conn.backend_key);
         Ok(held)
     }
 
@@ -1190,6 +1332,15 @@ impl Session {
                         self.ensure_prepared(&stmt);
                         messages::target_message(&mut self.sout, b'D', b'S', &stmt.server_name);
                         self.note_sent(b'D');
+                    }
+                    // A name the client does not hold never reaches a server as it is: it could be another
+                    // client's statement there. Closing a statement that does not exist is no error.
+                    None if frame.tag == b'C' && kind == b'S' && self.unknown_statement(name) => {
+                        messages::target_message(&mut self.sout, b'C', b'S', NEVER_PREPARED);
+                        if let Some(h) = self.held.as_mut() {
+                            h.expect.push_back(Expect::Close { swallow: false });
+                        }
+                        self.note_sent(b'C');
                     }
                     Some(stmt) => {
                         self.statements.close(name);
@@ -1449,6 +1600,20 @@ impl Session {
                         swallow = !self.settings.status_changes(name, value);
                     }
                 }
+                b'E' if matches!(h.expect.front(), Some(Expect::Refused { .. }))
+                    && is_refusal_error(&rest[HEADER_LEN..total]) =>
+                {
+                    // The server failed the unit where pgsplit refused a message: pgsplit's error takes its place.
+                    h.unit_error = true;
+                    if let Some(Expect::Refused { code, message }) = h.expect.pop_front() {
+                        self.cout.extend_from_slice(&buf[..pos]);
+                        buf.advance(pos);
+                        pos = 0;
+                        self.shared.stats.errors.count(code);
+                        messages::error_response(&mut self.cout, Severity::Error, code, &message);
+                    }
+                    swallow = true;
+                }
                 b'E' => {
                     h.unit_error = true;
                     let body = &rest[HEADER_LEN..total];
@@ -1547,16 +1712,21 @@ impl Session {
         let Some(mut h) = self.held.take() else {
             return;
         };
-        self.cancel.clear();
+        self.cancel_armed = false;
         self.shared
             .stats
             .latency
             .record(destination(h.target), h.since.elapsed());
         self.info.set_state(ClientState::Idle);
         if self.keep_servers {
+            self.cancel.clear();
             h.since = std::time::Instant::now();
             self.parked.push(*h);
         } else {
+            if self.cancel.release() {
+                // A cancel forwarded for it may still land: it must not run another client's statement.
+                h.conn.broken = true;
+            }
             h.conn.release();
         }
     }
@@ -1567,6 +1737,7 @@ impl Session {
             return Ok(());
         };
         self.cancel.clear();
+        self.cancel_armed = false;
         self.sout.clear();
         let backend = self.shared.router.backend(h.target).clone();
         let err = Error::server_io(&backend.name, detail);
@@ -1603,8 +1774,11 @@ impl Session {
     async fn finish(&mut self) {
         let mut all: Vec<Held> = self.parked.drain(..).collect();
         all.extend(self.held.take().map(|h| *h));
+        // After a cancel, a late one may still land: such connections are closed, not pooled.
+        let cancelled = self.cancel.release();
         for mut h in all {
-            if h.pending == 0 && !h.unsynced && h.pass == 0 && h.conn.rbuf.is_empty() {
+            if !cancelled && h.pending == 0 && !h.unsynced && h.pass == 0 && h.conn.rbuf.is_empty()
+            {
                 if h.in_transaction() {
                     let rolled_back = tokio::time::timeout(
                         Duration::from_secs(2),
@@ -1682,6 +1856,33 @@ fn open_frame(buf: &[u8], max_message: usize) -> Option<usize> {
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     let total = len.checked_add(1)?;
     (len >= 4 && len <= max_message && total > buf.len()).then_some(total)
+}
+
+/// The error a SQL text naming a reserved statement gets.
+fn reserved_name_message() -> String {
+    format!(
+        "prepared statement names starting with \"{}\" are reserved for pgsplit",
+        statements::RESERVED_PREFIX
+    )
+}
+
+/// PostgreSQL's error for a statement that does not exist.
+fn no_statement_message(name: &[u8]) -> String {
+    if name.is_empty() {
+        "unnamed prepared statement does not exist".to_string()
+    } else {
+        format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        )
+    }
+}
+
+/// Whether a server ErrorResponse is the one for the Describe of [`NEVER_PREPARED`] pgsplit sent.
+fn is_refusal_error(body: &[u8]) -> bool {
+    messages::error_field(body, b'C') == Some(sqlstate::INVALID_SQL_STATEMENT_NAME)
+        && messages::error_field(body, b'M')
+            .is_some_and(|m| std::str::from_utf8(NEVER_PREPARED).is_ok_and(|name| m.contains(name)))
 }
 
 /// A Query body (text + NUL).

@@ -74,6 +74,11 @@ impl Statements {
         (s, true)
     }
 
+    /// Number of named statements the client holds.
+    pub fn named_len(&self) -> usize {
+        self.named.len()
+    }
+
     /// The statement a client name refers to.
     pub fn get(&self, name: &[u8]) -> Option<&Statement> {
         if name.is_empty() {
@@ -99,10 +104,197 @@ impl Statements {
     }
 }
 
+/// Prefix of the names pgsplit gives statements on servers (`pgsplit_<client>_<n>`); reserved for it.
+pub const RESERVED_PREFIX: &str = "pgsplit_";
+
+/// A statement name no server statement ever has (clients cannot create it: see [`names_reserved_statement`]).
+/// A Describe of it makes a server fail a batch where pgsplit refuses a message; a Close of it stands in for a
+/// Close of a name the client does not hold.
+pub const NEVER_PREPARED: &[u8] = b"pgsplit_refused";
+
+/// Whether SQL text uses a SQL-level prepared statement name reserved for pgsplit: `PREPARE`, `EXECUTE` or
+/// `DEALLOCATE [PREPARE]` followed by a name starting with `pgsplit_` (bare or quoted, any case), or by a
+/// Unicode-escaped identifier (`U&"…"`), which could spell one. Comments, string literals and dollar quotes are
+/// skipped. Dynamic SQL (PL/pgSQL `EXECUTE 'text'`) cannot be seen here.
+pub fn names_reserved_statement(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let contains = |needle: &[u8]| {
+        b.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if !contains(RESERVED_PREFIX.as_bytes()) && !contains(b"u&") {
+        return false;
+    }
+    let reserved = |name: &[u8]| {
+        name.get(..RESERVED_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
+    };
+    let mut after_keyword = false;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let next = b.get(i + 1).copied();
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && next == Some(b'-') {
+            while b.get(i).is_some_and(|&c| c != b'\n') {
+                i += 1;
+            }
+        } else if c == b'/' && next == Some(b'*') {
+            // Nested block comments, as PostgreSQL reads them.
+            let mut depth = 0usize;
+            while i < b.len() {
+                if b.get(i) == Some(&b'/') && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b.get(i) == Some(&b'*') && b.get(i + 1) == Some(&b'/') {
+                    depth = depth.saturating_sub(1);
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == b'\'' {
+            // A string literal ('' escapes; a backslash escape inside E'' strings is skipped too).
+            let escapes = i > 0 && matches!(b.get(i - 1), Some(b'e') | Some(b'E'));
+            i += 1;
+            while let Some(&c) = b.get(i) {
+                i += 1;
+                if c == b'\\' && escapes {
+                    i += 1;
+                } else if c == b'\'' {
+                    if b.get(i) == Some(&b'\'') {
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            after_keyword = false;
+        } else if c == b'"' {
+            let start = i + 1;
+            i += 1;
+            while let Some(&c) = b.get(i) {
+                i += 1;
+                if c == b'"' {
+                    if b.get(i) == Some(&b'"') {
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            if after_keyword {
+                let name = b.get(start..i.saturating_sub(1)).unwrap_or_default();
+                let unicode = start >= 3
+                    && b.get(start - 3..start - 1)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"u&"));
+                if reserved(name) || unicode {
+                    return true;
+                }
+            }
+            after_keyword = false;
+        } else if c == b'$' && !b.get(i.wrapping_sub(1)).is_some_and(is_ident_byte) {
+            // A dollar quote: $tag$ … $tag$.
+            let tag_end = b
+                .get(i + 1..)
+                .and_then(|rest| rest.iter().position(|&c| !is_ident_byte(&c)))
+                .map(|p| i + 1 + p);
+            match tag_end {
+                Some(end) if b.get(end) == Some(&b'$') => {
+                    let Some(tag) = b.get(i..=end) else { break };
+                    let body = end + 1;
+                    i = b
+                        .get(body..)
+                        .and_then(|rest| rest.windows(tag.len()).position(|w| w == tag))
+                        .map_or(b.len(), |p| body + p + tag.len());
+                }
+                _ => i += 1,
+            }
+            after_keyword = false;
+        } else if is_ident_byte(&c) {
+            let start = i;
+            while b.get(i).is_some_and(is_ident_byte) {
+                i += 1;
+            }
+            let word = b.get(start..i).unwrap_or_default();
+            if word.eq_ignore_ascii_case(b"u") && b.get(i) == Some(&b'&') {
+                // U&"…": the quoted identifier follows the '&'.
+                i += 1;
+                continue;
+            }
+            if after_keyword && reserved(word) {
+                return true;
+            }
+            let is = |k: &[u8]| word.eq_ignore_ascii_case(k);
+            // `DEALLOCATE PREPARE name`: the name follows the second keyword.
+            after_keyword = is(b"prepare") || is(b"execute") || is(b"deallocate");
+        } else {
+            i += 1;
+            after_keyword = false;
+        }
+    }
+    false
+}
+
+fn is_ident_byte(c: &u8) -> bool {
+    c.is_ascii_alphanumeric() || *c == b'_' || *c >= 0x80
+}
+
 fn encode_parse(name: &[u8], view: &ParseView<'_>) -> Bytes {
     let mut out =
         BytesMut::with_capacity(16 + name.len() + view.query.len() + view.param_types.len());
     messages::parse(&mut out, name, view.query, view.param_types);
     // Keep the body only: header is re-added when sent.
     out.split_off(5).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_reserved_statement as reserved;
+
+    #[test]
+    fn reserved_statement_names_are_found_in_sql() {
+        for sql in [
+            "EXECUTE pgsplit_1_1",
+            "execute PGSPLIT_1_1(1, 2)",
+            "DEALLOCATE pgsplit_3_9",
+            "deallocate prepare pgsplit_3_9",
+            "PREPARE pgsplit_1_1 AS SELECT 1",
+            "EXPLAIN ANALYZE EXECUTE pgsplit_1_1",
+            "CREATE TABLE t AS EXECUTE pgsplit_1_1",
+            "EXECUTE \"pgsplit_1_1\"",
+            "EXECUTE /* hi */ -- there\n pgsplit_1_1",
+            "SELECT 1; EXECUTE pgsplit_1_1",
+            "EXECUTE U&\"\\0070gsplit_1_1\"",
+            "execute u&\"x\"",
+        ] {
+            assert!(reserved(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM pgsplit_stats",
+            "EXECUTE my_stmt",
+            "DEALLOCATE ALL",
+            "SELECT 'EXECUTE pgsplit_1_1'",
+            "SELECT $$EXECUTE pgsplit_1_1$$",
+            "SELECT $q$ EXECUTE pgsplit_1_1 $q$",
+            "-- EXECUTE pgsplit_1_1\nSELECT 1",
+            "/* EXECUTE /* nested */ pgsplit_1_1 */ SELECT 1",
+            "GRANT EXECUTE ON FUNCTION pgsplit_f() TO x",
+            "SELECT E'it\\'s' , pgsplit_x FROM t",
+            "PREPARE TRANSACTION 'pgsplit_x'",
+            "",
+            "EXECUTE",
+            "'",
+            "\"",
+            "$",
+            "$a",
+            "/*",
+            "U&",
+        ] {
+            assert!(!reserved(sql), "{sql}");
+        }
+    }
 }

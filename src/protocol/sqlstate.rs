@@ -28,3 +28,9 @@ pub const SYSTEM_ERROR: &str = "58000";
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 /// 25P02: a statement inside a transaction that already failed.
 pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+/// 53400: a configured pgsplit limit was reached (`[limits]`).
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+/// 42939: a name reserved for pgsplit (prepared statements named `pgsplit_…`).
+pub const RESERVED_NAME: &str = "42939";
+/// 26000: no such prepared statement.
+pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
