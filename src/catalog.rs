@@ -15,8 +15,15 @@ use crate::proxy::Shared;
 const QUERY: &str = "SELECT n.nspname::text, p.proname::text, p.oid >= 16384, p.provolatile = 'v' \
                      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
 
+/// UNLOGGED tables (a hot standby cannot read them: their reads go to the primary).
+const UNLOGGED: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                        WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p')";
+
 /// Most one read per this interval, however many unknown functions statements call.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Wait after a refresh request before reading.
+const SETTLE: Duration = Duration::from_millis(300);
 /// Retry interval after a failed read.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -27,6 +34,7 @@ pub async fn load(
 ) -> Result<FunctionCatalog, String> {
     let user = config.users.first().ok_or("no user configured")?;
     let mut rows = Vec::new();
+    let mut unlogged = Vec::new();
     for db in &config.databases {
         let mut pg = tokio_postgres::Config::new();
         pg.host(&server.host)
@@ -47,6 +55,10 @@ pub async fn load(
             .query(QUERY, &[])
             .await
             .map_err(|e| format!("{}: {e}", db.name));
+        let unlogged_rows = client
+            .query(UNLOGGED, &[])
+            .await
+            .map_err(|e| format!("{}: {e}", db.name));
         drop(client);
         let _ = task.await;
         for r in result? {
@@ -57,8 +69,11 @@ pub async fn load(
                 volatile: r.get(3),
             });
         }
+        for r in unlogged_rows? {
+            unlogged.push((r.get(0), r.get(1)));
+        }
     }
-    Ok(FunctionCatalog::new(rows))
+    Ok(FunctionCatalog::new(rows).with_unlogged(unlogged))
 }
 
 /// Keeps the classifier's catalog current. In `list` mode routing ignores it, but it still tells built-in
@@ -85,6 +100,9 @@ pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<
                 tokio::time::sleep(MIN_INTERVAL).await;
                 if !shared.classifier.met_unknown_function() {
                     shared.classifier.refresh.notified().await;
+                    // Asked for by a statement about to run (CREATE UNLOGGED TABLE, a new function): give it a
+                    // moment to commit.
+                    tokio::time::sleep(SETTLE).await;
                 }
             }
             Err(e) => {

@@ -51,11 +51,13 @@ pub enum Reason {
     Unparseable,
     /// A `/* pgsplit:primary */` or `/* pgsplit:replica */` comment.
     Hint,
+    /// Reads an UNLOGGED table, which a hot standby cannot read.
+    UnloggedTable,
 }
 
 impl Reason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::ReadOnlyQuery,
         Reason::WriteStatement,
         Reason::TransactionStart,
@@ -68,6 +70,7 @@ impl Reason {
         Reason::SelectInto,
         Reason::Unparseable,
         Reason::Hint,
+        Reason::UnloggedTable,
     ];
 
     /// A stable label for metrics and logs.
@@ -85,6 +88,7 @@ impl Reason {
             Reason::SelectInto => "select_into",
             Reason::Unparseable => "unparseable",
             Reason::Hint => "hint",
+            Reason::UnloggedTable => "unlogged_table",
         }
     }
 }
@@ -142,6 +146,13 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
     "lowrite",
     "loread",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_log_backend_memory_contexts",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
 ];
 
 /// Name prefixes of functions that write or lock.
@@ -150,6 +161,9 @@ const WRITE_FUNCTION_PREFIXES: &[&str] = &[
     "pg_try_advisory",
     "lo_",
     "pg_replication_origin",
+    "pg_stat_reset",
+    "pg_replication_slot_",
+    "pg_logical_slot_",
 ];
 
 /// Largest number of cached decisions; the cache is cleared when it fills.
@@ -187,6 +201,8 @@ pub struct FunctionCatalog {
     volatile: HashSet<String>,
     /// Names of non-built-in functions of any volatility (they may change session state).
     user: HashSet<String>,
+    /// UNLOGGED tables, by `schema.name` and by name.
+    unlogged: HashSet<String>,
 }
 
 /// One `pg_proc` row as the catalog reads it.
@@ -218,6 +234,16 @@ impl FunctionCatalog {
             c.known.insert(name);
         }
         c
+    }
+
+    /// Adds the primary's UNLOGGED tables, as (schema, name) pairs.
+    pub fn with_unlogged(mut self, tables: impl IntoIterator<Item = (String, String)>) -> FunctionCatalog {
+        for (schema, name) in tables {
+            let (schema, name) = (schema.to_ascii_lowercase(), name.to_ascii_lowercase());
+            self.unlogged.insert(format!("{schema}.{name}"));
+            self.unlogged.insert(name);
+        }
+        self
     }
 
     /// Number of distinct function names.
@@ -349,6 +375,10 @@ impl Classifier {
         } else {
             self.classify_deep(sql)
         };
+        if d.route == Route::Write && contains_ignore_case(sql, "unlogged") {
+            // DDL that may create an unlogged table: its reads must learn to go to the primary.
+            self.request_refresh();
+        }
         let opaque = d.effects.dirty;
         d.effects = crate::sql::effects(sql.as_bytes());
         d.effects.dirty |= opaque;
@@ -500,6 +530,33 @@ impl Classifier {
     }
 }
 
+impl Classifier {
+    /// Whether a relation name is one of the primary's UNLOGGED tables (by `schema.name` when qualified, by
+    /// name alone otherwise: any schema's unlogged table of that name counts, failing towards the primary).
+    fn is_unlogged(&self, name: &ObjectName) -> bool {
+        let Ok(catalog) = self.catalog.read() else {
+            return false;
+        };
+        let Some(c) = catalog.as_ref() else {
+            return false;
+        };
+        if c.unlogged.is_empty() {
+            return false;
+        }
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
+            .collect();
+        let key = match parts.as_slice() {
+            [n] => n.clone(),
+            [.., s, n] => format!("{s}.{n}"),
+            [] => return false,
+        };
+        c.unlogged.contains(&key)
+    }
+}
+
 /// Walks statements and stops at the first call of an opaque function.
 struct OpaqueCalls<F> {
     opaque: F,
@@ -573,6 +630,14 @@ impl Visitor for ReadCheck<'_> {
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<Reason> {
         let name = match t {
             TableFactor::Table {
+                name, args: None, ..
+            } => {
+                if self.classifier.is_unlogged(name) {
+                    return ControlFlow::Break(Reason::UnloggedTable);
+                }
+                return ControlFlow::Continue(());
+            }
+            TableFactor::Table {
                 name,
                 args: Some(_),
                 ..
@@ -585,6 +650,13 @@ impl Visitor for ReadCheck<'_> {
         }
         ControlFlow::Continue(())
     }
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// `SET pgsplit.route TO primary | replica | auto` (or `=`): `Some(Some(Write))` for primary,
@@ -1042,6 +1114,59 @@ mod tests {
         assert!(!is_set_transaction_read_only(
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY"
         ));
+    }
+
+    #[test]
+    fn unlogged_tables_and_side_effect_builtins_are_writes() {
+        let c = Classifier::new(&[]);
+        c.set_catalog(
+            FunctionCatalog::new([]).with_unlogged([("public".into(), "cache".into())]),
+        );
+        assert_eq!(c.classify("SELECT * FROM cache").route, Route::Write);
+        assert_eq!(
+            c.classify("SELECT * FROM public.cache c JOIN t ON true").reason,
+            Reason::UnloggedTable
+        );
+        assert_eq!(c.classify("SELECT * FROM other.cache").route, Route::Read);
+        assert_eq!(c.classify("SELECT * FROM t").route, Route::Read);
+        for f in [
+            "pg_terminate_backend(1)",
+            "pg_cancel_backend(1)",
+            "pg_reload_conf()",
+            "pg_stat_reset()",
+            "pg_stat_reset_shared('bgwriter')",
+            "pg_rotate_logfile()",
+            "pg_replication_slot_advance('s', '0/0')",
+            "pg_logical_slot_get_changes('s', NULL, NULL)",
+        ] {
+            assert_eq!(c.classify(&format!("SELECT {f}")).route, Route::Write, "{f}");
+        }
+        assert_eq!(c.classify("SELECT pg_backend_pid()").route, Route::Read);
+    }
+
+    #[test]
+    fn user_functions_and_unknown_ones_make_the_connection_dirty() {
+        let c = Classifier::new(&[]);
+        assert!(c.classify("SELECT now()").effects.dirty, "no catalog yet");
+        c.set_catalog(FunctionCatalog::new([
+            FunctionRow {
+                schema: "pg_catalog".into(),
+                name: "now".into(),
+                user_defined: false,
+                volatile: false,
+            },
+            FunctionRow {
+                schema: "public".into(),
+                name: "pure".into(),
+                user_defined: true,
+                volatile: false,
+            },
+        ]));
+        assert!(!c.classify("SELECT now() FROM t").effects.dirty);
+        assert!(c.classify("SELECT pure(1)").effects.dirty);
+        assert!(c.classify("SELECT * FROM t WHERE a = pure(1)").effects.dirty);
+        assert!(c.classify("SELECT unheard_of()").effects.dirty);
+        assert!(!c.classify("SELECT COALESCE(a, 1) FROM t").effects.dirty);
     }
 
     #[test]

@@ -755,16 +755,27 @@ impl Session {
                 } else {
                     self.classify(&text).await
                 };
+                if !view.name.is_empty() && self.statements.get(view.name).is_some() {
+                    // As PostgreSQL says it, with the client's name (never pgsplit's).
+                    let message = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(view.name)
+                    );
+                    self.refuse(b'P', sqlstate::DUPLICATE_PREPARED_STATEMENT, message);
+                    return Ok(None);
+                }
                 let just_prepare = self.held.is_none()
                     && self.deferred_begin.is_none()
                     && !decision.effects.pins
                     && !view.name.is_empty()
-                    && self.statements.get(view.name).is_none()
-                    && self.crbuf.starts_with(&[b'S', 0, 0, 0, 4]);
+                    && self.crbuf.starts_with(&[b'S', 0, 0, 0, 4])
+                    && self.pools_full(decision.route);
                 if just_prepare {
-                    // Parse + Sync outside a transaction (libpq's PQprepare): recorded and answered here; the
-                    // statement is prepared on whichever server a later Bind goes to. A synchronous client that
-                    // prepares while another of its connections holds the pool's last slot must not wait for one.
+                    // Parse + Sync outside a transaction (libpq's PQprepare) while every connection it could use
+                    // is taken: recorded and answered here, prepared on whichever server a later Bind goes to (a
+                    // synchronous client that prepares while another of its connections holds the pool's last
+                    // slot must not wait for one). A text the server rejects then fails at that Bind, and the
+                    // name is forgotten. With a free connection the Parse goes to a server, as on PostgreSQL.
                     self.statements.parse(self.id, &view, &frame.body, decision);
                     messages::empty(&mut self.cout, b'1');
                     return Ok(None);
@@ -855,6 +866,24 @@ impl Session {
             b'X' => Err(End::ClientGone),
             b'p' => Err(self.violation("unexpected password message after authentication")),
             other => Err(self.violation(&format!("invalid frontend message type {}", other))),
+        }
+    }
+
+    /// Whether every pool a unit of this route could use is at its size (checking one out would wait).
+    fn pools_full(&self, route: Route) -> bool {
+        let full = |t: Target| {
+            let s = self.pools.pool(t).stats();
+            s.active >= s.size
+        };
+        let primary = self.shared.router.primary().map(Target::Primary);
+        match route {
+            Route::Write => primary.is_ok_and(full),
+            Route::Read => {
+                primary.is_ok_and(full)
+                    && (0..self.shared.router.servers.len())
+                        .filter(|&i| Ok(i) != self.shared.router.primary())
+                        .all(|i| full(Target::Replica(i)))
+            }
         }
     }
 
@@ -1542,12 +1571,17 @@ impl Session {
                                 skip_rest |= h.unit_error;
                                 break;
                             }
-                            // Not answered before the Sync: failed or skipped after an error.
-                            Expect::Parse {
-                                name,
-                                created: true,
-                                ..
-                            } => prepared.remove(&name),
+                            // Not answered before the Sync: failed or skipped after an error. A statement
+                            // no server ever prepared does not exist for the client either.
+                            Expect::Parse { name, created, .. } => {
+                                if created {
+                                    prepared.remove(&name);
+                                }
+                                if name.is_empty() {
+                                    *unnamed_owner = None;
+                                }
+                                self.statements.parse_failed(&name);
+                            }
                             _ => {}
                         }
                     }
@@ -1573,7 +1607,10 @@ impl Session {
                     }
                 }
                 b'1' => match h.expect.pop_front() {
-                    Some(Expect::Parse { swallow: s, .. }) => swallow = s,
+                    Some(Expect::Parse { swallow: s, name, .. }) => {
+                        swallow = s;
+                        self.statements.confirm(&name);
+                    }
                     _ => {
                         lost = Some("unexpected ParseComplete".into());
                         break;

@@ -19,6 +19,9 @@ pub struct Statement {
     pub decision: Decision,
     /// For the unnamed statement: which Parse this is (servers record the owner of their unnamed slot).
     pub generation: u64,
+    /// A server has prepared it at least once (ParseComplete). Until then, a failed Parse means the client's
+    /// statement never existed, as PostgreSQL would say.
+    pub confirmed: bool,
 }
 
 impl Statement {
@@ -55,6 +58,7 @@ impl Statements {
                 parse: body.clone(),
                 decision,
                 generation: self.seq,
+                confirmed: false,
             };
             self.unnamed = Some(s.clone());
             return (s, true);
@@ -68,6 +72,7 @@ impl Statements {
             server_name,
             decision,
             generation: self.seq,
+            confirmed: false,
         };
         self.named
             .insert(Bytes::copy_from_slice(view.name), s.clone());
@@ -95,6 +100,36 @@ impl Statements {
         } else {
             self.named.remove(name)
         }
+    }
+
+    /// A server prepared the statement it knows as `server_name` (ParseComplete).
+    pub fn confirm(&mut self, server_name: &[u8]) {
+        if let Some(s) = self.by_server_name(server_name) {
+            s.confirmed = true;
+        }
+    }
+
+    /// A Parse of `server_name` failed (or was skipped after an error): a statement no server ever prepared is
+    /// forgotten, so the client may prepare the name again.
+    pub fn parse_failed(&mut self, server_name: &[u8]) {
+        let unconfirmed = self.by_server_name(server_name).is_some_and(|s| !s.confirmed);
+        if !unconfirmed {
+            return;
+        }
+        if server_name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.retain(|_, s| s.server_name != server_name);
+        }
+    }
+
+    fn by_server_name(&mut self, server_name: &[u8]) -> Option<&mut Statement> {
+        if server_name.is_empty() {
+            return self.unnamed.as_mut();
+        }
+        self.named
+            .values_mut()
+            .find(|s| s.server_name == server_name)
     }
 
     /// Forgets every statement (DISCARD ALL, DEALLOCATE ALL).

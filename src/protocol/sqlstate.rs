@@ -34,3 +34,5 @@ pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 pub const RESERVED_NAME: &str = "42939";
 /// 26000: no such prepared statement.
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+/// 42P05: a prepared statement of that name exists already.
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
