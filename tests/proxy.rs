@@ -2,6 +2,8 @@
 //! routing, transactions, COPY, errors, cancel, concurrency, disconnects, bad input and pgbench.
 
 mod common;
+#[path = "proxy/differential.rs"]
+mod differential;
 #[path = "proxy/isolation.rs"]
 mod isolation;
 
