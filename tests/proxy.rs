@@ -4,6 +4,8 @@
 #[path = "proxy/bounded.rs"]
 mod bounded;
 mod common;
+#[path = "proxy/differential.rs"]
+mod differential;
 #[path = "proxy/isolation.rs"]
 mod isolation;
 #[path = "proxy/transparency.rs"]
