@@ -237,7 +237,10 @@ impl FunctionCatalog {
     }
 
     /// Adds the primary's UNLOGGED tables, as (schema, name) pairs.
-    pub fn with_unlogged(mut self, tables: impl IntoIterator<Item = (String, String)>) -> FunctionCatalog {
+    pub fn with_unlogged(
+        mut self,
+        tables: impl IntoIterator<Item = (String, String)>,
+    ) -> FunctionCatalog {
         for (schema, name) in tables {
             let (schema, name) = (schema.to_ascii_lowercase(), name.to_ascii_lowercase());
             self.unlogged.insert(format!("{schema}.{name}"));
@@ -1119,12 +1122,11 @@ mod tests {
     #[test]
     fn unlogged_tables_and_side_effect_builtins_are_writes() {
         let c = Classifier::new(&[]);
-        c.set_catalog(
-            FunctionCatalog::new([]).with_unlogged([("public".into(), "cache".into())]),
-        );
+        c.set_catalog(FunctionCatalog::new([]).with_unlogged([("public".into(), "cache".into())]));
         assert_eq!(c.classify("SELECT * FROM cache").route, Route::Write);
         assert_eq!(
-            c.classify("SELECT * FROM public.cache c JOIN t ON true").reason,
+            c.classify("SELECT * FROM public.cache c JOIN t ON true")
+                .reason,
             Reason::UnloggedTable
         );
         assert_eq!(c.classify("SELECT * FROM other.cache").route, Route::Read);
@@ -1139,7 +1141,11 @@ mod tests {
             "pg_replication_slot_advance('s', '0/0')",
             "pg_logical_slot_get_changes('s', NULL, NULL)",
         ] {
-            assert_eq!(c.classify(&format!("SELECT {f}")).route, Route::Write, "{f}");
+            assert_eq!(
+                c.classify(&format!("SELECT {f}")).route,
+                Route::Write,
+                "{f}"
+            );
         }
         assert_eq!(c.classify("SELECT pg_backend_pid()").route, Route::Read);
     }
@@ -1164,7 +1170,11 @@ mod tests {
         ]));
         assert!(!c.classify("SELECT now() FROM t").effects.dirty);
         assert!(c.classify("SELECT pure(1)").effects.dirty);
-        assert!(c.classify("SELECT * FROM t WHERE a = pure(1)").effects.dirty);
+        assert!(
+            c.classify("SELECT * FROM t WHERE a = pure(1)")
+                .effects
+                .dirty
+        );
         assert!(c.classify("SELECT unheard_of()").effects.dirty);
         assert!(!c.classify("SELECT COALESCE(a, 1) FROM t").effects.dirty);
     }

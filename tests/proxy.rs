@@ -425,9 +425,13 @@ async fn bad_input_gets_an_error_or_a_clean_close_and_others_carry_on() {
         // Truncated startup packet: the client goes away; nothing to answer.
         let reply = raw_exchange(&[0, 0, 0, 40, 0, 3, 0, 0, b'u', b's']);
         assert!(reply.is_empty());
-        // Protocol 2.
+        // Protocol 2: refused in protocol 2's own error format, as PostgreSQL refuses it.
+        assert!(raw_exchange(&[0, 0, 0, 8, 0, 2, 0, 0]).starts_with(
+            b"EFATAL:  unsupported frontend protocol 2.0: server supports 3.0 to 3.0\n\0"
+        ));
+        // Protocol 4.
         assert_eq!(
-            error_code(&raw_exchange(&[0, 0, 0, 8, 0, 2, 0, 0])).as_deref(),
+            error_code(&raw_exchange(&[0, 0, 0, 8, 0, 4, 0, 0])).as_deref(),
             Some("0A000")
         );
         // A Query before authentication.

@@ -101,6 +101,14 @@ pub async fn read_opening(
                     .collect();
                 return Ok(Opening::Startup { params });
             }
+            Err(e @ StartupError::Unsupported(major, _)) if major < 3 => {
+                // A protocol-2 client reads a protocol-2 error: 'E', the text, NUL (as PostgreSQL sends it).
+                let mut out = b"EFATAL:  ".to_vec();
+                out.extend_from_slice(e.to_string().as_bytes());
+                out.extend_from_slice(b"\n\0");
+                let _ = socket.write_all(&out).await;
+                return Ok(Opening::Gone);
+            }
             Err(e @ StartupError::Unsupported(..)) => {
                 return Err(LoginError::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,

@@ -181,6 +181,8 @@ pub struct Session {
     unit_changes: Vec<SessionEvent>,
     stalled: Option<Frame>,
     skip_to_sync: bool,
+    /// A Flush was sent to learn whether a pipelined Parse of the same name succeeded.
+    flushed_for_parse: bool,
     /// The client's transaction failed before any server took it (see `in_aborted_transaction`); `Some(true)`
     /// while an extended-protocol COMMIT/ROLLBACK is being answered.
     aborted: Option<bool>,
@@ -247,6 +249,7 @@ impl Session {
             stalled: None,
             skip_to_sync: false,
             aborted: None,
+            flushed_for_parse: false,
             batch_messages: 0,
             cancel_armed: false,
             stop,
@@ -755,7 +758,28 @@ impl Session {
                 } else {
                     self.classify(&text).await
                 };
-                if !view.name.is_empty() && self.statements.get(view.name).is_some() {
+                let existing = self
+                    .statements
+                    .get(view.name)
+                    .filter(|_| !view.name.is_empty());
+                let in_flight = existing.is_some_and(|e| {
+                    !e.confirmed
+                        && self.held.as_ref().is_some_and(|h| {
+                            h.expect.iter().any(
+                            |x| matches!(x, Expect::Parse { name, .. } if *name == e.server_name),
+                        )
+                        })
+                });
+                if in_flight {
+                    // The name's own Parse is still unanswered: whether it exists depends on that answer. A Flush
+                    // makes the server send it now; this Parse waits for it.
+                    if !std::mem::replace(&mut self.flushed_for_parse, true) {
+                        messages::empty(&mut self.sout, b'H');
+                    }
+                    return Ok(Some(frame));
+                }
+                self.flushed_for_parse = false;
+                if existing.is_some() {
                     // As PostgreSQL says it, with the client's name (never pgsplit's).
                     let message = format!(
                         "prepared statement \"{}\" already exists",
@@ -954,7 +978,12 @@ impl Session {
             return Local::NotMine;
         }
         if self.deferred_begin.is_none() {
-            if classify::is_plain_begin(text) {
+            // Not with an idle-in-transaction timeout: the server must see the transaction to enforce it.
+            if classify::is_plain_begin(text)
+                && !self
+                    .settings
+                    .is_enabled("idle_in_transaction_session_timeout")
+            {
                 self.deferred_begin = Some(Frame {
                     tag: b'Q',
                     body: bytes::Bytes::copy_from_slice(&query_body(text)),
@@ -1607,7 +1636,9 @@ impl Session {
                     }
                 }
                 b'1' => match h.expect.pop_front() {
-                    Some(Expect::Parse { swallow: s, name, .. }) => {
+                    Some(Expect::Parse {
+                        swallow: s, name, ..
+                    }) => {
                         swallow = s;
                         self.statements.confirm(&name);
                     }

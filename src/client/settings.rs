@@ -185,6 +185,18 @@ impl Settings {
         }
     }
 
+    /// Whether the client set `name` to something other than zero (or off).
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.current
+            .iter()
+            .find(|s| s.name == name)
+            .is_some_and(|s| {
+                let v = s.raw.as_deref().unwrap_or(&s.sql);
+                let v = v.trim_start_matches(['E', 'e']).trim_matches('\'').trim();
+                !(v == "0" || v.eq_ignore_ascii_case("off"))
+            })
+    }
+
     /// Whether the client encoding is one whose multi-byte characters may contain ASCII bytes (PostgreSQL
     /// accepts these only as client encodings).
     pub fn ascii_unsafe_encoding(&self) -> bool {

@@ -112,7 +112,9 @@ impl Statements {
     /// A Parse of `server_name` failed (or was skipped after an error): a statement no server ever prepared is
     /// forgotten, so the client may prepare the name again.
     pub fn parse_failed(&mut self, server_name: &[u8]) {
-        let unconfirmed = self.by_server_name(server_name).is_some_and(|s| !s.confirmed);
+        let unconfirmed = self
+            .by_server_name(server_name)
+            .is_some_and(|s| !s.confirmed);
         if !unconfirmed {
             return;
         }

@@ -38,7 +38,7 @@ pub enum StartupError {
     #[error("invalid length of startup packet: {0}")]
     BadLength(u32),
     /// Protocol major version other than 3.
-    #[error("unsupported frontend protocol {0}.{1}: pgsplit supports protocol 3.0")]
+    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
     Unsupported(u16, u16),
     /// A malformed body.
     #[error("invalid startup packet layout: {0}")]
@@ -107,7 +107,8 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, unrecognized: &[String]) {
     out.put_u8(b'v');
     let at = out.len();
     out.put_u32(0);
-    out.put_u32(0);
+    // The newest minor version supported, as the whole version number (3.0), as PostgreSQL sends it.
+    out.put_u32(3 << 16);
     out.put_u32(unrecognized.len() as u32);
     for o in unrecognized {
         out.extend_from_slice(o.as_bytes());

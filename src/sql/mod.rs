@@ -2,6 +2,8 @@
 //! boundaries) and what statements leave on a server connection (settings, savepoints, session-bound state).
 
 pub mod effects;
+#[cfg(test)]
+mod fuzz;
 pub mod lexer;
 
 pub use effects::{

@@ -53,6 +53,39 @@ async function run(client) {
   const count = (await client.query(`/* pgsplit:primary */ SELECT count(*)::int AS n FROM ${TABLE}`)).rows[0].n;
   expect(count === 11, `10 writes and 1 committed in a transaction: count should be 11, got ${count}`);
 
+  // A named query whose table does not exist fails; once the table exists the same name works (the failed Parse
+  // left nothing behind, as on PostgreSQL).
+  const later = `${TABLE}_later`;
+  const byLater = { name: 'later', text: `/* pgsplit:primary */ SELECT count(*)::int AS n FROM ${later}` };
+  let missing = null;
+  try {
+    await client.query(byLater);
+  } catch (e) {
+    missing = e.code;
+  }
+  expect(missing === '42P01', `named query on a missing table: 42P01, got ${missing}`);
+  await client.query(`CREATE TABLE ${later} (a int)`);
+  try {
+    const n = (await client.query(byLater)).rows[0].n;
+    expect(n === 0, `the same named query after CREATE TABLE: 0 rows counted, got ${n}`);
+  } finally {
+    await client.query(`DROP TABLE ${later}`);
+  }
+
+  // A named Parse inside an aborted transaction fails; after ROLLBACK the same name works.
+  await client.query('BEGIN');
+  await client.query('SELECT 1/0').catch(() => {});
+  let aborted = null;
+  try {
+    await client.query({ name: 'in-aborted', text: 'SELECT 1 AS one' });
+  } catch (e) {
+    aborted = e.code;
+  }
+  expect(aborted === '25P02', `named query in an aborted transaction: 25P02, got ${aborted}`);
+  await client.query('ROLLBACK');
+  const one = (await client.query({ name: 'in-aborted', text: 'SELECT 1 AS one' })).rows[0].one;
+  expect(one === 1, `the same name after ROLLBACK: got ${one}`);
+
   // A pool of 4 connections running 20 reads at once.
   const pool = new pg.Pool({ connectionString: URL, max: 4 });
   try {

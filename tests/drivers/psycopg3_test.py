@@ -109,6 +109,29 @@ def run(conn):
             check_write(conn.execute(WRITE, (i,)).fetchone(), "write alternating with reads")
     expect(seen == REPLICAS, f"alternating reads should reach both replicas; saw {sorted(seen)}")
 
+    with step("large messages: a 300 KB query text, 4 MB and 40 MB parameters"):
+        big = "x" * 300_000
+        row = conn.execute(f"SELECT length('{big}')").fetchone()
+        expect(row == (300_000,), f"300 KB query: {row}")
+        for size in (4 << 20, 40 << 20):
+            row = conn.execute("SELECT length(%s::bytea)", (b"\x07" * size,)).fetchone()
+            expect(row == (size,), f"{size}-byte parameter: {row}")
+
+    with step("a pipeline whose read fails on a replica runs nothing after it"):
+        created = f"{TABLE}_never"
+        failed = False
+        try:
+            with conn.pipeline() as p:
+                conn.execute("SELECT 1/0")
+                conn.execute(f"CREATE TABLE {created} (a int)")
+                p.sync()
+        except psycopg.errors.DivisionByZero:
+            failed = True
+        expect(failed, "the read's division by zero reaches the client")
+        row = conn.execute(f"/* pgsplit:primary */ SELECT to_regclass('{created}') IS NULL").fetchone()
+        expect(row == (True,), f"the CREATE TABLE after the error must not have run: {row}")
+        expect(conn.execute("SELECT 1").fetchone() == (1,), "the connection is usable afterwards")
+
 
 if __name__ == "__main__":
     main()
