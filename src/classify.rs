@@ -13,6 +13,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::sql::lexer::block_comment_end;
 use crate::sql::Effects;
 
 /// Where a statement may run.
@@ -888,30 +889,6 @@ fn strip_leading(sql: &str) -> (&str, Option<Route>) {
             return (s, hint);
         }
     }
-}
-
-/// The end (exclusive) of the block comment starting at `start`; block comments nest, as in PostgreSQL.
-/// `None` when it is not closed.
-fn block_comment_end(b: &[u8], start: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = start;
-    while i + 1 < b.len() {
-        match (b[i], b[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// Decisions that need no parser: hints and the trivially-classified statements (one statement only).

@@ -80,7 +80,8 @@ impl<'a> Lexer<'a> {
                     self.i += 1;
                 }
             } else if self.at(self.i) == b'/' && self.at(self.i + 1) == b'*' {
-                self.i = block_comment_end(self.b, self.i);
+                // An unclosed comment runs to the end.
+                self.i = block_comment_end(self.b, self.i).unwrap_or(self.b.len());
             } else {
                 return;
             }
@@ -213,9 +214,9 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
-/// The end (exclusive) of the block comment starting at `start`; block comments nest, as in PostgreSQL. An
-/// unclosed comment runs to the end.
-pub fn block_comment_end(b: &[u8], start: usize) -> usize {
+/// The end (exclusive) of the block comment starting at `start`; block comments nest, as in PostgreSQL. `None`
+/// when it is not closed.
+pub fn block_comment_end(b: &[u8], start: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut i = start;
     while i + 1 < b.len() {
@@ -228,13 +229,13 @@ pub fn block_comment_end(b: &[u8], start: usize) -> usize {
                 depth = depth.saturating_sub(1);
                 i += 2;
                 if depth == 0 {
-                    return i;
+                    return Some(i);
                 }
             }
             _ => i += 1,
         }
     }
-    b.len()
+    None
 }
 
 /// The statements of a query string, as token lists (empty statements dropped).
