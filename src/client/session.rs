@@ -1031,9 +1031,14 @@ impl Session {
         frame: Frame,
         mut decision: Decision,
     ) -> Result<Option<Frame>, End> {
-        if self.deferred_begin.is_some() {
-            // The first statement after a deferred BEGIN decides the transaction's server.
-            if decision.reason != Reason::ReadOnlyTransaction {
+        if let Some(begin) = &self.deferred_begin {
+            // The first statement after a deferred BEGIN decides the transaction's server; a BEGIN that says
+            // READ WRITE cannot start on a hot standby, whatever follows it.
+            let read_write = begin
+                .body
+                .windows(5)
+                .any(|w| w.eq_ignore_ascii_case(b"write"));
+            if decision.reason != Reason::ReadOnlyTransaction || read_write {
                 decision = Decision {
                     route: Route::Write,
                     reason: Reason::TransactionStart,

@@ -231,6 +231,23 @@ async fn a_begin_postgres_rejects_is_rejected_and_a_serializable_one_stays_seria
             Some("false".into())
         )
     );
+    // A deferred BEGIN READ WRITE cannot start on a replica: SET TRANSACTION READ ONLY after it stays on the
+    // primary, in the transaction.
+    for sql in ["BEGIN READ WRITE", "SET TRANSACTION READ ONLY", "SELECT 1"] {
+        c.simple_query(sql).await.expect(sql);
+    }
+    let rows = c
+        .simple_query("SELECT current_setting('transaction_read_only'), pg_is_in_recovery()::text")
+        .await
+        .expect("in the transaction");
+    c.simple_query("COMMIT").await.expect("commit");
+    let row = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => {
+            Some((r.get(0).map(str::to_string), r.get(1).map(str::to_string)))
+        }
+        _ => None,
+    });
+    assert_eq!(row, Some((Some("on".into()), Some("false".into()))));
 }
 
 #[tokio::test]
