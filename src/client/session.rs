@@ -534,6 +534,7 @@ impl Session {
         }
         let Session {
             client,
+            crbuf,
             cout,
             sout,
             held,
@@ -543,8 +544,11 @@ impl Session {
             ..
         } = self;
         // Unless a frame is stalled, `crbuf` holds at most the start of one frame (dispatch took the complete
-        // ones): it must be read to its end whatever its size (up to `max_message_bytes`).
-        let read_client = stalled.is_none() && sout.len() < BUFFER_LIMIT;
+        // ones): it must be read to its end whatever its size (up to `max_message_bytes`). While a frame waits for
+        // the held server, what the client pipelines behind it is still read, up to the buffer limit, so a client
+        // that goes away is noticed at once.
+        let read_client =
+            (stalled.is_none() || crbuf.len() < BUFFER_LIMIT) && sout.len() < BUFFER_LIMIT;
         let has_server = held.is_some();
         let (sread, mut swrite) = match held {
             Some(h) => {
