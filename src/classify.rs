@@ -347,9 +347,22 @@ impl Classifier {
     /// The decision for a statement text (one or several statements).
     pub fn classify(&self, sql: &str) -> Decision {
         if let Some(mut d) = fast_path(sql) {
+            if d.reason == Reason::Hint {
+                // The hint decides the route; what the statement calls still decides its effects.
+                return Decision {
+                    route: d.route,
+                    reason: Reason::Hint,
+                    ..self.classify_text(sql)
+                };
+            }
             d.effects = crate::sql::effects(sql.as_bytes());
             return d;
         }
+        self.classify_text(sql)
+    }
+
+    /// Classification by the parser (cached), for texts the fast path does not answer.
+    fn classify_text(&self, sql: &str) -> Decision {
         if sql.len() > MAX_PARSED_BYTES {
             // Too large to parse safely: fail closed.
             let mut effects = crate::sql::effects(sql.as_bytes());

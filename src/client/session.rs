@@ -720,13 +720,11 @@ impl Session {
                     self.refuse(b'Q', sqlstate::RESERVED_NAME, reserved_name_message());
                     return Ok(None);
                 }
-                let mut decision = self.classify(text).await;
-                if self.unsafe_bytes(bytes) {
-                    decision = Decision {
-                        effects: decision.effects,
-                        ..write_decision()
-                    };
-                }
+                let decision = if self.unsafe_bytes(bytes) {
+                    unreadable_decision()
+                } else {
+                    self.classify(text).await
+                };
                 if decision.effects.listens {
                     self.listening = true;
                 }
@@ -758,7 +756,7 @@ impl Session {
                     return Ok(None);
                 }
                 let decision = if self.unsafe_bytes(view.query) {
-                    write_decision()
+                    unreadable_decision()
                 } else {
                     self.classify(&text).await
                 };
@@ -766,12 +764,23 @@ impl Session {
                     .statements
                     .get(view.name)
                     .filter(|_| !view.name.is_empty());
+                // The name's own Parse is unanswered: wait for its answer. If it is in this very batch and the
+                // batch has already failed, the server answers nothing more before Sync (that Parse failed or was
+                // skipped, and the server skips the duplicate check below in turn): no wait.
                 let in_flight = existing.is_some_and(|e| {
                     !e.confirmed
                         && self.held.as_ref().is_some_and(|h| {
-                            h.expect.iter().any(
-                            |x| matches!(x, Expect::Parse { name, .. } if *name == e.server_name),
-                        )
+                            let at = h.expect.iter().position(|x| {
+                                matches!(x, Expect::Parse { name, .. } if *name == e.server_name)
+                            });
+                            at.is_some_and(|at| {
+                                let synced = h
+                                    .expect
+                                    .iter()
+                                    .skip(at)
+                                    .any(|x| matches!(x, Expect::Sync(_) | Expect::SyncHidden));
+                                synced || !h.unit_error
+                            })
                         })
                 });
                 if in_flight {
@@ -917,7 +926,7 @@ impl Session {
 
     /// Whether a statement's bytes cannot be lexed safely: non-ASCII bytes in a client encoding whose multi-byte
     /// characters may hold ASCII quote-like bytes (SJIS, BIG5, GBK, UHC, GB18030, JOHAB). Such text goes to
-    /// the primary and its connection is reset, whatever it says.
+    /// the primary, and pins the client (see `unreadable_decision`).
     fn unsafe_bytes(&self, text: &[u8]) -> bool {
         !text.is_ascii() && self.settings.ascii_unsafe_encoding()
     }
@@ -1876,6 +1885,7 @@ impl Session {
                     {
                         Ok(Ok(None)) => {
                             h.conn.needs_reset = false;
+                            h.conn.settings_fingerprint = None;
                             h.conn.prepared.clear();
                             h.conn.unnamed_owner = None;
                             h.conn.applied.clear();
@@ -1974,6 +1984,19 @@ fn destination(target: Target) -> Destination {
     match target {
         Target::Primary(_) => Destination::Primary,
         Target::Replica(_) => Destination::Replica,
+    }
+}
+
+/// For text pgsplit cannot lex in the client's encoding: the primary, and the client keeps its connections, so
+/// whatever the text did to its session stays exactly where PostgreSQL put it (and is discarded at the end).
+fn unreadable_decision() -> Decision {
+    Decision {
+        effects: Effects {
+            pins: true,
+            dirty: true,
+            ..Effects::NONE
+        },
+        ..write_decision()
     }
 }
 

@@ -76,10 +76,34 @@ fn statement_effects(s: &[Tok<'_>]) -> Effects {
     // Anywhere in the statement: temporary objects, session advisory locks, set_config.
     let mut buf = [0u8; 32];
     for (i, t) in s.iter().enumerate() {
-        let Tok::Word(w) = t else { continue };
+        // Quoted names count too (`"pg_temp".t`, `"set_config"(…)`), case folded to fail towards doing more; a
+        // Unicode-escaped one (`U&"…"`) could spell anything.
+        let unquoted;
+        let w: &[u8] = match t {
+            Tok::Word(w) => w,
+            Tok::Quoted(q) if q.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'u')) => {
+                e.dirty = true;
+                continue;
+            }
+            Tok::Quoted(q) => {
+                unquoted = unquote(q);
+                unquoted.as_bytes()
+            }
+            _ => continue,
+        };
         match lower(w, &mut buf) {
             "pg_temp" => e.pins = true,
-            "into" if is(i + 1, "temp") || is(i + 1, "temporary") => e.pins = true,
+            "into" => {
+                // SELECT … INTO [GLOBAL | LOCAL] TEMP[ORARY] …
+                let j = if is(i + 1, "global") || is(i + 1, "local") {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                if is(j, "temp") || is(j, "temporary") {
+                    e.pins = true;
+                }
+            }
             "create" => {
                 // CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP[ORARY] …
                 let mut j = i + 1;
@@ -119,9 +143,12 @@ fn statement_effects(s: &[Tok<'_>]) -> Effects {
                     .any(|w| t.is(w))
                 })
                 .unwrap_or(s.len());
-            // EXPLAIN without ANALYZE runs nothing, but fail closed: judge what it explains.
+            // EXPLAIN without ANALYZE runs nothing, but fail closed: judge what it explains. Setting changes
+            // under EXPLAIN ANALYZE are not followed: the connection is reset instead.
             e.merge(statement_effects(&s[inner..]));
-            e.session = false;
+            if std::mem::take(&mut e.session) {
+                e.dirty = true;
+            }
         }
         "show" | "fetch" | "move" | "close" | "unlisten" | "notify" | "begin" | "start"
         | "commit" | "end" | "abort" | "lock" | "checkpoint" | "deallocate" => {}
@@ -238,7 +265,10 @@ pub fn session_events(sql: &[u8]) -> Option<Vec<SessionEvent>> {
     for s in statements(sql) {
         let is = |i: usize, w: &str| s.get(i).is_some_and(|t| t.is(w));
         let name_at = |i: usize| s.get(i).and_then(|t| savepoint_name(t));
-        if s.iter().any(|t| t.is("set_config")) {
+        if s.iter().any(|t| {
+            t.is("set_config")
+                || matches!(t, Tok::Quoted(q) if unquote(q).eq_ignore_ascii_case("set_config"))
+        }) {
             set_config = true;
         }
         if is(0, "set") || is(0, "reset") || is(0, "discard") {
@@ -383,7 +413,10 @@ pub fn is_plain_name(name: &str) -> bool {
 /// The statement that sets `name` to `value` (a value as SQL, as [`SessionChange::Set`] holds it). It never
 /// holds a comment, so statements joined line by line cannot swallow one another.
 pub fn set_statement(name: &str, value: &str) -> String {
-    if name == "timezone" {
+    if value.trim().is_empty() {
+        // Nothing to set it to (a connection marked as holding the server's own value): its default.
+        format!("RESET {name}")
+    } else if name == "timezone" {
         format!("SET TIME ZONE {value}")
     } else {
         format!("SET {name} TO {value}")
@@ -485,9 +518,15 @@ mod tests {
             "SET SESSION AUTHORIZATION u",
             "RESET ROLE",
             "LOAD 'auto_explain'",
+            "SELECT 1 AS a INTO LOCAL TEMP t",
+            "SELECT 1 AS a INTO \"pg_temp\".t",
+            "SELECT \"pg_advisory_lock\"(18)",
         ] {
             assert!(fx(sql).pins, "{sql}");
         }
+        assert!(fx("SELECT \"set_config\"('a', 'b', false)").session);
+        assert!(fx("EXPLAIN ANALYZE SELECT set_config('a', 'b', false)").dirty);
+        assert!(fx("SELECT * FROM U&\"t\\0061\"").dirty);
         assert!(fx("SELECT 1; LISTEN ch").listens);
         assert!(fx("LOAD 'x'").poisons);
         for sql in [

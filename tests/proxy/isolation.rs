@@ -168,6 +168,12 @@ async fn no_session_state_of_a_client_that_left_reaches_the_next() {
         &["SELECT iso_leaky()"],
         &["INSERT INTO iso_trig VALUES (1)"],
         &["SELECT nextval('iso_seq')"],
+        &["/* pgsplit:primary */ SELECT iso_leaky()"],
+        &["SELECT 1 AS a INTO LOCAL TEMP t3", "SELECT * FROM t3"],
+        &["SELECT 1 AS a INTO \"pg_temp\".t4", "SELECT * FROM t4"],
+        &["EXPLAIN ANALYZE SELECT set_config('search_path', 'x', false)"],
+        &["SELECT \"set_config\"('search_path', 'x', false)"],
+        &["SELECT \"pg_advisory_lock\"(18)"],
     ];
     for drill in drills {
         after_a_leaves(proxy, drill).await;

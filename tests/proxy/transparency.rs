@@ -489,3 +489,49 @@ async fn startup_oddities_are_answered_as_postgres_answers_them() {
     });
     assert_eq!(v.as_deref(), Some("€€"));
 }
+
+#[tokio::test]
+async fn a_repeated_parse_in_a_failed_batch_ends_with_the_first_error() {
+    let proxy = spawn_proxy(config(&env().cluster, 2, 2, ""));
+    let mut c = Raw::connect(proxy, &[]);
+    // The first Parse of the name fails; PostgreSQL skips the second one up to Sync.
+    let mut batch = parse("s1", "SELECT * FROM no_such_table_tr");
+    batch.extend(parse("s1", "SELECT 1"));
+    batch.extend(sync());
+    c.send(&batch);
+    let got = c.until_ready();
+    assert_eq!(codes(&got), ["42P01"], "{got:?}");
+    assert_eq!(got.last().map(|m| m.0), Some(b'Z'), "{got:?}");
+    // An earlier error in the batch: both Parses are skipped.
+    let mut batch = parse("", "SELECT 1/0");
+    batch.extend(bind_execute(""));
+    batch.extend(parse("s2", "SELECT 1"));
+    batch.extend(parse("s2", "SELECT 1"));
+    batch.extend(sync());
+    c.send(&batch);
+    let got = c.until_ready();
+    assert_eq!(codes(&got), ["22012"], "{got:?}");
+    assert_eq!(got.last().map(|m| m.0), Some(b'Z'), "{got:?}");
+}
+
+#[tokio::test]
+async fn text_in_an_encoding_pgsplit_cannot_lex_never_leaves_state_for_the_next_client() {
+    let proxy = spawn_proxy(config(&env().cluster, 1, 1, ""));
+    let mut a = Raw::connect(proxy, &[("client_encoding", "SJIS")]);
+    // Read as UTF-8, 0x5C would end the E'' string early and hide the set_config from the lexer.
+    a.send(&query(
+        b"SELECT E'\x83\x5c' AS a, ' || ' AS b; SELECT set_config($$search_path$$, $$evil$$, false) AS c --'",
+    ));
+    let got = a.until_ready();
+    assert!(codes(&got).is_empty(), "{got:?}");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = Raw::connect(proxy, &[]);
+    b.send(&query(b"/* pgsplit:primary */ SHOW search_path"));
+    let got = b.until_ready();
+    assert_eq!(
+        first_column(&got),
+        [b"\"$user\", public".to_vec()],
+        "{got:?}"
+    );
+}
