@@ -33,7 +33,7 @@ use crate::protocol::{sqlstate, Frame};
 use crate::proxy::Shared;
 use crate::router::{Load, PoolSet, ReadTarget, Target};
 use crate::server::ServerConn;
-use crate::sql::{quote_literal, Effects, SessionEvent};
+use crate::sql::{quote_literal, Effects, RouteSetting, SessionEvent};
 use crate::stats::{ClientInfo, ClientState, Destination};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
@@ -649,7 +649,7 @@ impl Session {
                 messages::query_bytes(body)
             };
             text.and_then(|t| std::str::from_utf8(t).ok())
-                .and_then(classify::transaction_end)
+                .and_then(crate::sql::transaction_end)
                 .is_some()
         };
         let failed = |s: &mut Session| {
@@ -967,7 +967,7 @@ impl Session {
     /// Returns whether it answered.
     fn answer_locally(&mut self, text: &str) -> Local {
         let busy = self.held.is_some() || self.stalled.is_some();
-        if first_word_is(text, "set") && classify::route_setting(text).is_some() {
+        if first_word_is(text, "set") && crate::sql::route_setting(text).is_some() {
             // Answered in order only when nothing is in flight (a transaction may be open).
             let in_flight = self.stalled.is_some()
                 || self
@@ -977,7 +977,7 @@ impl Session {
             if in_flight {
                 return Local::Wait;
             }
-            self.route_override = classify::route_setting(text).flatten();
+            self.route_override = crate::sql::route_setting(text).and_then(RouteSetting::route);
             messages::command_complete(&mut self.cout, "SET");
             let status = match &self.held {
                 Some(h) => h.conn.status,
@@ -992,7 +992,7 @@ impl Session {
         }
         if self.deferred_begin.is_none() {
             // Not with an idle-in-transaction timeout: the server must see the transaction to enforce it.
-            if classify::is_plain_begin(text)
+            if crate::sql::is_plain_begin(text)
                 && !self
                     .settings
                     .is_enabled("idle_in_transaction_session_timeout")
@@ -1007,7 +1007,7 @@ impl Session {
             }
             return Local::NotMine;
         }
-        let Some(tag) = classify::transaction_end(text) else {
+        let Some(tag) = crate::sql::transaction_end(text) else {
             return Local::NotMine;
         };
         self.deferred_begin = None;

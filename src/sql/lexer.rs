@@ -70,58 +70,12 @@ impl<'a> Lexer<'a> {
 
     /// Skips whitespace and comments.
     fn skip_space(&mut self) {
-        loop {
-            while self.i < self.b.len() && self.at(self.i).is_ascii_whitespace() {
-                self.i += 1;
-            }
-            if self.at(self.i) == b'-' && self.at(self.i + 1) == b'-' {
-                // A line comment ends at a newline or carriage return, as in PostgreSQL's scanner.
-                while self.i < self.b.len() && !matches!(self.at(self.i), b'\n' | b'\r') {
-                    self.i += 1;
-                }
-            } else if self.at(self.i) == b'/' && self.at(self.i + 1) == b'*' {
-                // An unclosed comment runs to the end.
-                self.i = block_comment_end(self.b, self.i).unwrap_or(self.b.len());
-            } else {
-                return;
-            }
-        }
+        self.i = skip_space(self.b, self.i, |_| {});
     }
 
-    /// The end (exclusive) of a quoted run starting at `start` (the opening quote), with the quote doubled as
-    /// its escape and, when `backslash`, backslash escapes too.
+    /// See [`quoted_end`]; an unterminated run ends with the text.
     fn quoted_end(&self, start: usize, quote: u8, backslash: bool) -> usize {
-        let mut j = start + 1;
-        while j < self.b.len() {
-            let c = self.at(j);
-            if backslash && c == b'\\' {
-                j += 2;
-            } else if c == quote {
-                if self.at(j + 1) == quote {
-                    j += 2;
-                } else {
-                    return j + 1;
-                }
-            } else {
-                j += 1;
-            }
-        }
-        self.b.len()
-    }
-
-    /// A dollar-quote tag (`$tag$` or `$$`) starting at `start`, or `None`.
-    fn dollar_tag(&self, start: usize) -> Option<usize> {
-        let mut j = start + 1;
-        if self.at(j) == b'$' {
-            return Some(j + 1);
-        }
-        if !ident_start(self.at(j)) {
-            return None;
-        }
-        while ident_cont(self.at(j)) && self.at(j) != b'$' {
-            j += 1;
-        }
-        (self.at(j) == b'$').then_some(j + 1)
+        quoted_end(self.b, start, quote, backslash).unwrap_or(self.b.len())
     }
 }
 
@@ -159,14 +113,9 @@ impl<'a> Iterator for Lexer<'a> {
                     Tok::Str(&self.b[start..self.i])
                 }
             }
-            b'$' => match self.dollar_tag(start) {
+            b'$' => match dollar_tag_end(self.b, start) {
                 Some(tag_end) => {
-                    let tag = &self.b[start..tag_end];
-                    let body = &self.b[tag_end..];
-                    self.i = body
-                        .windows(tag.len())
-                        .position(|w| w == tag)
-                        .map_or(self.b.len(), |p| tag_end + p + tag.len());
+                    self.i = dollar_quote_end(self.b, start, tag_end).unwrap_or(self.b.len());
                     Tok::Str(&self.b[start..self.i])
                 }
                 None => {
@@ -212,6 +161,92 @@ impl<'a> Iterator for Lexer<'a> {
         };
         Some(tok)
     }
+}
+
+/// Where the whitespace and comments starting at `i` end: at the next token, or at the end of the text (an
+/// unclosed block comment runs to the end, as does a line comment without a newline). `block_comment` sees each
+/// closed block comment, delimiters included.
+pub fn skip_space(b: &[u8], mut i: usize, mut block_comment: impl FnMut(&[u8])) -> usize {
+    loop {
+        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        match b.get(i..i + 2) {
+            Some(b"--") => {
+                // A line comment ends at a newline or carriage return, as in PostgreSQL's scanner.
+                i = b[i..]
+                    .iter()
+                    .position(|&c| matches!(c, b'\n' | b'\r'))
+                    .map_or(b.len(), |p| i + p);
+            }
+            Some(b"/*") => match block_comment_end(b, i) {
+                Some(end) => {
+                    block_comment(&b[i..end]);
+                    i = end;
+                }
+                None => return b.len(),
+            },
+            _ => return i,
+        }
+    }
+}
+
+/// The end (exclusive) of a quoted run starting at `start` (the opening quote), with the quote doubled as its
+/// escape and, when `backslash`, backslash escapes too; `None` when it does not close.
+pub fn quoted_end(b: &[u8], start: usize, quote: u8, backslash: bool) -> Option<usize> {
+    let mut j = start + 1;
+    while j < b.len() {
+        let c = b[j];
+        if backslash && c == b'\\' {
+            j += 2;
+        } else if c == quote {
+            if b.get(j + 1) == Some(&quote) {
+                j += 2;
+            } else {
+                return Some(j + 1);
+            }
+        } else {
+            j += 1;
+        }
+    }
+    None
+}
+
+/// The end (exclusive) of a dollar-quote tag (`$tag$` or `$$`) starting at `start`, or `None` when the `$` there
+/// opens no tag (a `$n` parameter, a lone `$`).
+pub fn dollar_tag_end(b: &[u8], start: usize) -> Option<usize> {
+    let at = |j: usize| b.get(j).copied().unwrap_or(0);
+    let mut j = start + 1;
+    if at(j) == b'$' {
+        return Some(j + 1);
+    }
+    if !ident_start(at(j)) {
+        return None;
+    }
+    while ident_cont(at(j)) && at(j) != b'$' {
+        j += 1;
+    }
+    (at(j) == b'$').then_some(j + 1)
+}
+
+/// The end (exclusive) of the dollar-quoted string whose opening tag is `b[start..tag_end]`; `None` when the tag
+/// does not come again.
+pub fn dollar_quote_end(b: &[u8], start: usize, tag_end: usize) -> Option<usize> {
+    let tag = &b[start..tag_end];
+    b[tag_end..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .map(|p| tag_end + p + tag.len())
+}
+
+/// Whether the first word of `sql` (after leading whitespace, comments not skipped) is `word`, ASCII
+/// case-insensitively.
+pub fn first_word_is(sql: &str, word: &str) -> bool {
+    let t = sql.trim_start().as_bytes();
+    t.get(..word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+        && t.get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
 }
 
 /// The end (exclusive) of the block comment starting at `start`; block comments nest, as in PostgreSQL. `None`
@@ -308,6 +343,42 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert!(s[1][0].is("listen"));
         assert_eq!(join(&s[2]), "SET a = $$;$$");
+    }
+
+    #[test]
+    fn space_and_comments_are_skipped_and_block_comments_seen() {
+        let mut seen = Vec::new();
+        let text = b" -- a\r\n/* b /* c */ */\t/*d*/x /* e */";
+        let end = skip_space(text, 0, |c| {
+            seen.push(String::from_utf8_lossy(c).into_owned())
+        });
+        assert_eq!(&text[end..end + 1], b"x");
+        assert_eq!(seen, ["/* b /* c */ */", "/*d*/"]);
+        assert_eq!(skip_space(b"  /* open", 0, |_| panic!("unclosed")), 9);
+        assert_eq!(skip_space(b"-- only", 0, |_| {}), 7);
+    }
+
+    #[test]
+    fn quoted_runs_and_dollar_quotes_end_where_postgres_ends_them() {
+        assert_eq!(quoted_end(b"'a''b' x", 0, b'\'', false), Some(6));
+        assert_eq!(quoted_end(b"E'a\\'b' x", 1, b'\'', true), Some(7));
+        assert_eq!(quoted_end(b"'open", 0, b'\'', false), None);
+        assert_eq!(dollar_tag_end(b"$q$ x $q$", 0), Some(3));
+        assert_eq!(dollar_tag_end(b"$$", 0), Some(2));
+        assert_eq!(dollar_tag_end(b"$1", 0), None);
+        assert_eq!(dollar_quote_end(b"$q$ x $q$ y", 0, 3), Some(9));
+        assert_eq!(dollar_quote_end(b"$q$ x $r$", 0, 3), None);
+    }
+
+    #[test]
+    fn the_first_word_is_a_whole_word() {
+        assert!(first_word_is("  set x = 1", "set"));
+        assert!(first_word_is("SET", "set"));
+        assert!(first_word_is("set;", "set"));
+        assert!(!first_word_is("setting", "set"));
+        assert!(!first_word_is("set_x", "set"));
+        assert!(!first_word_is("/* c */ set", "set"));
+        assert!(!first_word_is("se", "set"));
     }
 
     #[test]

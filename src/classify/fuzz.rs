@@ -3,8 +3,9 @@
 //! bytes and random SQL-shaped text with multi-byte and invalid UTF-8. It only asserts that nothing panics and
 //! that classification is deterministic; it runs as an ordinary unit test (deterministic seed), so CI runs it.
 
-use crate::classify::{self, Classifier};
+use super::Classifier;
 use crate::protocol::{messages, startup};
+use crate::sql;
 
 struct Rng(u64);
 
@@ -97,16 +98,18 @@ fn random_client_input_never_panics_and_classifies_deterministically() {
         let bytes = input(&mut rng);
         let text = String::from_utf8_lossy(&bytes);
         // SQL readers.
-        let _ = super::lexer::statements(&bytes);
-        let _ = super::effects(&bytes);
-        let _ = super::session_events(&bytes);
+        let _ = sql::lexer::statements(&bytes);
+        let _ = sql::effects(&bytes);
+        let _ = sql::session_events(&bytes);
         let a = classifier.classify(&text);
         assert_eq!(a, classifier.classify(&text), "{text:?}");
-        let _ = classify::is_plain_begin(&text);
-        let _ = classify::transaction_end(&text);
-        let _ = classify::route_setting(&text);
-        let _ = classify::normalize_literals(&text);
-        let _ = classify::is_set_transaction_read_only(&text);
+        let _ = sql::is_plain_begin(&text);
+        let _ = sql::transaction_end(&text);
+        let _ = sql::route_setting(&text);
+        let _ = sql::leading_hint(&text);
+        let _ = sql::first_word_is(&text, "set");
+        let _ = sql::normalize_literals(&text);
+        let _ = sql::is_set_transaction_read_only(&text);
         // Message decoders, on the same bytes as a message body.
         let _ = messages::query_bytes(&bytes);
         let _ = messages::query_text(&bytes);
