@@ -2,7 +2,7 @@
 
 use crate::sql::{is_set_transaction_read_only, leading_hint, Effects};
 
-use super::{Decision, Reason};
+use super::decision::{Decision, Reason};
 
 /// Decisions that need no parser: hints and the trivially-classified statements (one statement only).
 pub(super) fn fast_path(sql: &str) -> Option<Decision> {

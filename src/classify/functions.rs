@@ -2,11 +2,11 @@
 //! catalog (`pg_proc`, UNLOGGED tables) says.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use sqlparser::ast::ObjectName;
-
-use super::Classifier;
+use tokio::sync::Notify;
 
 /// Functions that write, lock, or depend on session state a replica does not share.
 const WRITE_FUNCTIONS: &[&str] = &[
@@ -140,8 +140,75 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "row",
 ];
 
-impl Classifier {
-    pub(super) fn is_write_function(&self, name: &ObjectName) -> bool {
+/// What the classifier knows of functions and tables: the built-in lists, the configured `write_functions`, and
+/// the primary's catalog once it has been read. Meeting a function the catalog does not know has it read again.
+pub(super) struct Functions {
+    /// Configured write functions, as given (lower case) and by their last name part.
+    extra_write_functions: HashSet<String>,
+    extra_write_names: HashSet<String>,
+    catalog: RwLock<Option<Arc<FunctionCatalog>>>,
+    /// Set when a statement called a function the catalog does not know; the loader then reloads it.
+    unknown_function: AtomicBool,
+    /// `volatile_functions = "catalog"`: until the catalog is read, every function call is a write.
+    catalog_required: bool,
+    /// Wakes the catalog loader.
+    refresh: Arc<Notify>,
+}
+
+impl Functions {
+    /// Also treats `write_functions` (case-insensitive; `name` or `schema.name`) as writes; `refresh` wakes the
+    /// catalog loader.
+    pub(super) fn new(write_functions: &[String], refresh: Arc<Notify>) -> Functions {
+        let extra: HashSet<String> = write_functions
+            .iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
+        let names = extra
+            .iter()
+            .map(|f| f.rsplit('.').next().unwrap_or(f).to_string())
+            .collect();
+        Functions {
+            extra_write_functions: extra,
+            extra_write_names: names,
+            catalog: RwLock::new(None),
+            unknown_function: AtomicBool::new(false),
+            catalog_required: false,
+            refresh,
+        }
+    }
+
+    /// Until the catalog has been read, every call of a function outside the SQL syntax list is a write.
+    pub(super) fn require_catalog(&mut self) {
+        self.catalog_required = true;
+    }
+
+    /// Installs the catalog, and forgets that a function was unknown.
+    pub(super) fn set_catalog(&self, catalog: FunctionCatalog) {
+        if let Ok(mut c) = self.catalog.write() {
+            *c = Some(Arc::new(catalog));
+        }
+        self.unknown_function.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether a statement met a function the catalog does not know since the last load.
+    pub(super) fn met_unknown_function(&self) -> bool {
+        self.unknown_function.load(Ordering::Relaxed)
+    }
+
+    /// The catalog as last read.
+    pub(super) fn catalog(&self) -> Option<Arc<FunctionCatalog>> {
+        self.catalog.read().ok().and_then(|c| c.clone())
+    }
+
+    /// Notes a function the catalog does not know (created since it was read?) and has the catalog read again.
+    fn unknown(&self) {
+        self.unknown_function.store(true, Ordering::Relaxed);
+        self.refresh.notify_one();
+    }
+
+    /// Whether a call of `name` writes, locks, or (with a catalog required) may: a built-in or configured write
+    /// function, a VOLATILE user function, or one the catalog does not know.
+    pub(super) fn writes(&self, name: &ObjectName) -> bool {
         let mut parts = Vec::with_capacity(name.0.len());
         for p in &name.0 {
             match p.as_ident() {
@@ -161,7 +228,7 @@ impl Classifier {
         if !self.catalog_required {
             return false;
         }
-        let catalog = self.catalog.read().ok().and_then(|c| c.clone());
+        let catalog = self.catalog();
         let volatile = catalog
             .as_ref()
             .is_some_and(|c| c.volatile.contains(n) || c.volatile.contains(&qualified));
@@ -171,8 +238,7 @@ impl Classifier {
         let known = catalog.as_ref().is_some_and(|c| c.known.contains(n));
         if !known && !SYNTAX_FUNCTIONS.contains(&n.as_str()) {
             // Not in the catalog (created since it was read?): fail closed and have it read again.
-            self.unknown_function.store(true, Ordering::Relaxed);
-            self.refresh.notify_one();
+            self.unknown();
             return true;
         }
         false
@@ -181,11 +247,7 @@ impl Classifier {
     /// Whether a call of `name` may change session state pgsplit cannot see: a user-defined function, or (while
     /// `catalog` does not know it, or there is none) any function that is not plain syntax. An unknown one has the
     /// catalog read again.
-    pub(super) fn is_opaque_function(
-        &self,
-        catalog: Option<&FunctionCatalog>,
-        name: &ObjectName,
-    ) -> bool {
+    pub(super) fn is_opaque(&self, catalog: Option<&FunctionCatalog>, name: &ObjectName) -> bool {
         let Some(last) = name.0.last().and_then(|p| p.as_ident()) else {
             return true;
         };
@@ -196,9 +258,7 @@ impl Classifier {
         match catalog {
             Some(c) if c.known.contains(&n) => c.user.contains(&n),
             _ => {
-                // Created since the catalog was read? Have it read again.
-                self.unknown_function.store(true, Ordering::Relaxed);
-                self.refresh.notify_one();
+                self.unknown();
                 true
             }
         }

@@ -1,19 +1,19 @@
 //! SQL text → where it may run. Fail closed: a statement is a read only when pgsplit is sure it writes nothing
 //! and takes no lock (DESIGN.md §3); everything else, including anything the parser cannot read, is a write.
 //!
-//! [`Classifier::classify`] answers the statements it can from their first words ([`fast_path`]), and parses the
+//! [`Classifier::classify`] answers the statements it can from their first words (`fast_path`), and parses the
 //! rest (`visit`), looking functions and tables up in what it knows of the primary's catalog (`functions`).
 //! Reading the text itself (hints, literals, session effects) is [`crate::sql`]'s job.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use tokio::sync::Notify;
 
-use crate::sql::{normalize_literals, Effects};
+use crate::sql::normalize_literals;
 
+mod decision;
 mod fast_path;
 mod functions;
 #[cfg(test)]
@@ -24,106 +24,10 @@ mod visit;
 
 /// Where a statement may run (defined in [`crate::sql`], whose hint readers name it too).
 pub use crate::sql::Route;
+pub use decision::{Decision, Reason};
 use fast_path::fast_path;
+use functions::Functions;
 pub use functions::{FunctionCatalog, FunctionRow};
-
-/// Why a statement got its route; routing counters are kept per reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// A query that reads only.
-    ReadOnlyQuery,
-    /// INSERT/UPDATE/DELETE/MERGE, DDL and other writing statements.
-    WriteStatement,
-    /// BEGIN / START TRANSACTION (read-write).
-    TransactionStart,
-    /// BEGIN READ ONLY.
-    ReadOnlyTransaction,
-    /// COMMIT, ROLLBACK, SAVEPOINT … outside a held transaction.
-    TransactionControl,
-    /// SET, RESET, DISCARD.
-    SessionState,
-    /// FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE.
-    LockingClause,
-    /// A call of a function that writes or locks.
-    WriteFunction,
-    /// A data-modifying WITH.
-    DataModifyingCte,
-    /// SELECT INTO creates a table.
-    SelectInto,
-    /// sqlparser could not parse it.
-    Unparseable,
-    /// A `/* pgsplit:primary */` or `/* pgsplit:replica */` comment.
-    Hint,
-    /// Reads an UNLOGGED table, which a hot standby cannot read.
-    UnloggedTable,
-}
-
-impl Reason {
-    /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [Reason; 13] = [
-        Reason::ReadOnlyQuery,
-        Reason::WriteStatement,
-        Reason::TransactionStart,
-        Reason::ReadOnlyTransaction,
-        Reason::TransactionControl,
-        Reason::SessionState,
-        Reason::LockingClause,
-        Reason::WriteFunction,
-        Reason::DataModifyingCte,
-        Reason::SelectInto,
-        Reason::Unparseable,
-        Reason::Hint,
-        Reason::UnloggedTable,
-    ];
-
-    /// A stable label for metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::ReadOnlyQuery => "read_only_query",
-            Reason::WriteStatement => "write_statement",
-            Reason::TransactionStart => "transaction_start",
-            Reason::ReadOnlyTransaction => "read_only_transaction",
-            Reason::TransactionControl => "transaction_control",
-            Reason::SessionState => "session_state",
-            Reason::LockingClause => "locking_clause",
-            Reason::WriteFunction => "write_function",
-            Reason::DataModifyingCte => "data_modifying_cte",
-            Reason::SelectInto => "select_into",
-            Reason::Unparseable => "unparseable",
-            Reason::Hint => "hint",
-            Reason::UnloggedTable => "unlogged_table",
-        }
-    }
-}
-
-/// A routing decision for one statement text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    /// Where it may run.
-    pub route: Route,
-    /// Why.
-    pub reason: Reason,
-    /// What it may leave on its server connection (pins, resets, tracked settings). `effects.dirty` also
-    /// holds when it calls a function pgsplit cannot see into (user-defined, or unknown).
-    pub effects: Effects,
-}
-
-impl Decision {
-    const fn write(reason: Reason) -> Decision {
-        Decision {
-            route: Route::Write,
-            reason,
-            effects: Effects::NONE,
-        }
-    }
-    const fn read(reason: Reason) -> Decision {
-        Decision {
-            route: Route::Read,
-            reason,
-            effects: Effects::NONE,
-        }
-    }
-}
 
 /// Largest number of cached decisions; the cache is cleared when it fills.
 const CACHE_CAPACITY: usize = 8_192;
@@ -138,16 +42,10 @@ const DEEP_STACK_BYTES: usize = 1024 * 1024 * 1024;
 
 /// Classifies statements, caching decisions by text.
 pub struct Classifier {
-    /// Configured write functions, as given (lower case) and by their last name part.
-    extra_write_functions: HashSet<String>,
-    extra_write_names: HashSet<String>,
-    catalog: RwLock<Option<Arc<FunctionCatalog>>>,
-    /// Set when a statement called a function the catalog does not know; the loader then reloads it.
-    unknown_function: AtomicBool,
-    /// `volatile_functions = "catalog"`: until the catalog is read, every function call is a write.
-    catalog_required: bool,
+    /// What is known of functions and tables.
+    functions: Functions,
     /// Wakes the catalog loader.
-    pub refresh: tokio::sync::Notify,
+    pub refresh: Arc<Notify>,
     hits: AtomicU64,
     misses: AtomicU64,
     cache: RwLock<HashMap<Box<str>, Decision>>,
@@ -156,21 +54,10 @@ pub struct Classifier {
 impl Classifier {
     /// A classifier that also treats `write_functions` (case-insensitive; `name` or `schema.name`) as writes.
     pub fn new(write_functions: &[String]) -> Classifier {
-        let extra: HashSet<String> = write_functions
-            .iter()
-            .map(|f| f.to_ascii_lowercase())
-            .collect();
-        let names = extra
-            .iter()
-            .map(|f| f.rsplit('.').next().unwrap_or(f).to_string())
-            .collect();
+        let refresh = Arc::new(Notify::new());
         Classifier {
-            extra_write_functions: extra,
-            extra_write_names: names,
-            catalog: RwLock::new(None),
-            unknown_function: AtomicBool::new(false),
-            catalog_required: false,
-            refresh: tokio::sync::Notify::new(),
+            functions: Functions::new(write_functions, refresh.clone()),
+            refresh,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             cache: RwLock::new(HashMap::new()),
@@ -180,17 +67,14 @@ impl Classifier {
     /// Requires the primary's catalog (`volatile_functions = "catalog"`): until it has been read, every call of a
     /// function outside the SQL syntax list is a write.
     pub fn require_catalog(mut self) -> Classifier {
-        self.catalog_required = true;
+        self.functions.require_catalog();
         self
     }
 
     /// Installs what the catalog says about functions (`volatile_functions = "catalog"`), and forgets cached
     /// decisions made without it.
     pub fn set_catalog(&self, catalog: FunctionCatalog) {
-        if let Ok(mut c) = self.catalog.write() {
-            *c = Some(Arc::new(catalog));
-        }
-        self.unknown_function.store(false, Ordering::Relaxed);
+        self.functions.set_catalog(catalog);
         if let Ok(mut cache) = self.cache.write() {
             cache.clear();
         }
@@ -211,7 +95,7 @@ impl Classifier {
 
     /// Whether a statement met a function the catalog does not know since the last load.
     pub fn met_unknown_function(&self) -> bool {
-        self.unknown_function.load(Ordering::Relaxed)
+        self.functions.met_unknown_function()
     }
 
     /// The decision for a statement text (one or several statements).
@@ -258,7 +142,7 @@ impl Classifier {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let mut d = if sql.len() <= SMALL_STACK_BYTES {
-            self.classify_uncached(sql)
+            visit::classify_parsed(&self.functions, sql)
         } else {
             self.classify_deep(sql)
         };
@@ -285,35 +169,11 @@ impl Classifier {
             std::thread::Builder::new()
                 .name("pgsplit-classify".into())
                 .stack_size(DEEP_STACK_BYTES)
-                .spawn_scoped(scope, || self.classify_uncached(sql))
+                .spawn_scoped(scope, || visit::classify_parsed(&self.functions, sql))
                 .ok()
                 .and_then(|t| t.join().ok())
         })
         .unwrap_or(Decision::write(Reason::Unparseable))
-    }
-
-    fn classify_uncached(&self, sql: &str) -> Decision {
-        let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-            Ok(s) => s,
-            // Unreadable: a write, and whatever it calls is unknown (`effects.dirty`).
-            Err(_) => {
-                let mut d = Decision::write(Reason::Unparseable);
-                d.effects.dirty = true;
-                return d;
-            }
-        };
-        let mut result = Decision::read(Reason::ReadOnlyQuery);
-        for s in &statements {
-            let d = self.statement(s);
-            if d.route == Route::Write {
-                result = d;
-                break;
-            }
-            result = d;
-        }
-        // Carried to `classify`, which merges it into the lexical effects.
-        result.effects.dirty = self.calls_opaque_function(&statements);
-        result
     }
 }
 
