@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 
 use crate::classify::Decision;
+use crate::protocol::frontend::Parse;
 use crate::protocol::messages::{self, ParseView};
 
 /// One statement the client prepared.
@@ -41,12 +42,13 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Records a Parse (`view` decoded from `body`); returns the statement as it must be prepared on the server. For a name the client
-    /// already uses, returns the existing statement and `false` (the server then reports the duplicate).
+    /// Records a Parse (`view` decoded from `body`); returns the statement as it must be prepared on the server.
+    /// For a name the client already uses, returns the existing statement and `false` (the server then reports
+    /// the duplicate).
     pub fn parse(
         &mut self,
         client_id: u64,
-        view: &ParseView<'_>,
+        view: &Parse,
         body: &Bytes,
         decision: Decision,
     ) -> (Statement, bool) {
@@ -63,7 +65,7 @@ impl Statements {
             self.unnamed = Some(s.clone());
             return (s, true);
         }
-        if let Some(existing) = self.named.get(view.name) {
+        if let Some(existing) = self.named.get(&view.name) {
             return (existing.clone(), false);
         }
         let server_name = Bytes::from(format!("pgsplit_{client_id}_{}", self.seq));
@@ -74,8 +76,9 @@ impl Statements {
             generation: self.seq,
             confirmed: false,
         };
+        // A copy: a slice would keep the client's whole Parse frame alive beside the re-encoded one.
         self.named
-            .insert(Bytes::copy_from_slice(view.name), s.clone());
+            .insert(Bytes::copy_from_slice(&view.name), s.clone());
         (s, true)
     }
 
@@ -280,10 +283,10 @@ fn is_ident_byte(c: &u8) -> bool {
     c.is_ascii_alphanumeric() || *c == b'_' || *c >= 0x80
 }
 
-fn encode_parse(name: &[u8], view: &ParseView<'_>) -> Bytes {
+fn encode_parse(name: &[u8], view: &Parse) -> Bytes {
     let mut out =
         BytesMut::with_capacity(16 + name.len() + view.query.len() + view.param_types.len());
-    messages::parse(&mut out, name, view.query, view.param_types);
+    messages::parse(&mut out, name, &view.query, &view.param_types);
     // Keep the body only: header is re-added when sent.
     out.split_off(5).freeze()
 }

@@ -270,22 +270,16 @@ impl<'a> BindView<'a> {
             rest,
         })
     }
-
-    /// Appends a Bind with the same portal and parameters but another statement name.
-    pub fn encode_renamed(&self, out: &mut BytesMut, statement: &[u8]) {
-        let at = begin(out, b'B');
-        put_cstr(out, self.portal);
-        put_cstr(out, statement);
-        out.extend_from_slice(self.rest);
-        finish(out, at);
-    }
 }
 
-/// The target of a Describe or Close body: `S` (statement) or `P` (portal), and its name.
-pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
-    let (&kind, rest) = body.split_first()?;
-    let (name, tail) = read_cstr(rest)?;
-    (matches!(kind, b'S' | b'P') && tail.is_empty()).then_some((kind, name))
+/// Appends a Bind of `portal` to `statement` with `params` (everything after the statement name, raw): how a
+/// client's Bind is sent under pgsplit's name for its statement.
+pub fn bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], params: &[u8]) {
+    let at = begin(out, b'B');
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.extend_from_slice(params);
+    finish(out, at);
 }
 
 /// Appends a Describe or Close (`tag`) of `kind`/`name`.
@@ -355,20 +349,13 @@ mod tests {
         assert_eq!((p.name, p.query), (&b"s1"[..], &b"SELECT $1"[..]));
         assert!(ParseView::decode(b"s1\0SELECT\0\0\x05").is_none());
 
-        let bind = b"\0s1\0\0\0\0\0\0\0";
-        let b = BindView::decode(bind).unwrap();
+        let body = b"\0s1\0\0\0\0\0\0\0";
+        let b = BindView::decode(body).unwrap();
         assert_eq!(b.statement, b"s1");
         let mut out = BytesMut::new();
-        b.encode_renamed(&mut out, b"pgsplit_9");
+        bind(&mut out, b.portal, b"pgsplit_9", b.rest);
         let f = Frame::split(&mut out, 1 << 20).unwrap().unwrap();
         let b2 = BindView::decode(&f.body).unwrap();
         assert_eq!((b2.statement, b2.rest), (&b"pgsplit_9"[..], b.rest));
-    }
-
-    #[test]
-    fn target_rejects_garbage() {
-        assert_eq!(target(b"Sname\0"), Some((b'S', &b"name"[..])));
-        assert_eq!(target(b"Xname\0"), None);
-        assert_eq!(target(b"S"), None);
     }
 }
