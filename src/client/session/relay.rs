@@ -21,6 +21,18 @@ enum Stop {
     Lost(String),
 }
 
+/// What becomes of one server message.
+enum Verdict {
+    /// The client gets it.
+    Relay,
+    /// Nobody gets it.
+    Swallow,
+    /// The client gets this error instead.
+    Replace { code: &'static str, message: String },
+    /// Relaying stops here.
+    Stop(Stop),
+}
+
 impl Session {
     /// Relays complete server frames (and the available part of large rows) to the client.
     pub(super) fn relay_server(&mut self) -> Result<(), End> {
@@ -85,69 +97,29 @@ impl Session {
                 break;
             };
             let received = h.lease.received(tag, body);
-            let relay = match received {
-                Received::Relay => true,
-                Received::Swallow => false,
-                Received::Ready(ready) => self.on_ready(ready),
-                Received::Parsed { name, swallow } => {
-                    self.statements.confirm(&name);
-                    !swallow
+            match self.verdict(received) {
+                Verdict::Relay => pos += total,
+                Verdict::Swallow => {
+                    self.cout.extend_from_slice(&buf[..pos]);
+                    buf.advance(pos + total);
+                    pos = 0;
                 }
-                Received::Parameter { name, value } => self.on_parameter(name, value),
-                Received::Refused { code, message } => {
+                Verdict::Replace { code, message } => {
                     // The server failed the unit where pgsplit refused a message: pgsplit's error takes its place.
                     self.cout.extend_from_slice(&buf[..pos]);
-                    buf.advance(pos);
+                    buf.advance(pos + total);
                     pos = 0;
                     self.queue_error(Severity::Error, code, &message);
-                    false
                 }
-                Received::Error {
-                    code,
-                    fatal,
-                    message,
-                } => {
-                    self.shared.stats.errors.count(code);
-                    if fatal {
-                        // The server ends this connection (idle-in-transaction timeout, terminated by an
-                        // administrator, shutting down): the client gets the server's own error, then is closed,
-                        // as on a direct connection.
-                        tracing::info!(
-                            client = self.id,
-                            detail = message,
-                            "the server ended the connection"
-                        );
-                        pos += total;
-                        stop = Some(Stop::Fatal);
-                        break;
-                    }
-                    true
-                }
-                Received::Discarded => {
-                    if let Some(h) = self.held.as_mut() {
-                        h.conn.prepared.clear();
-                        h.conn.unnamed_owner = None;
-                    }
-                    self.statements.clear();
-                    true
-                }
-                Received::Unsure => {
-                    if let Some(h) = self.held.as_mut() {
-                        h.conn.needs_reset = true;
-                    }
-                    true
-                }
-                Received::Unexpected(what) => {
-                    stop = Some(Stop::Lost(what.to_string()));
+                Verdict::Stop(Stop::Fatal) => {
+                    pos += total;
+                    stop = Some(Stop::Fatal);
                     break;
                 }
-            };
-            if relay {
-                pos += total;
-            } else {
-                self.cout.extend_from_slice(&buf[..pos]);
-                buf.advance(pos + total);
-                pos = 0;
+                Verdict::Stop(lost) => {
+                    stop = Some(lost);
+                    break;
+                }
             }
         }
         if pos > 0 {
@@ -155,6 +127,60 @@ impl Session {
             buf.advance(pos);
         }
         stop
+    }
+
+    /// Applies what the lease made of a server message; says what becomes of the message.
+    fn verdict(&mut self, received: Received<'_>) -> Verdict {
+        let relay = match received {
+            Received::Relay => true,
+            Received::Swallow => false,
+            Received::Ready(ready) => self.on_ready(ready),
+            Received::Parsed { name, swallow } => {
+                self.statements.confirm(&name);
+                !swallow
+            }
+            Received::Parameter { name, value } => self.on_parameter(name, value),
+            Received::Refused { code, message } => return Verdict::Replace { code, message },
+            Received::Error {
+                code,
+                fatal,
+                message,
+            } => {
+                self.shared.stats.errors.count(code);
+                if fatal {
+                    // The server ends this connection (idle-in-transaction timeout, terminated by an
+                    // administrator, shutting down): the client gets the server's own error, then is closed, as
+                    // on a direct connection.
+                    tracing::info!(
+                        client = self.id,
+                        detail = message,
+                        "the server ended the connection"
+                    );
+                    return Verdict::Stop(Stop::Fatal);
+                }
+                true
+            }
+            Received::Discarded => {
+                if let Some(h) = self.held.as_mut() {
+                    h.conn.prepared.clear();
+                    h.conn.unnamed_owner = None;
+                }
+                self.statements.clear();
+                true
+            }
+            Received::Unsure => {
+                if let Some(h) = self.held.as_mut() {
+                    h.conn.needs_reset = true;
+                }
+                true
+            }
+            Received::Unexpected(what) => return Verdict::Stop(Stop::Lost(what.to_string())),
+        };
+        if relay {
+            Verdict::Relay
+        } else {
+            Verdict::Swallow
+        }
     }
 
     /// A ReadyForQuery: statements the server never prepared are forgotten, the settings of a finished
