@@ -13,22 +13,21 @@
 mod checkout;
 mod dispatch;
 mod greeting;
+mod idle;
 mod local;
 mod relay;
 mod rewrite;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
 
 use self::checkout::Held;
+use self::idle::{Due, IdleClock};
 use super::settings::Settings;
 use super::statements::Statements;
 use crate::cancel::CancelSlot;
@@ -49,8 +48,6 @@ use crate::stats::ClientInfo;
 const BUFFER_LIMIT: usize = 256 * 1024;
 /// Room made in the client read buffer before a read.
 const READ_CHUNK: usize = 16 * 1024;
-/// A client idle this long gives its buffers back.
-const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// Why the session ended.
 #[derive(Debug)]
@@ -126,13 +123,8 @@ pub struct Session {
     cancel_armed: bool,
     stop: watch::Receiver<bool>,
     max_message: usize,
-    /// Fires for the idle timeout and buffer release; re-armed lazily from `last_active`.
-    idle_timer: Pin<Box<Sleep>>,
-    timer_armed: bool,
-    /// The last I/O event.
-    last_active: Instant,
-    /// When the buffers were last released.
-    last_shrink: Instant,
+    /// The idle timeout and buffer release.
+    idle: IdleClock,
 }
 
 impl Session {
@@ -155,7 +147,7 @@ impl Session {
         shared.stats.clients.add(info.clone());
         let keep_servers = shared.config.pool_mode == PoolMode::Session;
         let max_message = shared.config.max_message_bytes;
-        let now = Instant::now();
+        let shared_idle = shared.config.timeouts.client_idle;
         Session {
             id,
             info,
@@ -188,10 +180,7 @@ impl Session {
             cancel_armed: false,
             stop,
             max_message,
-            idle_timer: Box::pin(tokio::time::sleep_until(now)),
-            timer_armed: false,
-            last_active: now,
-            last_shrink: now,
+            idle: IdleClock::new(shared_idle),
         }
     }
 
@@ -236,7 +225,7 @@ impl Session {
             }
             let event = self.wait().await;
             if !matches!(event, Event::Timer) {
-                self.last_active = Instant::now();
+                self.idle.touch();
             }
             let handled = match event {
                 Event::ClientReadable(r) => r
@@ -306,54 +295,36 @@ impl Session {
     }
 
     /// The idle timer fired: closes a client idle past `timeouts.client_idle`, gives back the buffers of one
-    /// idle for [`SHRINK_AFTER`]. It may fire early (it is re-armed lazily, not on every message): then it
-    /// only re-arms.
+    /// idle for a while (an idle client then costs a few hundred bytes).
     fn on_timer(&mut self) -> Result<(), End> {
-        self.timer_armed = false;
-        let now = Instant::now();
-        let idle = self.shared.config.timeouts.client_idle;
-        if !idle.is_zero() && now.duration_since(self.last_active) >= idle && self.is_idle() {
-            self.queue_error(
-                Severity::Fatal,
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection due to idle timeout (timeouts.client_idle)",
-            );
-            return Err(End::Fatal);
-        }
-        if now.duration_since(self.last_active.max(self.last_shrink)) >= SHRINK_AFTER {
-            // Idle for a while: give the buffers back (an idle client then costs a few hundred bytes).
-            self.last_shrink = now;
-            for buf in [&mut self.crbuf, &mut self.cout, &mut self.sout] {
-                if buf.is_empty() {
-                    *buf = BytesMut::new();
+        match self.idle.fired(self.is_idle()) {
+            Due::Close => {
+                self.queue_error(
+                    Severity::Fatal,
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to idle timeout (timeouts.client_idle)",
+                );
+                return Err(End::Fatal);
+            }
+            Due::Shrink => {
+                for buf in [&mut self.crbuf, &mut self.cout, &mut self.sout] {
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
                 }
             }
+            Due::Nothing => {}
         }
         Ok(())
     }
 
     /// Waits for the next I/O event on either side.
     async fn wait(&mut self) -> Event {
-        let idle = self.shared.config.timeouts.client_idle;
         let between_units = self.is_idle();
-        let watch_idle = between_units && !idle.is_zero();
         // Buffers are released after a while idle; readiness first, so an idle client holds none.
         let holds_buffers = self.crbuf.capacity() + self.cout.capacity() + self.sout.capacity() > 0;
         let shrink_due = between_units && holds_buffers && self.cout.is_empty();
-        let timer_needed = watch_idle || shrink_due;
-        if timer_needed && !self.timer_armed {
-            let mut due = self.last_active.max(self.last_shrink) + SHRINK_AFTER;
-            if watch_idle {
-                let idle_due = self.last_active + idle;
-                due = if shrink_due {
-                    due.min(idle_due)
-                } else {
-                    idle_due
-                };
-            }
-            self.idle_timer.as_mut().reset(due);
-            self.timer_armed = true;
-        }
+        let timer_needed = self.idle.arm(between_units, shrink_due);
         let Session {
             client,
             crbuf,
@@ -362,7 +333,7 @@ impl Session {
             held,
             stop,
             stalled,
-            idle_timer,
+            idle,
             ..
         } = self;
         // Unless a frame is stalled, `crbuf` holds at most the start of one frame (dispatch took the complete
@@ -396,7 +367,7 @@ impl Session {
                 }
             }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
             _ = stop.changed(), if between_units && !*stop.borrow() => Event::Shutdown,
-            _ = idle_timer.as_mut(), if timer_needed => Event::Timer,
+            _ = idle.timer(), if timer_needed => Event::Timer,
             // Nothing to wait for (a stalled unit whose server was just released): route it now.
             else => Event::Progress,
         }
