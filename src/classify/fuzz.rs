@@ -115,7 +115,12 @@ fn random_client_input_never_panics_and_classifies_deterministically() {
         let _ = messages::query_text(&bytes);
         let _ = messages::ParseView::decode(&bytes);
         let _ = messages::BindView::decode(&bytes);
-        let _ = messages::target(&bytes);
+        let _ = crate::protocol::frontend::target(&bytes);
+        for tag in *b"QPBDECSHFdcfXp?" {
+            let body = bytes::Bytes::copy_from_slice(&bytes);
+            let _ =
+                crate::protocol::frontend::Decoded::decode(crate::protocol::Frame { tag, body });
+        }
         let _ = messages::parameter_status_view(&bytes);
         let _ = messages::error_field(&bytes, b'M');
         // Startup packets: `decode` takes what `check` accepted.

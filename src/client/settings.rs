@@ -270,7 +270,7 @@ enum Entry {
 }
 
 /// What the log says when the transaction is over.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// These changes hold (possibly none).
     Keep(Vec<SessionChange>),

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 
 use crate::classify::Decision;
+use crate::protocol::frontend::Parse;
 use crate::protocol::messages::{self, ParseView};
+use crate::sql::lexer::{Lexer, Tok};
 
 /// One statement the client prepared.
 #[derive(Debug, Clone)]
@@ -41,12 +43,13 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Records a Parse (`view` decoded from `body`); returns the statement as it must be prepared on the server. For a name the client
-    /// already uses, returns the existing statement and `false` (the server then reports the duplicate).
+    /// Records a Parse (`view` decoded from `body`); returns the statement as it must be prepared on the server.
+    /// For a name the client already uses, returns the existing statement and `false` (the server then reports
+    /// the duplicate).
     pub fn parse(
         &mut self,
         client_id: u64,
-        view: &ParseView<'_>,
+        view: &Parse,
         body: &Bytes,
         decision: Decision,
     ) -> (Statement, bool) {
@@ -63,7 +66,7 @@ impl Statements {
             self.unnamed = Some(s.clone());
             return (s, true);
         }
-        if let Some(existing) = self.named.get(view.name) {
+        if let Some(existing) = self.named.get(&view.name) {
             return (existing.clone(), false);
         }
         let server_name = Bytes::from(format!("pgsplit_{client_id}_{}", self.seq));
@@ -74,8 +77,9 @@ impl Statements {
             generation: self.seq,
             confirmed: false,
         };
+        // A copy: a slice would keep the client's whole Parse frame alive beside the re-encoded one.
         self.named
-            .insert(Bytes::copy_from_slice(view.name), s.clone());
+            .insert(Bytes::copy_from_slice(&view.name), s.clone());
         (s, true)
     }
 
@@ -167,123 +171,29 @@ pub fn names_reserved_statement(sql: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
     };
     let mut after_keyword = false;
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let next = b.get(i + 1).copied();
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'-' && next == Some(b'-') {
-            while b.get(i).is_some_and(|&c| c != b'\n') {
-                i += 1;
-            }
-        } else if c == b'/' && next == Some(b'*') {
-            // Nested block comments, as PostgreSQL reads them.
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b.get(i) == Some(&b'/') && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b.get(i) == Some(&b'*') && b.get(i + 1) == Some(&b'/') {
-                    depth = depth.saturating_sub(1);
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else if c == b'\'' {
-            // A string literal ('' escapes; a backslash escape inside E'' strings is skipped too).
-            let escapes = i > 0 && matches!(b.get(i - 1), Some(b'e') | Some(b'E'));
-            i += 1;
-            while let Some(&c) = b.get(i) {
-                i += 1;
-                if c == b'\\' && escapes {
-                    i += 1;
-                } else if c == b'\'' {
-                    if b.get(i) == Some(&b'\'') {
-                        i += 1;
-                    } else {
-                        break;
-                    }
-                }
-            }
-            after_keyword = false;
-        } else if c == b'"' {
-            let start = i + 1;
-            i += 1;
-            while let Some(&c) = b.get(i) {
-                i += 1;
-                if c == b'"' {
-                    if b.get(i) == Some(&b'"') {
-                        i += 1;
-                    } else {
-                        break;
-                    }
-                }
-            }
-            if after_keyword {
-                let name = b.get(start..i.saturating_sub(1)).unwrap_or_default();
-                let unicode = start >= 3
-                    && b.get(start - 3..start - 1)
-                        .is_some_and(|p| p.eq_ignore_ascii_case(b"u&"));
-                if reserved(name) || unicode {
-                    return true;
-                }
-            }
-            after_keyword = false;
-        } else if c == b'$' && !b.get(i.wrapping_sub(1)).is_some_and(is_ident_byte) {
-            // A dollar quote: $tag$ … $tag$.
-            let tag_end = b
-                .get(i + 1..)
-                .and_then(|rest| rest.iter().position(|&c| !is_ident_byte(&c)))
-                .map(|p| i + 1 + p);
-            match tag_end {
-                Some(end) if b.get(end) == Some(&b'$') => {
-                    let Some(tag) = b.get(i..=end) else { break };
-                    let body = end + 1;
-                    i = b
-                        .get(body..)
-                        .and_then(|rest| rest.windows(tag.len()).position(|w| w == tag))
-                        .map_or(b.len(), |p| body + p + tag.len());
-                }
-                _ => i += 1,
-            }
-            after_keyword = false;
-        } else if is_ident_byte(&c) {
-            let start = i;
-            while b.get(i).is_some_and(is_ident_byte) {
-                i += 1;
-            }
-            let word = b.get(start..i).unwrap_or_default();
-            if word.eq_ignore_ascii_case(b"u") && b.get(i) == Some(&b'&') {
-                // U&"…": the quoted identifier follows the '&'.
-                i += 1;
-                continue;
-            }
-            if after_keyword && reserved(word) {
+    for tok in Lexer::new(b) {
+        if after_keyword {
+            let named = match tok {
+                Tok::Word(word) => reserved(word),
+                // `U&"…"` could spell any name.
+                Tok::Quoted(q) if !q.starts_with(b"\"") => true,
+                Tok::Quoted(q) => reserved(q.get(1..).unwrap_or_default()),
+                _ => false,
+            };
+            if named {
                 return true;
             }
-            let is = |k: &[u8]| word.eq_ignore_ascii_case(k);
-            // `DEALLOCATE PREPARE name`: the name follows the second keyword.
-            after_keyword = is(b"prepare") || is(b"execute") || is(b"deallocate");
-        } else {
-            i += 1;
-            after_keyword = false;
         }
+        // `DEALLOCATE PREPARE name`: the name follows the second keyword.
+        after_keyword = tok.is("prepare") || tok.is("execute") || tok.is("deallocate");
     }
     false
 }
 
-fn is_ident_byte(c: &u8) -> bool {
-    c.is_ascii_alphanumeric() || *c == b'_' || *c >= 0x80
-}
-
-fn encode_parse(name: &[u8], view: &ParseView<'_>) -> Bytes {
+fn encode_parse(name: &[u8], view: &Parse) -> Bytes {
     let mut out =
         BytesMut::with_capacity(16 + name.len() + view.query.len() + view.param_types.len());
-    messages::parse(&mut out, name, view.query, view.param_types);
+    messages::parse(&mut out, name, &view.query, &view.param_types);
     // Keep the body only: header is re-added when sent.
     out.split_off(5).freeze()
 }

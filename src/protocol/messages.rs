@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::read_cstr;
+use super::{backend, frontend};
 
 /// Starts a tagged message in `out`; returns the offset of its length word for [`finish`].
 #[inline]
@@ -46,12 +47,12 @@ impl Severity {
 
 /// Appends an ErrorResponse with severity, SQLSTATE and message.
 pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
-    let at = begin(out, b'E');
+    let at = begin(out, backend::ERROR_RESPONSE);
     for (field, value) in [
-        (b'S', severity.as_str()),
-        (b'V', severity.as_str()),
-        (b'C', code),
-        (b'M', message),
+        (backend::FIELD_SEVERITY, severity.as_str()),
+        (backend::FIELD_SEVERITY_NONLOCALIZED, severity.as_str()),
+        (backend::FIELD_CODE, code),
+        (backend::FIELD_MESSAGE, message),
     ] {
         out.put_u8(field);
         put_cstr(out, value.as_bytes());
@@ -69,12 +70,12 @@ pub fn error_bytes(severity: Severity, code: &str, message: &str) -> Bytes {
 
 /// Appends a NoticeResponse (severity NOTICE).
 pub fn notice_response(out: &mut BytesMut, code: &str, message: &str) {
-    let at = begin(out, b'N');
+    let at = begin(out, backend::NOTICE_RESPONSE);
     for (field, value) in [
-        (b'S', "NOTICE"),
-        (b'V', "NOTICE"),
-        (b'C', code),
-        (b'M', message),
+        (backend::FIELD_SEVERITY, "NOTICE"),
+        (backend::FIELD_SEVERITY_NONLOCALIZED, "NOTICE"),
+        (backend::FIELD_CODE, code),
+        (backend::FIELD_MESSAGE, message),
     ] {
         out.put_u8(field);
         put_cstr(out, value.as_bytes());
@@ -85,7 +86,7 @@ pub fn notice_response(out: &mut BytesMut, code: &str, message: &str) {
 
 /// Appends an Authentication message with the given sub-code and payload.
 pub fn authentication(out: &mut BytesMut, code: u32, payload: &[u8]) {
-    let at = begin(out, b'R');
+    let at = begin(out, backend::AUTHENTICATION);
     out.put_u32(code);
     out.extend_from_slice(payload);
     finish(out, at);
@@ -116,7 +117,7 @@ pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
 
 /// Appends a ParameterStatus.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    let at = begin(out, b'S');
+    let at = begin(out, backend::PARAMETER_STATUS);
     put_cstr(out, name.as_bytes());
     put_cstr(out, value.as_bytes());
     finish(out, at);
@@ -124,7 +125,7 @@ pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
 
 /// Appends BackendKeyData.
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
-    let at = begin(out, b'K');
+    let at = begin(out, backend::BACKEND_KEY_DATA);
     out.put_i32(pid);
     out.put_i32(secret);
     finish(out, at);
@@ -132,7 +133,7 @@ pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
 
 /// Appends ReadyForQuery with a transaction status byte (`I`, `T` or `E`).
 pub fn ready_for_query(out: &mut BytesMut, status: u8) {
-    let at = begin(out, b'Z');
+    let at = begin(out, backend::READY_FOR_QUERY);
     out.put_u8(status);
     finish(out, at);
 }
@@ -145,14 +146,14 @@ pub fn empty(out: &mut BytesMut, tag: u8) {
 
 /// Appends a CommandComplete with the given tag text.
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    let at = begin(out, b'C');
+    let at = begin(out, backend::COMMAND_COMPLETE);
     put_cstr(out, tag.as_bytes());
     finish(out, at);
 }
 
 /// Appends a RowDescription of text columns.
 pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
-    let at = begin(out, b'T');
+    let at = begin(out, backend::ROW_DESCRIPTION);
     out.put_u16(columns.len() as u16);
     for c in columns {
         put_cstr(out, c.as_bytes());
@@ -168,7 +169,7 @@ pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
 
 /// Appends a DataRow of text values (`None` is NULL).
 pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
-    let at = begin(out, b'D');
+    let at = begin(out, backend::DATA_ROW);
     out.put_u16(values.len() as u16);
     for v in values {
         match v {
@@ -184,14 +185,14 @@ pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
 
 /// Appends a simple Query.
 pub fn query(out: &mut BytesMut, sql: &str) {
-    let at = begin(out, b'Q');
+    let at = begin(out, frontend::QUERY);
     put_cstr(out, sql.as_bytes());
     finish(out, at);
 }
 
 /// Appends a Parse message.
 pub fn parse(out: &mut BytesMut, name: &[u8], query: &[u8], param_types: &[u8]) {
-    let at = begin(out, b'P');
+    let at = begin(out, frontend::PARSE);
     put_cstr(out, name);
     put_cstr(out, query);
     out.extend_from_slice(param_types);
@@ -200,7 +201,7 @@ pub fn parse(out: &mut BytesMut, name: &[u8], query: &[u8], param_types: &[u8]) 
 
 /// Appends a Close of a prepared statement (`S`) or portal (`P`).
 pub fn close(out: &mut BytesMut, kind: u8, name: &[u8]) {
-    let at = begin(out, b'C');
+    let at = begin(out, frontend::CLOSE);
     out.put_u8(kind);
     put_cstr(out, name);
     finish(out, at);
@@ -270,22 +271,16 @@ impl<'a> BindView<'a> {
             rest,
         })
     }
-
-    /// Appends a Bind with the same portal and parameters but another statement name.
-    pub fn encode_renamed(&self, out: &mut BytesMut, statement: &[u8]) {
-        let at = begin(out, b'B');
-        put_cstr(out, self.portal);
-        put_cstr(out, statement);
-        out.extend_from_slice(self.rest);
-        finish(out, at);
-    }
 }
 
-/// The target of a Describe or Close body: `S` (statement) or `P` (portal), and its name.
-pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
-    let (&kind, rest) = body.split_first()?;
-    let (name, tail) = read_cstr(rest)?;
-    (matches!(kind, b'S' | b'P') && tail.is_empty()).then_some((kind, name))
+/// Appends a Bind of `portal` to `statement` with `params` (everything after the statement name, raw): how a
+/// client's Bind is sent under pgsplit's name for its statement.
+pub fn bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], params: &[u8]) {
+    let at = begin(out, frontend::BIND);
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.extend_from_slice(params);
+    finish(out, at);
 }
 
 /// Appends a Describe or Close (`tag`) of `kind`/`name`.
@@ -355,20 +350,13 @@ mod tests {
         assert_eq!((p.name, p.query), (&b"s1"[..], &b"SELECT $1"[..]));
         assert!(ParseView::decode(b"s1\0SELECT\0\0\x05").is_none());
 
-        let bind = b"\0s1\0\0\0\0\0\0\0";
-        let b = BindView::decode(bind).unwrap();
+        let body = b"\0s1\0\0\0\0\0\0\0";
+        let b = BindView::decode(body).unwrap();
         assert_eq!(b.statement, b"s1");
         let mut out = BytesMut::new();
-        b.encode_renamed(&mut out, b"pgsplit_9");
+        bind(&mut out, b.portal, b"pgsplit_9", b.rest);
         let f = Frame::split(&mut out, 1 << 20).unwrap().unwrap();
         let b2 = BindView::decode(&f.body).unwrap();
         assert_eq!((b2.statement, b2.rest), (&b"pgsplit_9"[..], b.rest));
-    }
-
-    #[test]
-    fn target_rejects_garbage() {
-        assert_eq!(target(b"Sname\0"), Some((b'S', &b"name"[..])));
-        assert_eq!(target(b"Xname\0"), None);
-        assert_eq!(target(b"S"), None);
     }
 }

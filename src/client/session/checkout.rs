@@ -1,0 +1,493 @@
+//! Placement and the held server: where a new unit goes (the held server, a wait, or a fresh checkout), taking a
+//! server connection and applying the client's settings to it, and giving it back (or parking it) once it has
+//! answered everything, or dropping it when it fails.
+
+use std::time::{Duration, Instant};
+
+use super::{End, Session};
+use crate::classify::{Decision, Reason, Route};
+use crate::client::lease::Lease;
+use crate::error::Error;
+use crate::pool::PooledConn;
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::{backend, frontend, sqlstate, Frame};
+use crate::router::{Load, ReadTarget, Target};
+use crate::server::ServerConn;
+use crate::stats::{ClientState, Destination};
+
+/// A server connection the client is using.
+pub(super) struct Held {
+    /// Counts this unit as in flight on its backend (for the balancer).
+    _load: Load,
+    /// When it was checked out (unit latency).
+    pub since: Instant,
+    pub conn: PooledConn,
+    pub target: Target,
+    /// What is in flight on it.
+    pub lease: Lease,
+    /// Bytes of a large server frame still to relay as they come.
+    pub pass: usize,
+}
+
+impl Held {
+    pub fn in_transaction(&self) -> bool {
+        self.conn.status != backend::IDLE
+    }
+
+    /// Something sent is unanswered (or a large frame is half relayed).
+    pub fn busy(&self) -> bool {
+        !self.lease.is_quiet() || self.pass > 0
+    }
+
+    /// Nothing is in flight on it and no transaction is open.
+    pub fn is_idle(&self) -> bool {
+        !self.busy() && !self.in_transaction()
+    }
+}
+
+/// Where a new unit of work can go right now.
+enum Placement {
+    /// No server held: route it.
+    Route,
+    /// It follows the held server.
+    Held,
+    /// It must wait until the held server has answered what it has (a write behind reads on a replica).
+    Wait,
+    /// A write arrived inside a batch that is on a replica: end that batch with a Sync, then wait.
+    SyncThenWait,
+}
+
+/// What placing a unit came to.
+pub(super) enum Placed {
+    /// A server is held: send the unit there.
+    Send,
+    /// The unit waits for the held server's answers: the message is stalled.
+    Wait,
+    /// No server could be had; the client has been told: drop the message.
+    Dropped,
+}
+
+/// Why a checkout failed.
+pub(super) enum Checkout {
+    /// The server answered a session-setup statement with this ErrorResponse.
+    Server(Frame),
+    /// No usable connection.
+    Failed(Error),
+}
+
+impl From<Error> for Checkout {
+    fn from(e: Error) -> Self {
+        Checkout::Failed(e)
+    }
+}
+
+impl Session {
+    /// Places a unit's routable message: settles its route (deferred BEGIN, `pgsplit.route`, pinned reads) and
+    /// makes sure a server is held for it, sending a deferred BEGIN first.
+    pub(super) async fn place(&mut self, tag: u8, decision: &mut Decision) -> Result<Placed, End> {
+        self.settle_route(decision);
+        match self.placement(decision.route) {
+            Placement::Wait => return Ok(Placed::Wait),
+            Placement::SyncThenWait => {
+                if let Some(h) = self.held.as_mut() {
+                    messages::empty(&mut self.sout, frontend::SYNC);
+                    h.lease.expect_sync_hidden();
+                }
+                return Ok(Placed::Wait);
+            }
+            Placement::Held => {
+                if let Some(h) = &self.held {
+                    self.shared.stats.pinned(destination(h.target));
+                }
+            }
+            Placement::Route => {
+                if !self.acquire(decision, tag).await? {
+                    return Ok(Placed::Dropped);
+                }
+            }
+        }
+        if let Some(h) = self.held.as_mut() {
+            if let Some(begin) = self.deferred_begin.take() {
+                begin.encode(&mut self.sout);
+                h.lease.expect_hidden();
+            }
+            // What runs here may leave state behind: reset before another client gets the connection, or
+            // (LOAD) never give it to another client at all.
+            let runs = matches!(
+                tag,
+                frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL
+            );
+            if decision.effects.dirty && runs {
+                h.conn.needs_reset = true;
+            }
+            if decision.effects.poisons {
+                h.conn.broken = true;
+            }
+        }
+        Ok(Placed::Send)
+    }
+
+    /// The route after the session's own rules: a deferred BEGIN's transaction, `SET pgsplit.route`, and reads of
+    /// a client whose session-bound state lives on the primary.
+    fn settle_route(&mut self, decision: &mut Decision) {
+        if let Some(begin) = &self.deferred_begin {
+            // The first statement after a deferred BEGIN decides the transaction's server; a BEGIN that says
+            // READ WRITE cannot start on a hot standby, whatever follows it.
+            let read_write = begin
+                .body
+                .windows(5)
+                .any(|w| w.eq_ignore_ascii_case(b"write"));
+            if decision.reason != Reason::ReadOnlyTransaction || read_write {
+                decision.route = Route::Write;
+                decision.reason = Reason::TransactionStart;
+            }
+        } else if let Some(route) = self.route_override {
+            decision.route = route;
+            decision.reason = Reason::Hint;
+        }
+        if decision.effects.pins {
+            // Session-bound state (temporary tables, cursors, SQL-level prepared statements) lives on the
+            // primary connection: the client's reads follow it there from now on.
+            self.reads_on_primary = true;
+        }
+        if self.reads_on_primary && decision.reason != Reason::Hint {
+            decision.route = Route::Write;
+        }
+        if decision.effects.pins && !self.keep_servers {
+            tracing::debug!(
+                client = self.id,
+                "statement pins the client to its server connections"
+            );
+            self.keep_servers = true;
+        }
+    }
+
+    fn placement(&self, route: Route) -> Placement {
+        let Some(h) = &self.held else {
+            return Placement::Route;
+        };
+        if h.lease.unsynced() {
+            // Inside a batch (after a Flush, or before its Sync): a write must still not run on a replica. Outside
+            // a transaction block the replica's part can be ended with a Sync and the write sent to the primary.
+            return match (h.target, route) {
+                (Target::Replica(_), Route::Write) if !h.in_transaction() => {
+                    Placement::SyncThenWait
+                }
+                _ => Placement::Held,
+            };
+        }
+        if h.lease.pending() == 0 && h.in_transaction() {
+            return Placement::Held;
+        }
+        match (h.target, route) {
+            // A write must not follow reads onto a replica outside a transaction: wait to learn whether the
+            // replica's connection ends up idle (then route afresh) or in a transaction (then it stays).
+            (Target::Replica(_), Route::Write) => Placement::Wait,
+            _ => Placement::Held,
+        }
+    }
+
+    /// Takes a server for a new unit: a parked one of this session, or one from a pool. Reports failures to the
+    /// client; returns false when the unit's frames must be dropped.
+    async fn acquire(&mut self, decision: &Decision, tag: u8) -> Result<bool, End> {
+        tracing::debug!(client = self.id, route = ?decision.route, reason = decision.reason.label(), "routing");
+        self.info.set_state(ClientState::Waiting);
+        if self.shared.is_paused() {
+            self.shared.wait_resumed().await;
+        }
+        let checked_out = self.checkout(decision.route).await;
+        self.info.set_state(if checked_out.is_ok() {
+            ClientState::Active
+        } else {
+            ClientState::Idle
+        });
+        match checked_out {
+            Ok(held) => {
+                self.shared
+                    .stats
+                    .routed(destination(held.target), decision.reason);
+                tracing::debug!(client = self.id, server = %self.shared.router.backend(held.target).name, reason = decision.reason.label(), "routed");
+                self.held = Some(held);
+                Ok(true)
+            }
+            Err(Checkout::Server(frame)) => {
+                frame.encode(&mut self.cout);
+                self.after_failed_unit(tag);
+                Ok(false)
+            }
+            Err(Checkout::Failed(e)) => {
+                self.queue_error(Severity::Error, e.sqlstate(), &e.to_string());
+                self.after_failed_unit(tag);
+                Ok(false)
+            }
+        }
+    }
+
+    /// After an error for a unit that never reached a server: end it the way the server would have. After a
+    /// BEGIN pgsplit acknowledged, the client is in a transaction, which has now failed.
+    pub(super) fn after_failed_unit(&mut self, tag: u8) {
+        let status = if self.deferred_begin.take().is_some() {
+            self.aborted = Some(false);
+            backend::FAILED_TRANSACTION
+        } else {
+            backend::IDLE
+        };
+        if matches!(tag, frontend::QUERY | frontend::FUNCTION_CALL) {
+            messages::ready_for_query(&mut self.cout, status);
+        } else {
+            self.skip_to_sync = true;
+        }
+    }
+
+    /// Whether every pool a unit of this route could use is at its size (checking one out would wait).
+    pub(super) fn pools_full(&self, route: Route) -> bool {
+        let full = |t: Target| {
+            let s = self.pools.pool(t).stats();
+            s.active >= s.size
+        };
+        let primary = self.shared.router.primary().map(Target::Primary);
+        match route {
+            Route::Write => primary.is_ok_and(full),
+            Route::Read => {
+                primary.is_ok_and(full)
+                    && (0..self.shared.router.servers.len())
+                        .filter(|&i| Ok(i) != self.shared.router.primary())
+                        .all(|i| full(Target::Replica(i)))
+            }
+        }
+    }
+
+    /// A server for `route`: a parked one of this session for the same kind of server, or one from the pool of
+    /// the balancer's choice (a replica that cannot be reached is skipped and the read tried once elsewhere).
+    pub(super) async fn checkout(&mut self, route: Route) -> Result<Box<Held>, Checkout> {
+        let router = &self.shared.router;
+        let stats = &self.shared.stats;
+        let primary_target = || {
+            router.primary().map(Target::Primary).map_err(|reason| {
+                Checkout::Failed(Error::Unavailable(format!(
+                    "no primary to take this statement: {reason}"
+                )))
+            })
+        };
+        let read_target = |exclude: Option<usize>| match router.choose_read(exclude) {
+            ReadTarget::Replica(i) => Ok(Target::Replica(i)),
+            ReadTarget::Primary(why) => {
+                stats.primary_read(why);
+                primary_target()
+            }
+            ReadTarget::Refused(message) => {
+                stats.refused_read();
+                Err(Checkout::Failed(Error::Unavailable(message)))
+            }
+        };
+        let mut target = match route {
+            Route::Write => primary_target()?,
+            Route::Read => read_target(None)?,
+        };
+        // A session that keeps its connections reuses one it holds for the same kind of server.
+        let parked = self.parked.iter().position(|h| match (h.target, target) {
+            (Target::Primary(a), Target::Primary(b)) => a == b,
+            (Target::Replica(a), Target::Replica(_)) => router.servers[a].is_usable(),
+            _ => false,
+        });
+        if let Some(i) = parked {
+            let mut held = Box::new(self.parked.swap_remove(i));
+            self.sync_params(&mut held).await?;
+            return Ok(held);
+        }
+        let mut tried_replica = false;
+        let conn = loop {
+            match self.pools.pool(target).checkout().await {
+                Ok(c) => {
+                    router.backend(target).mark_ok();
+                    break c;
+                }
+                Err(e) => match target {
+                    // A replica that cannot be reached is skipped for a while and the read tried once elsewhere;
+                    // a busy one (pool wait timeout) is not marked, and the wait is not repeated.
+                    Target::Replica(i)
+                        if e.retryable() && !matches!(e, Error::PoolTimeout { .. }) =>
+                    {
+                        tracing::warn!(server = %router.backend(target).name, error = %e, "replica unavailable; trying another server");
+                        router.backend(target).mark_failed();
+                        if tried_replica {
+                            return Err(Checkout::Failed(e));
+                        }
+                        tried_replica = true;
+                        target = read_target(Some(i))?;
+                    }
+                    _ => {
+                        tracing::warn!(server = %router.backend(target).name, error = %e, "server unavailable");
+                        return Err(Checkout::Failed(e));
+                    }
+                },
+            }
+        };
+        let mut held = self.new_held(conn, target);
+        self.sync_params(&mut held).await?;
+        Ok(held)
+    }
+
+    pub(super) fn new_held(&self, conn: PooledConn, target: Target) -> Box<Held> {
+        Box::new(Held {
+            _load: Load::new(self.shared.router.backend(target)),
+            since: Instant::now(),
+            conn,
+            target,
+            lease: Lease::default(),
+            pass: 0,
+        })
+    }
+
+    /// Applies this client's session parameters to a server connection, resetting what other clients set.
+    pub(super) async fn sync_params(&self, held: &mut Held) -> Result<(), Checkout> {
+        let conn: &mut ServerConn = &mut held.conn;
+        let Some(sql) = self.settings.sync_sql(conn) else {
+            return Ok(());
+        };
+        tracing::debug!(client = self.id, server = %conn.server, %sql, "applying session settings");
+        // Boxed: rare, and its state would otherwise enlarge every client's task.
+        match Box::pin(conn.run_internal(&sql)).await {
+            Ok(None) => {
+                self.settings.synced(conn);
+                Ok(())
+            }
+            Ok(Some(error)) => Err(Checkout::Server(error)),
+            Err(e) => Err(Checkout::Failed(e)),
+        }
+    }
+
+    /// Points the cancel slot at the held connection while a unit is in flight there, and clears it as soon as
+    /// the server has answered everything (so a late cancel reaches nothing).
+    pub(super) fn sync_cancel(&mut self) {
+        let busy = self.held.as_ref().filter(|h| h.busy());
+        match busy {
+            Some(h) if !self.cancel_armed => {
+                self.cancel.set(h.conn.address.clone(), h.conn.backend_key);
+                self.cancel_armed = true;
+            }
+            None if self.cancel_armed => {
+                self.cancel.clear();
+                self.cancel_armed = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Returns the held server to its pool (or parks it, when the session keeps its servers) once every unit
+    /// sent to it has been answered and it is outside a transaction.
+    pub(super) fn maybe_release(&mut self) {
+        let Some(h) = &self.held else { return };
+        if !h.is_idle() || !h.conn.rbuf.is_empty() || !self.sout.is_empty() {
+            return;
+        }
+        if self.listening && matches!(h.target, Target::Primary(_)) {
+            return;
+        }
+        let Some(mut h) = self.held.take() else {
+            return;
+        };
+        self.cancel_armed = false;
+        self.shared
+            .stats
+            .latency
+            .record(destination(h.target), h.since.elapsed());
+        self.info.set_state(ClientState::Idle);
+        if self.keep_servers {
+            self.cancel.clear();
+            h.since = Instant::now();
+            self.parked.push(*h);
+        } else {
+            if self.cancel.release() {
+                // A cancel forwarded for it may still land: it must not run another client's statement.
+                h.conn.broken = true;
+            }
+            h.conn.release();
+        }
+    }
+
+    /// The held server failed: drop it and tell the client. Inside a transaction the client cannot go on.
+    pub(super) fn server_lost(&mut self, detail: &str) -> Result<(), End> {
+        let Some(h) = self.held.take() else {
+            return Ok(());
+        };
+        self.cancel.clear();
+        self.cancel_armed = false;
+        self.sout.clear();
+        let backend = self.shared.router.backend(h.target).clone();
+        let err = Error::server_io(&backend.name, detail);
+        tracing::warn!(client = self.id, server = %backend.name, error = %err, "server connection lost");
+        if matches!(h.target, Target::Replica(_)) {
+            backend.mark_failed();
+        }
+        let in_transaction = h.in_transaction();
+        let (pending, unsynced) = (h.lease.pending(), h.lease.unsynced());
+        drop(h);
+        if in_transaction {
+            self.queue_error(
+                Severity::Fatal,
+                sqlstate::CONNECTION_FAILURE,
+                &err.to_string(),
+            );
+            return Err(End::Fatal);
+        }
+        self.queue_error(
+            Severity::Error,
+            sqlstate::CONNECTION_FAILURE,
+            &err.to_string(),
+        );
+        for _ in 0..pending {
+            messages::ready_for_query(&mut self.cout, backend::IDLE);
+        }
+        if unsynced {
+            self.skip_to_sync = true;
+        }
+        Ok(())
+    }
+
+    /// At the end of the session: give back clean connections, roll back open transactions, close the rest.
+    pub(super) async fn finish(&mut self) {
+        let mut all: Vec<Held> = self.parked.drain(..).collect();
+        all.extend(self.held.take().map(|h| *h));
+        // After a cancel, a late one may still land: such connections are closed, not pooled.
+        let cancelled = self.cancel.release();
+        for mut h in all {
+            if cancelled || h.busy() || !h.conn.rbuf.is_empty() {
+                continue; // dropped: closed
+            }
+            if h.in_transaction() && !run_quietly(&mut h.conn, "ROLLBACK").await {
+                continue;
+            }
+            if self.keep_servers {
+                // Session state (prepared statements, temp tables, LISTEN) must not reach another client.
+                if !run_quietly(&mut h.conn, "DISCARD ALL").await {
+                    continue;
+                }
+                // The connection is as new: nothing of this client's settings or statements is left on it.
+                let conn: &mut ServerConn = &mut h.conn;
+                conn.needs_reset = false;
+                conn.settings_fingerprint = None;
+                conn.prepared.clear();
+                conn.unnamed_owner = None;
+                conn.applied.clear();
+                conn.applied
+                    .insert("application_name".into(), String::new());
+            }
+            h.conn.release();
+        }
+        self.cancel.clear();
+    }
+}
+
+/// Runs a statement of pgsplit's own on a connection at the session's end; whether it succeeded in time.
+async fn run_quietly(conn: &mut ServerConn, sql: &str) -> bool {
+    let ran = tokio::time::timeout(Duration::from_secs(2), conn.run_internal(sql)).await;
+    matches!(ran, Ok(Ok(None)))
+}
+
+pub(super) fn destination(target: Target) -> Destination {
+    match target {
+        Target::Primary(_) => Destination::Primary,
+        Target::Replica(_) => Destination::Replica,
+    }
+}

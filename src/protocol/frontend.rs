@@ -1,0 +1,250 @@
+//! Messages a client sends (the frontend side of the protocol): their tags, and [`Message`], the typed view a
+//! client frame is decoded into once, then passed along (routing, rewriting, forwarding) without decoding again.
+
+use bytes::Bytes;
+
+use super::frame::read_cstr;
+use super::messages::{BindView, ParseView};
+use super::Frame;
+
+/// Query (simple protocol).
+pub const QUERY: u8 = b'Q';
+/// Parse.
+pub const PARSE: u8 = b'P';
+/// Bind.
+pub const BIND: u8 = b'B';
+/// Describe.
+pub const DESCRIBE: u8 = b'D';
+/// Execute.
+pub const EXECUTE: u8 = b'E';
+/// Close.
+pub const CLOSE: u8 = b'C';
+/// Sync.
+pub const SYNC: u8 = b'S';
+/// Flush.
+pub const FLUSH: u8 = b'H';
+/// FunctionCall.
+pub const FUNCTION_CALL: u8 = b'F';
+/// CopyData.
+pub const COPY_DATA: u8 = b'd';
+/// CopyDone.
+pub const COPY_DONE: u8 = b'c';
+/// CopyFail.
+pub const COPY_FAIL: u8 = b'f';
+/// Terminate.
+pub const TERMINATE: u8 = b'X';
+/// PasswordMessage (and the SASL responses, which share its tag).
+pub const PASSWORD: u8 = b'p';
+
+/// Describe/Close kind byte: a prepared statement.
+pub const KIND_STATEMENT: u8 = b'S';
+/// Describe/Close kind byte: a portal.
+pub const KIND_PORTAL: u8 = b'P';
+
+/// What a Describe or Close names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A prepared statement (empty: the unnamed one).
+    Statement(Bytes),
+    /// A portal (empty: the unnamed one).
+    Portal(Bytes),
+}
+
+/// A Parse, as zero-copy slices of its frame's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parse {
+    /// Statement name (empty: the unnamed statement).
+    pub name: Bytes,
+    /// Statement text, in the client's encoding.
+    pub query: Bytes,
+    /// The parameter-type section, raw (count + OIDs).
+    pub param_types: Bytes,
+}
+
+/// A Bind, as zero-copy slices of its frame's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Destination portal name.
+    pub portal: Bytes,
+    /// Source prepared statement name.
+    pub statement: Bytes,
+    /// Everything after the statement name (formats, parameters, result formats), raw.
+    pub params: Bytes,
+}
+
+/// A client message, decoded from its frame once. Names and texts are zero-copy slices of the frame's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Query: its text, without the terminating NUL (in the client's encoding).
+    Query {
+        text: Bytes,
+    },
+    Parse(Parse),
+    Bind(Bind),
+    Describe(Target),
+    Close(Target),
+    Execute,
+    Sync,
+    Flush,
+    FunctionCall,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    Terminate,
+    /// A password message after authentication (a protocol violation there).
+    Password,
+}
+
+/// A client frame and its decoded view.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The raw frame, forwarded as it is unless a rewrite is needed.
+    pub frame: Frame,
+    pub message: Message,
+}
+
+/// Why a client frame could not be decoded; the text is what the client is told (08P01).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid Query message")]
+    Query,
+    #[error("invalid Parse message")]
+    Parse,
+    #[error("invalid Bind message")]
+    Bind,
+    #[error("invalid Describe or Close message")]
+    Target,
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
+}
+
+impl Decoded {
+    /// Decodes a client frame. Only what routing reads is looked at: names, texts, Describe/Close targets.
+    pub fn decode(frame: Frame) -> Result<Decoded, DecodeError> {
+        let body = &frame.body;
+        let slice = |part: &[u8]| body.slice_ref(part);
+        let message = match frame.tag {
+            QUERY => {
+                let (text, _) = read_cstr(body).ok_or(DecodeError::Query)?;
+                Message::Query { text: slice(text) }
+            }
+            PARSE => {
+                let view = ParseView::decode(body).ok_or(DecodeError::Parse)?;
+                Message::Parse(Parse {
+                    name: slice(view.name),
+                    query: slice(view.query),
+                    param_types: slice(view.param_types),
+                })
+            }
+            BIND => {
+                let view = BindView::decode(body).ok_or(DecodeError::Bind)?;
+                Message::Bind(Bind {
+                    portal: slice(view.portal),
+                    statement: slice(view.statement),
+                    params: slice(view.rest),
+                })
+            }
+            DESCRIBE | CLOSE => {
+                let (kind, name) = target(body).ok_or(DecodeError::Target)?;
+                let name = slice(name);
+                let target = if kind == KIND_STATEMENT {
+                    Target::Statement(name)
+                } else {
+                    Target::Portal(name)
+                };
+                if frame.tag == DESCRIBE {
+                    Message::Describe(target)
+                } else {
+                    Message::Close(target)
+                }
+            }
+            EXECUTE => Message::Execute,
+            SYNC => Message::Sync,
+            FLUSH => Message::Flush,
+            FUNCTION_CALL => Message::FunctionCall,
+            COPY_DATA => Message::CopyData,
+            COPY_DONE => Message::CopyDone,
+            COPY_FAIL => Message::CopyFail,
+            TERMINATE => Message::Terminate,
+            PASSWORD => Message::Password,
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(Decoded { frame, message })
+    }
+}
+
+/// The target of a Describe or Close body: `S` (statement) or `P` (portal), and its name.
+pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, tail) = read_cstr(rest)?;
+    (matches!(kind, KIND_STATEMENT | KIND_PORTAL) && tail.is_empty()).then_some((kind, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages;
+    use bytes::BytesMut;
+
+    fn decode(build: impl FnOnce(&mut BytesMut)) -> Result<Message, DecodeError> {
+        let mut out = BytesMut::new();
+        build(&mut out);
+        let frame = Frame::split(&mut out, 1 << 20).unwrap().unwrap();
+        Decoded::decode(frame).map(|d| d.message)
+    }
+
+    #[test]
+    fn messages_decode_into_slices_of_the_frame() {
+        assert_eq!(
+            decode(|o| messages::query(o, "SELECT 1")),
+            Ok(Message::Query {
+                text: Bytes::from_static(b"SELECT 1")
+            })
+        );
+        assert_eq!(
+            decode(|o| messages::parse(o, b"s1", b"SELECT $1", &[0, 1, 0, 0, 0, 23])),
+            Ok(Message::Parse(Parse {
+                name: Bytes::from_static(b"s1"),
+                query: Bytes::from_static(b"SELECT $1"),
+                param_types: Bytes::from_static(&[0, 1, 0, 0, 0, 23]),
+            }))
+        );
+        assert_eq!(
+            decode(|o| messages::target_message(o, DESCRIBE, KIND_PORTAL, b"p")),
+            Ok(Message::Describe(Target::Portal(Bytes::from_static(b"p"))))
+        );
+        assert_eq!(
+            decode(|o| messages::close(o, KIND_STATEMENT, b"")),
+            Ok(Message::Close(Target::Statement(Bytes::new())))
+        );
+        assert_eq!(decode(|o| messages::empty(o, SYNC)), Ok(Message::Sync));
+    }
+
+    #[test]
+    fn malformed_messages_are_decode_errors() {
+        let frame = |tag: u8, body: &'static [u8]| Frame {
+            tag,
+            body: Bytes::from_static(body),
+        };
+        let err = |f: Frame| Decoded::decode(f).err();
+        assert_eq!(err(frame(QUERY, b"no nul")), Some(DecodeError::Query));
+        // A parameter count that says more OIDs than there are.
+        assert_eq!(
+            err(frame(PARSE, b"s1\0SELECT\0\0\x05")),
+            Some(DecodeError::Parse)
+        );
+        assert_eq!(err(frame(PARSE, b"s1\0SELECT\0")), Some(DecodeError::Parse));
+        assert_eq!(err(frame(BIND, b"portal\0")), Some(DecodeError::Bind));
+        assert_eq!(err(frame(DESCRIBE, b"Xname\0")), Some(DecodeError::Target));
+        assert_eq!(err(frame(CLOSE, b"S")), Some(DecodeError::Target));
+        assert_eq!(err(frame(b'?', b"")), Some(DecodeError::UnknownType(b'?')));
+    }
+
+    #[test]
+    fn target_rejects_garbage() {
+        assert_eq!(target(b"Sname\0"), Some((b'S', &b"name"[..])));
+        assert_eq!(target(b"Xname\0"), None);
+        assert_eq!(target(b"S"), None);
+        assert_eq!(target(b"Sname\0tail"), None);
+    }
+}
