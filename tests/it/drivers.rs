@@ -4,14 +4,12 @@
 //!
 //! The drivers are installed by `bash .ci/run`. A missing one fails the test, it is never skipped.
 
-mod common;
-
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const DIR: &str = env!("CARGO_MANIFEST_DIR");
 const TIMEOUT: Duration = Duration::from_secs(300);

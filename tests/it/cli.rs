@@ -125,15 +125,12 @@ fn demo_serves_reads_from_replicas_and_cleans_up_on_ctrl_c() {
 
 #[test]
 fn run_on_one_thread_routes_and_stops_on_sigterm() {
-    let cluster = pgsplit::cluster::Cluster::start(pgsplit::cluster::ClusterOptions {
+    let cluster = pgsplit_harness::Cluster::start(pgsplit_harness::ClusterOptions {
         replicas: 1,
         ..Default::default()
     })
     .expect("cluster");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = pgsplit_harness::free_port().expect("free port");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgsplit.toml");
     std::fs::write(

@@ -1,5 +1,6 @@
 //! A throw-away local PostgreSQL cluster: one primary and N streaming replicas built from the installed
-//! PostgreSQL binaries, used by `pgsplit demo` and by the integration tests.
+//! PostgreSQL binaries, used by `pgsplit demo` (behind pgsplit's default `demo` feature), by the integration
+//! tests and by the benchmark programs. It knows nothing about pgsplit.
 //!
 //! Everything lives in one temporary directory, `pgsplit-XXXXXX` under `$TMPDIR` when that is set, else under
 //! `/dev/shm` when it has 2 GiB free (tmpfs makes initdb and pg_basebackup several times faster), else under the
@@ -1070,7 +1071,7 @@ impl Runner {
             match self.launch(server) {
                 Err(e) if attempt < 4 && e.is_port_conflict() => {
                     attempt += 1;
-                    server.port = free_ports(1)?[0];
+                    server.port = free_port()?;
                     tracing::debug!(server = %server.name, port = server.port, "port taken, retrying");
                     self.write_file(
                         &server.data_dir.join("postgresql.conf"),
@@ -1246,16 +1247,35 @@ fn scrub_env(cmd: &mut Command) {
     }
 }
 
+/// Whether this process runs as root (the servers then run as the `postgres` OS user).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Finds the executable `name` in the `first` directories, then on `PATH`, then in `/usr/sbin` and
+/// `/usr/local/sbin` (where Debian puts daemons such as pgbouncer).
+pub fn find_program(name: &str, first: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    first
+        .iter()
+        .cloned()
+        .chain(std::env::split_paths(&path))
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
 fn is_executable(path: &Path) -> bool {
     fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
 
-/// uid/gid of the `postgres` user when running as root (PostgreSQL refuses to run as root).
-fn postgres_owner() -> Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+/// uid/gid of the `postgres` OS user when running as root (PostgreSQL and PgBouncer refuse to run as root),
+/// `None` otherwise.
+pub fn postgres_owner() -> Result<Option<(u32, u32)>> {
+    if !is_root() {
         return Ok(None);
     }
     // SAFETY: the name is a valid C string; the returned record is copied before any other passwd call.
@@ -1341,6 +1361,11 @@ fn traversable_by_others(path: &Path) -> bool {
             .map(|m| m.permissions().mode() & 0o001 != 0)
             .unwrap_or(false)
     })
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(free_ports(1)?[0])
 }
 
 /// Distinct free loopback ports (bound together, then released).

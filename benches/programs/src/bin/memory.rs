@@ -1,10 +1,11 @@
 //! Memory benchmark: what an idle client connection costs pgsplit.
 //!
-//! `cargo bench --bench memory` (a plain `fn main`, no harness). It starts a local primary and two streaming
-//! replicas, runs pgsplit in this process (its own 2-worker tokio runtime, `max_client_connections = 20000`, a
-//! trust user), raises RLIMIT_NOFILE to its hard limit and then, from a small raw-protocol client in the same
-//! process (TCP connect, StartupMessage, read until ReadyForQuery), opens N idle client connections
-//! (`PGSPLIT_BENCH_CONNECTIONS`, default 10,000), in concurrent batches that stay under the listen backlog.
+//! `cargo run --release -p pgsplit-bench --bin memory` (a program, not a `cargo bench` target). It starts a
+//! local primary and two streaming replicas, runs pgsplit in this process (its own 2-worker tokio runtime,
+//! `max_client_connections = 20000`, a trust user), raises RLIMIT_NOFILE to its hard limit and then, from a
+//! small raw-protocol client in the same process (TCP connect, StartupMessage, read until ReadyForQuery), opens
+//! N idle client connections (`PGSPLIT_BENCH_CONNECTIONS`, default 10,000), in concurrent batches that stay
+//! under the listen backlog.
 //!
 //! The clients live in this process too, so their own cost is measured first and subtracted:
 //!
@@ -20,7 +21,7 @@
 //! In one process every connection takes two descriptors (the client's and pgsplit's), so N is capped at about
 //! half the RLIMIT_NOFILE hard limit; the report says so when it is.
 //!
-//! Output: a table on standard output and `target/bench/memory.json` under the package directory. As root the
+//! Output: a table on standard output and `target/bench/memory.json` under the repository's directory. As root the
 //! servers run as the `postgres` OS user; a non-root user needs nothing more than for the tests (and a hard
 //! RLIMIT_NOFILE of at least 2 N + 200 to reach N).
 
@@ -32,9 +33,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgsplit::cluster::{Cluster, ClusterOptions};
 use pgsplit::config::Config;
+use pgsplit::demo::local_config;
 use pgsplit::proxy::{Proxy, ProxyHandle};
+use pgsplit_harness::{Cluster, ClusterOptions};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -284,7 +286,11 @@ fn run() -> Result<()> {
         "pgsplit_rss_bytes_per_idle_client_upper_bound": rss_per_upper,
         "pgsplit_heap_bytes_per_idle_client": heap_per,
     });
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/memory.json");
+    // The repository's `target/bench/`, where it was when this program was a `cargo bench` target.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = fs::canonicalize(&repo)
+        .unwrap_or(repo)
+        .join("target/bench/memory.json");
     fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("\nwritten: {}", path.display());
@@ -296,23 +302,13 @@ fn run() -> Result<()> {
 }
 
 fn proxy_config(cluster: &Cluster) -> Result<Config> {
-    let mut toml = format!(
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_client_connections = 20000\n\
-         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
-        cluster.primary().port
-    );
-    for r in cluster.replicas() {
-        toml.push_str(&format!(
-            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
-            r.name, r.port
-        ));
-    }
-    toml.push_str(&format!(
-        "[lag]\nmax_lag = \"60s\"\n\
+    let extra = format!(
+        "admin_listen = \"127.0.0.1:0\"\nmax_client_connections = 20000\n\
+         [lag]\nmax_lag = \"60s\"\n\
          [[databases]]\nname = \"{DB}\"\n\
          [[users]]\nname = \"{USER}\"\nauth = \"trust\"\n"
-    ));
-    Ok(Config::from_toml_str(&toml, "<memory bench>")?)
+    );
+    Ok(local_config(cluster, 0, &extra, "<memory bench>")?)
 }
 
 // ---------------------------------------------------------------------------------------------------------------

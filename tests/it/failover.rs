@@ -1,16 +1,14 @@
 //! Replica health and lag, and following a failover (DESIGN.md §5). Each test stops, pauses or promotes servers,
 //! so each starts its own cluster and pgsplit.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use pgsplit::cluster::{Cluster, StopMode};
+use crate::common::*;
 use pgsplit::monitor::ServerStatus;
 use pgsplit::proxy::{Proxy, ProxyHandle, Shared};
+use pgsplit_harness::{Cluster, StopMode};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const INTERVAL: Duration = Duration::from_millis(250);

@@ -1,6 +1,6 @@
 //! Load benchmark: pgbench against the primary directly, through PgBouncer and through pgsplit.
 //!
-//! `cargo bench --bench load` (a plain `fn main`, no harness). It:
+//! `cargo run --release -p pgsplit-bench --bin load` (a program, not a `cargo bench` target). It:
 //!
 //! 1. starts a local primary and two streaming replicas ([`Cluster::start`]),
 //! 2. starts pgsplit in this process, on its own tokio runtime of `PGSPLIT_BENCH_WORKERS` threads (`[pools]`
@@ -9,7 +9,7 @@
 //! 4. loads `pgbench -i -s 10` on the primary and waits until the replicas have replayed it,
 //! 5. runs every workload against every target, alternating targets within each round (the start target rotates
 //!    from round to round), and prints per-run rows, medians over rounds and the pgsplit/PgBouncer and
-//!    pgsplit/direct ratios. The same goes to `target/bench/load.json` under the package directory.
+//!    pgsplit/direct ratios. The same goes to `target/bench/load.json` under the repository's directory.
 //!
 //! Environment: `PGSPLIT_BENCH_ROUNDS` (default 3), `PGSPLIT_BENCH_SECONDS` (pgbench `-T`, default 10),
 //! `PGSPLIT_BENCH_WORKERS` (pgsplit runtime threads, default 1: like PgBouncer's one thread, and what a 2-core
@@ -33,8 +33,7 @@ use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,10 +41,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgsplit::classify::Reason;
-use pgsplit::cluster::{Cluster, ClusterOptions};
 use pgsplit::config::Config;
+use pgsplit::demo::local_config;
 use pgsplit::proxy::{Proxy, ProxyHandle, Shared};
 use pgsplit::stats::Destination;
+use pgsplit_harness::{find_program, free_port, is_root, postgres_owner, Cluster, ClusterOptions};
 use serde_json::{json, Value};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
@@ -161,7 +161,7 @@ struct Row {
 // main
 
 fn main() {
-    // `cargo bench` passes `--bench`; there is nothing to parse.
+    // There are no arguments: the environment variables above are the settings.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(std::env::var("PGSPLIT_LOG").unwrap_or_else(|_| "warn".into()))
@@ -375,7 +375,11 @@ fn run() -> Result<()> {
         bouncer.as_ref().map(|b| b.version.clone()),
     );
     print!("{}", report.table());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/load.json");
+    // The repository's `target/bench/`, where it was when this program was a `cargo bench` target.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let path = fs::canonicalize(&repo)
+        .unwrap_or(repo)
+        .join("target/bench/load.json");
     fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")?;
     println!("\nwritten: {}", path.display());
@@ -413,29 +417,17 @@ fn brief(r: &RunResult) -> String {
     s
 }
 
-/// pgsplit's configuration: like `demo_config`, with a trust user and the bench's pool and lag settings.
+/// pgsplit's configuration: the local cluster's, with a trust user and the bench's pool and lag settings.
 fn proxy_config(cluster: &Cluster, split: bool) -> Result<Config> {
-    let mut toml = format!(
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
-        cluster.primary().port
-    );
-    for r in cluster.replicas() {
-        let _ = write!(
-            toml,
-            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
-            r.name, r.port
-        );
-    }
-    let _ = write!(
-        toml,
-        "[routing]\nread_write_split = {split}\n\
+    let extra = format!(
+        "admin_listen = \"127.0.0.1:0\"\n\
+         [routing]\nread_write_split = {split}\n\
          [pools]\nwrite_pool_size = {POOL_SIZE}\nread_pool_size = {POOL_SIZE}\n\
          [lag]\nmax_lag = \"60s\"\n\
          [[databases]]\nname = \"{DB}\"\n\
          [[users]]\nname = \"{USER}\"\nauth = \"trust\"\n"
     );
-    Ok(Config::from_toml_str(&toml, "<load bench>")?)
+    Ok(local_config(cluster, 0, &extra, "<load bench>")?)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -652,28 +644,6 @@ fn die_with_parent(cmd: &mut Command) {
 // ---------------------------------------------------------------------------------------------------------------
 // PgBouncer
 
-/// Finds `name` in the `first` directories, then on PATH, then in /usr/sbin and /usr/local/sbin (where Debian
-/// puts daemons such as pgbouncer).
-fn find_program(name: &str, first: &[PathBuf]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    first
-        .iter()
-        .cloned()
-        .chain(std::env::split_paths(&path))
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The PgBouncer binary: found, or installed with apt-get when we are root. `None` skips the PgBouncer rows.
 fn ensure_pgbouncer() -> Option<PathBuf> {
     if let Some(p) = find_program("pgbouncer", &[]) {
@@ -741,11 +711,7 @@ struct PgBouncer {
 impl PgBouncer {
     fn start(bin: &Path, primary_port: u16) -> Result<PgBouncer> {
         // PgBouncer refuses to run as root: as root it runs as `postgres`, in a directory that user owns.
-        let owner = if is_root() {
-            Some(postgres_ids()?)
-        } else {
-            None
-        };
+        let owner = postgres_owner()?;
         let dir = tempfile::Builder::new()
             .prefix("pgsplit-pgbouncer-")
             .tempdir()?
@@ -854,22 +820,6 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn postgres_ids() -> Result<(u32, u32)> {
-    // SAFETY: the name is a valid C string; the record is copied before any other passwd call.
-    let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
-    if pw.is_null() {
-        return Err(
-            "running as root, but there is no `postgres` OS user to run PgBouncer as".into(),
-        );
-    }
-    // SAFETY: pw is non-null and points to a valid passwd record.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use super::common::*;
+use crate::common::*;
 
 /// What a clean session looks like from `STATE`.
 const CLEAN: &str = "app|app|0|0|0|0|0|4MB|\"$user\", public|0";

@@ -2291,7 +2291,7 @@ fn classifier_never_panics_on_arbitrary_text() {
     for (name, _) in stress_cases() {
         let out = std::process::Command::new(&exe)
             .args([
-                "classifier_never_panics_on_arbitrary_text",
+                "classify_corpus::classifier_never_panics_on_arbitrary_text",
                 "--exact",
                 "--test-threads=1",
             ])

@@ -1,12 +1,10 @@
 //! Routing rules end to end (DESIGN.md §3–§4): writes never reach a replica, read-only transactions run on
 //! replicas, session settings follow the client across pooled servers, hints, balancers and fallback.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

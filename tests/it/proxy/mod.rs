@@ -1,14 +1,9 @@
 //! End-to-end behaviour of the proxy against a real primary and two streaming replicas: authentication,
 //! routing, transactions, COPY, errors, cancel, concurrency, disconnects, bad input and pgbench.
 
-#[path = "proxy/bounded.rs"]
 mod bounded;
-mod common;
-#[path = "proxy/differential.rs"]
 mod differential;
-#[path = "proxy/isolation.rs"]
 mod isolation;
-#[path = "proxy/transparency.rs"]
 mod transparency;
 
 use std::collections::HashSet;
@@ -17,7 +12,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, SimpleQueryMessage};

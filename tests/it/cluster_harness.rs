@@ -1,12 +1,12 @@
-//! Integration tests of the local-cluster harness (`pgsplit::cluster`). They need the PostgreSQL server
-//! binaries (see `Cluster::find_bindir`).
+//! Integration tests of the local-cluster harness (`pgsplit-harness`, in `tests/harness`). They need the
+//! PostgreSQL server binaries (see `Cluster::find_bindir`).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgsplit::cluster::*;
+use pgsplit_harness::*;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -197,7 +197,7 @@ fn bogus_bindir_env_gives_helpful_error() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_find_bindir",
+            "cluster_harness::child_find_bindir",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -234,7 +234,7 @@ fn watchdog_cleans_up_after_the_process_dies() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_leak_cluster",
+            "cluster_harness::child_leak_cluster",
             "--nocapture",
             "--test-threads=1",
         ])

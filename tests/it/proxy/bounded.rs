@@ -13,7 +13,8 @@ use base64::Engine as _;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-use super::common::*;
+use crate::common::wire::{self, error_field, first_value};
+use crate::common::*;
 
 /// A raw protocol client, for message sequences drivers do not produce.
 struct Raw(TcpStream);
@@ -37,55 +38,31 @@ impl Raw {
         Raw(s)
     }
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
-
-    fn parse_message(name: &str, sql: &str) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(sql.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&0u16.to_be_bytes());
-        Raw::message(b'P', &b)
-    }
-
     fn send(&mut self, bytes: &[u8]) {
         self.0.write_all(bytes).expect("send");
     }
 
     fn parse(&mut self, name: &str, sql: &str) {
-        self.send(&Raw::parse_message(name, sql));
+        self.send(&wire::parse(name, sql, &[]));
     }
 
     fn bind_execute(&mut self, name: &str) {
-        let mut b = vec![0];
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        self.send(&Raw::message(b'B', &b));
-        self.send(&Raw::message(b'E', &[0, 0, 0, 0, 0]));
+        self.send(&wire::bind_execute(name));
     }
 
+    /// Close (`b'C'`) or Describe (`b'D'`) of statement `name`.
     fn target(&mut self, tag: u8, name: &str) {
-        let mut b = vec![b'S'];
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        self.send(&Raw::message(tag, &b));
+        let mut body = vec![b'S'];
+        wire::cstr(&mut body, name.as_bytes());
+        self.send(&wire::msg(tag, &body));
     }
 
     fn sync(&mut self) {
-        self.send(&Raw::message(b'S', &[]));
+        self.send(&wire::sync());
     }
 
     fn query(&mut self, sql: &str) {
-        let mut b = sql.as_bytes().to_vec();
-        b.push(0);
-        self.send(&Raw::message(b'Q', &b));
+        self.send(&wire::query(sql));
     }
 
     fn read(&mut self) -> (u8, Vec<u8>) {
@@ -115,19 +92,6 @@ fn tags(replies: &[(u8, Vec<u8>)]) -> String {
     replies.iter().map(|(t, _)| *t as char).collect()
 }
 
-/// A field of an ErrorResponse body.
-fn field(body: &[u8], code: u8) -> Option<String> {
-    let mut rest = body;
-    while let Some((&f, tail)) = rest.split_first() {
-        let end = tail.iter().position(|&b| b == 0)?;
-        if f == code {
-            return Some(String::from_utf8_lossy(&tail[..end]).to_string());
-        }
-        rest = &tail[end + 1..];
-    }
-    None
-}
-
 /// (SQLSTATE, message) of every ErrorResponse.
 fn errors(replies: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
     replies
@@ -135,17 +99,11 @@ fn errors(replies: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
         .filter(|(t, _)| *t == b'E')
         .map(|(_, b)| {
             (
-                field(b, b'C').unwrap_or_default(),
-                field(b, b'M').unwrap_or_default(),
+                error_field(b, b'C').unwrap_or_default(),
+                error_field(b, b'M').unwrap_or_default(),
             )
         })
         .collect()
-}
-
-fn first_value(replies: &[(u8, Vec<u8>)]) -> Option<String> {
-    let (_, row) = replies.iter().find(|(t, _)| *t == b'D')?;
-    let len = i32::from_be_bytes([row[2], row[3], row[4], row[5]]) as usize;
-    Some(String::from_utf8_lossy(&row[6..6 + len]).to_string())
 }
 
 /// Resident set size of this process (the proxies run in it), in KiB.
@@ -173,8 +131,8 @@ async fn a_client_past_its_prepared_statement_cap_gets_53400_and_carries_on() {
             let mut batch = Vec::new();
             for i in 0..100 {
                 let n = chunk * 100 + i;
-                batch.extend(Raw::parse_message(&format!("s{n}"), &format!("SELECT {n}")));
-                batch.extend(Raw::message(b'S', &[]));
+                batch.extend(wire::parse(&format!("s{n}"), format!("SELECT {n}"), &[]));
+                batch.extend(wire::sync());
             }
             c.send(&batch);
             for _ in 0..100 {
@@ -249,7 +207,7 @@ async fn messages_past_the_batch_cap_before_sync_are_refused_and_memory_stays_bo
             let mut batch = Vec::new();
             for i in 0..100 {
                 let sql = format!("SELECT {i} /* {padding} */");
-                batch.extend(Raw::parse_message(&format!("big{chunk}_{i}"), &sql));
+                batch.extend(wire::parse(&format!("big{chunk}_{i}"), &sql, &[]));
             }
             c.send(&batch);
         }
@@ -447,7 +405,7 @@ fn scram_attempt(proxy: SocketAddr, user: &str) -> (String, String, String, Stri
     let mut b = b"SCRAM-SHA-256\0".to_vec();
     b.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
     b.extend_from_slice(client_first);
-    c.send(&Raw::message(b'p', &b));
+    c.send(&wire::msg(b'p', &b));
     let (tag, body) = c.read();
     seen.push(tag as char);
     assert_eq!(
@@ -467,12 +425,12 @@ fn scram_attempt(proxy: SocketAddr, user: &str) -> (String, String, String, Stri
     assert!(nonce.starts_with("clientnonce"));
     let proof = STANDARD.encode([7u8; 32]);
     let client_final = format!("c=biws,r={nonce},p={proof}");
-    c.send(&Raw::message(b'p', client_final.as_bytes()));
+    c.send(&wire::msg(b'p', client_final.as_bytes()));
     let (tag, body) = c.read();
     seen.push(tag as char);
-    let code = field(&body, b'C').unwrap_or_default();
+    let code = error_field(&body, b'C').unwrap_or_default();
     assert_eq!(
-        field(&body, b'M').unwrap_or_default(),
+        error_field(&body, b'M').unwrap_or_default(),
         format!("password authentication failed for user \"{user}\"")
     );
     (seen, salt, iterations, code)

@@ -2,13 +2,12 @@
 //! portals with a row limit, an error mid-pipeline, statements re-prepared on other servers, and a name reused
 //! for another text after Close.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::wire::{self, first_value};
+use crate::common::*;
 use futures_util::future::join_all;
 use tokio_postgres::error::SqlState;
 
@@ -108,41 +107,24 @@ impl Raw {
         raw
     }
 
-    fn send(&mut self, tag: u8, body: &[u8]) {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        self.0.write_all(&m).expect("send");
+    fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).expect("send");
     }
 
     fn parse(&mut self, name: &str, sql: &str) {
-        let mut b = Vec::new();
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(sql.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&0u16.to_be_bytes());
-        self.send(b'P', &b);
+        self.send(&wire::parse(name, sql, &[]));
     }
 
     fn bind_execute(&mut self, name: &str) {
-        let mut b = vec![0];
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        self.send(b'B', &b);
-        self.send(b'E', &[0, 0, 0, 0, 0]);
+        self.send(&wire::bind_execute(name));
     }
 
     fn close(&mut self, name: &str) {
-        let mut b = vec![b'S'];
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        self.send(b'C', &b);
+        self.send(&wire::close(b'S', name));
     }
 
     fn sync(&mut self) {
-        self.send(b'S', &[]);
+        self.send(&wire::sync());
     }
 
     /// Reads messages up to ReadyForQuery; returns (tag, body) of each.
@@ -161,12 +143,6 @@ impl Raw {
             }
         }
     }
-}
-
-fn first_value(messages: &[(u8, Vec<u8>)]) -> Option<String> {
-    let (_, row) = messages.iter().find(|(t, _)| *t == b'D')?;
-    let len = i32::from_be_bytes([row[2], row[3], row[4], row[5]]) as usize;
-    Some(String::from_utf8_lossy(&row[6..6 + len]).to_string())
 }
 
 #[test]
@@ -215,7 +191,7 @@ fn a_function_call_message_runs_on_the_primary() {
     // FunctionCall: pg_is_in_recovery (oid 3810), no arguments, text result.
     let mut b = 3810u32.to_be_bytes().to_vec();
     b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    c.send(b'F', &b);
+    c.send(&wire::msg(b'F', &b));
     let replies = c.until_ready();
     let (_, v) = replies
         .iter()

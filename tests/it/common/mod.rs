@@ -1,13 +1,16 @@
-//! Test harness: one real local cluster (primary + 2 streaming replicas) per test binary, and pgsplit proxies
-//! running on a background runtime in front of it.
+//! What the integration tests share: one real local cluster (primary + 2 streaming replicas) for the whole test
+//! binary, pgsplit proxies running on a background runtime in front of it, and raw frontend messages ([`wire`]).
 #![allow(dead_code)]
+
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use pgsplit::cluster::{Cluster, ClusterOptions};
 use pgsplit::config::Config;
+use pgsplit::demo::local_config;
 use pgsplit::proxy::Proxy;
+use pgsplit_harness::{Cluster, ClusterOptions};
 use tokio_postgres::{Client, NoTls};
 
 /// The shared cluster and the default proxy in front of it.
@@ -78,27 +81,17 @@ pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &st
     } else {
         "[lag]\nmax_lag = \"60s\"\n"
     };
-    let mut toml = format!(
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n\
-         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
-        cluster.primary().port
-    );
-    for r in cluster.replicas() {
-        toml.push_str(&format!(
-            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
-            r.name, r.port
-        ));
-    }
-    toml.push_str(&format!(
-        "[pools]\nwrite_pool_size = {write_pool}\nread_pool_size = {read_pool}\n\
+    let rest = format!(
+        "admin_listen = \"127.0.0.1:0\"\n{extra}\n\
+         [pools]\nwrite_pool_size = {write_pool}\nread_pool_size = {read_pool}\n\
          [timeouts]\npool_wait = \"20s\"\n\
          {lag}\
          [[databases]]\nname = \"app\"\n\
          [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\
          [[users]]\nname = \"md5client\"\npassword = \"md5-secret\"\nauth = \"md5\"\nserver_user = \"md5user\"\nserver_password = \"md5-server-secret\"\n\
          [[users]]\nname = \"trustclient\"\nauth = \"trust\"\nserver_user = \"postgres\"\nadmin = true\n"
-    ));
-    Config::from_toml_str(&toml, "<test>").expect("test config")
+    );
+    local_config(cluster, 0, &rest, "<test>").expect("test config")
 }
 
 /// Starts a proxy on the background runtime; returns its address.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-use super::common::*;
+use crate::common::wire::{bind_execute, parse, query, sync, terminate};
+use crate::common::*;
 
 /// A raw protocol client logged in as `trustclient` (trust auth; postgres on the servers).
 struct Raw {
@@ -59,40 +60,6 @@ impl Raw {
         }
         out
     }
-}
-
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![tag];
-    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn query(sql: &[u8]) -> Vec<u8> {
-    let mut b = sql.to_vec();
-    b.push(0);
-    msg(b'Q', &b)
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = name.as_bytes().to_vec();
-    b.push(0);
-    b.extend_from_slice(sql.as_bytes());
-    b.extend_from_slice(&[0, 0, 0]);
-    msg(b'P', &b)
-}
-
-fn bind_execute(name: &str) -> Vec<u8> {
-    let mut b = vec![0u8]; // unnamed portal
-    b.extend_from_slice(name.as_bytes());
-    b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-    let mut v = msg(b'B', &b);
-    v.extend(msg(b'E', &[0, 0, 0, 0, 0]));
-    v
-}
-
-fn sync() -> Vec<u8> {
-    msg(b'S', &[])
 }
 
 /// The SQLSTATE of an ErrorResponse body.
@@ -256,9 +223,9 @@ async fn a_pipeline_stops_at_a_replica_error_and_runs_nothing_after_it() {
     let mut c = Raw::connect(proxy, &[]);
     let table = format!("tr_pipeline_{}", std::process::id());
     // A read that fails (on a replica), then a write, then Sync: PostgreSQL skips the write.
-    let mut batch = parse("", "SELECT 1/0");
+    let mut batch = parse("", "SELECT 1/0", &[]);
     batch.extend(bind_execute(""));
-    batch.extend(parse("", &format!("CREATE TABLE {table} (a int)")));
+    batch.extend(parse("", format!("CREATE TABLE {table} (a int)"), &[]));
     batch.extend(bind_execute(""));
     batch.extend(sync());
     c.send(&batch);
@@ -302,10 +269,7 @@ async fn non_utf8_client_encodings_round_trip_on_primary_and_replicas_in_both_po
                     "{mode} {encoding} {hint}: {got:?}"
                 );
                 // Extended protocol.
-                let mut p = vec![0u8];
-                p.extend_from_slice(&sql);
-                p.extend_from_slice(&[0, 0, 0]);
-                let mut batch = msg(b'P', &p);
+                let mut batch = parse("", &sql, &[]);
                 batch.extend(bind_execute(""));
                 batch.extend(sync());
                 c.send(&batch);
@@ -417,9 +381,9 @@ async fn a_failed_named_parse_is_forgotten_and_duplicates_name_the_clients_state
     let mut c = Raw::connect(proxy, &[]);
     // On the primary: right after CREATE TABLE a replica may not have it yet (read-your-writes is another matter).
     let sql = format!("/* pgsplit:primary */ SELECT count(*) FROM {table}");
-    let mut batch = parse("s1", &sql);
+    let mut batch = parse("s1", &sql, &[]);
     batch.extend(sync());
-    batch.extend(parse("s1", &sql));
+    batch.extend(parse("s1", &sql, &[]));
     batch.extend(bind_execute("s1"));
     batch.extend(sync());
     c.send(&batch);
@@ -427,7 +391,7 @@ async fn a_failed_named_parse_is_forgotten_and_duplicates_name_the_clients_state
     assert!(codes(&got).iter().all(|c| c == "42P01"), "{got:?}");
     c.send(&query(format!("CREATE TABLE {table} (a int)").as_bytes()));
     c.until_ready();
-    let mut batch = parse("s1", &sql);
+    let mut batch = parse("s1", &sql, &[]);
     batch.extend(bind_execute("s1"));
     batch.extend(sync());
     c.send(&batch);
@@ -437,7 +401,7 @@ async fn a_failed_named_parse_is_forgotten_and_duplicates_name_the_clients_state
         "the same name prepares now: {got:?}"
     );
     // A duplicate names the client's statement, as PostgreSQL does.
-    let mut batch = parse("s1", "SELECT 2");
+    let mut batch = parse("s1", "SELECT 2", &[]);
     batch.extend(sync());
     c.send(&batch);
     let got = c.until_ready();
@@ -452,13 +416,13 @@ async fn a_failed_named_parse_is_forgotten_and_duplicates_name_the_clients_state
     // Inside an aborted transaction a Parse fails; after ROLLBACK the same name works.
     c.send(&query(b"BEGIN; SELECT 1/0"));
     c.until_ready();
-    let mut batch = parse("s2", "SELECT 1");
+    let mut batch = parse("s2", "SELECT 1", &[]);
     batch.extend(sync());
     c.send(&batch);
     assert_eq!(codes(&c.until_ready()), ["25P02"]);
     c.send(&query(b"ROLLBACK"));
     c.until_ready();
-    let mut batch = parse("s2", "SELECT 1");
+    let mut batch = parse("s2", "SELECT 1", &[]);
     batch.extend(bind_execute("s2"));
     batch.extend(sync());
     c.send(&batch);
@@ -475,7 +439,7 @@ async fn startup_oddities_are_answered_as_postgres_answers_them() {
     let mut s = TcpStream::connect(proxy).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    s.write_all(&msg(b'X', &[])).expect("send");
+    s.write_all(&terminate()).expect("send");
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     assert!(buf.is_empty(), "{buf:?}");
@@ -495,18 +459,18 @@ async fn a_repeated_parse_in_a_failed_batch_ends_with_the_first_error() {
     let proxy = spawn_proxy(config(&env().cluster, 2, 2, ""));
     let mut c = Raw::connect(proxy, &[]);
     // The first Parse of the name fails; PostgreSQL skips the second one up to Sync.
-    let mut batch = parse("s1", "SELECT * FROM no_such_table_tr");
-    batch.extend(parse("s1", "SELECT 1"));
+    let mut batch = parse("s1", "SELECT * FROM no_such_table_tr", &[]);
+    batch.extend(parse("s1", "SELECT 1", &[]));
     batch.extend(sync());
     c.send(&batch);
     let got = c.until_ready();
     assert_eq!(codes(&got), ["42P01"], "{got:?}");
     assert_eq!(got.last().map(|m| m.0), Some(b'Z'), "{got:?}");
     // An earlier error in the batch: both Parses are skipped.
-    let mut batch = parse("", "SELECT 1/0");
+    let mut batch = parse("", "SELECT 1/0", &[]);
     batch.extend(bind_execute(""));
-    batch.extend(parse("s2", "SELECT 1"));
-    batch.extend(parse("s2", "SELECT 1"));
+    batch.extend(parse("s2", "SELECT 1", &[]));
+    batch.extend(parse("s2", "SELECT 1", &[]));
     batch.extend(sync());
     c.send(&batch);
     let got = c.until_ready();

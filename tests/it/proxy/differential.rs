@@ -37,7 +37,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use super::common::*;
+use crate::common::wire::*;
+use crate::common::*;
 
 /// Scenarios that differ today between PostgreSQL and pgsplit, each with the reason. Remove an entry once pgsplit
 /// behaves like PostgreSQL there.
@@ -50,146 +51,11 @@ const WAIT: Duration = Duration::from_secs(5);
 const INT4PL: u32 = 177;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Frontend messages, built as raw bytes (the SQL may be in any client encoding, so not necessarily UTF-8).
-
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn cstr(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(s);
-    out.push(0);
-}
-
-fn query(sql: impl AsRef<[u8]>) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, sql.as_ref());
-    msg(b'Q', &body)
-}
-
-fn parse(name: &str, sql: impl AsRef<[u8]>, types: &[u32]) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, name.as_bytes());
-    cstr(&mut body, sql.as_ref());
-    body.extend_from_slice(&(types.len() as u16).to_be_bytes());
-    for t in types {
-        body.extend_from_slice(&t.to_be_bytes());
-    }
-    msg(b'P', &body)
-}
-
-/// Bind with text parameters (`None` is NULL) and text results.
-fn bind(portal: &str, statement: &str, params: &[Option<&[u8]>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, portal.as_bytes());
-    cstr(&mut body, statement.as_bytes());
-    body.extend_from_slice(&0u16.to_be_bytes());
-    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
-    for p in params {
-        match p {
-            Some(v) => {
-                body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                body.extend_from_slice(v);
-            }
-            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    body.extend_from_slice(&0u16.to_be_bytes());
-    msg(b'B', &body)
-}
-
-fn describe(kind: u8, name: &str) -> Vec<u8> {
-    let mut body = vec![kind];
-    cstr(&mut body, name.as_bytes());
-    msg(b'D', &body)
-}
-
-fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, portal.as_bytes());
-    body.extend_from_slice(&max_rows.to_be_bytes());
-    msg(b'E', &body)
-}
-
-fn close(kind: u8, name: &str) -> Vec<u8> {
-    let mut body = vec![kind];
-    cstr(&mut body, name.as_bytes());
-    msg(b'C', &body)
-}
-
-fn sync() -> Vec<u8> {
-    msg(b'S', &[])
-}
-
-fn flush() -> Vec<u8> {
-    msg(b'H', &[])
-}
-
-fn terminate() -> Vec<u8> {
-    msg(b'X', &[])
-}
-
-fn copy_data(data: &[u8]) -> Vec<u8> {
-    msg(b'd', data)
-}
-
-fn copy_done() -> Vec<u8> {
-    msg(b'c', &[])
-}
-
-fn copy_fail(reason: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, reason.as_bytes());
-    msg(b'f', &body)
-}
-
-/// FunctionCall with text arguments and a text result.
-fn function_call(oid: u32, args: &[Option<&[u8]>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&oid.to_be_bytes());
-    body.extend_from_slice(&1u16.to_be_bytes());
-    body.extend_from_slice(&0u16.to_be_bytes());
-    body.extend_from_slice(&(args.len() as u16).to_be_bytes());
-    for a in args {
-        match a {
-            Some(v) => {
-                body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                body.extend_from_slice(v);
-            }
-            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    body.extend_from_slice(&0u16.to_be_bytes());
-    msg(b'F', &body)
-}
-
-/// An untagged startup packet: protocol `version` and parameters.
-fn startup(version: u32, params: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        cstr(&mut body, k.as_bytes());
-        cstr(&mut body, v);
-    }
-    body.push(0);
-    let mut out = (body.len() as u32 + 4).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
-fn ssl_request() -> Vec<u8> {
-    let mut out = 8u32.to_be_bytes().to_vec();
-    out.extend_from_slice(&80_877_103u32.to_be_bytes());
-    out
-}
+// Frontend messages: the builders are `common::wire`'s.
 
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
-
-const V3: u32 = 0x0003_0000;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scenarios.

@@ -2,17 +2,15 @@
 //! follow a paused replica, metrics parse with the Prometheus client's OpenMetrics parser, the token guards every
 //! request, and the dashboard renders in headless Chromium.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-use pgsplit::cluster::StopMode;
+use crate::common::*;
 use pgsplit::config::Config;
 use pgsplit::proxy::Proxy;
+use pgsplit_harness::StopMode;
 use tokio_postgres::SimpleQueryMessage;
 
 /// A minimal HTTP/1.1 GET: (status code, body).
@@ -79,7 +77,7 @@ fn server<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .expect("server in /status")
 }
 
-fn lag_config(cluster: &pgsplit::cluster::Cluster) -> Config {
+fn lag_config(cluster: &pgsplit_harness::Cluster) -> Config {
     config(
         cluster,
         4,
