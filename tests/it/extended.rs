@@ -2,11 +2,9 @@
 //! portals with a row limit, an error mid-pipeline, statements re-prepared on other servers, and a name reused
 //! for another text after Close.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::common::wire::{self, first_value};
+use crate::common::wire::{self, first_value, Raw};
 use crate::common::*;
 use futures_util::future::join_all;
 use tokio_postgres::error::SqlState;
@@ -92,62 +90,14 @@ async fn a_portal_with_a_row_limit_suspends_and_resumes() {
     tx.commit().await.expect("commit");
 }
 
-/// A raw protocol client (trust user), for message sequences drivers do not produce.
-struct Raw(TcpStream);
-
-impl Raw {
-    fn connect() -> Raw {
-        let mut s = TcpStream::connect(env().proxy).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.write_all(&startup_packet("trustclient"))
-            .expect("startup");
-        let mut raw = Raw(s);
-        raw.until_ready();
-        raw
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.write_all(bytes).expect("send");
-    }
-
-    fn parse(&mut self, name: &str, sql: &str) {
-        self.send(&wire::parse(name, sql, &[]));
-    }
-
-    fn bind_execute(&mut self, name: &str) {
-        self.send(&wire::bind_execute(name));
-    }
-
-    fn close(&mut self, name: &str) {
-        self.send(&wire::close(b'S', name));
-    }
-
-    fn sync(&mut self) {
-        self.send(&wire::sync());
-    }
-
-    /// Reads messages up to ReadyForQuery; returns (tag, body) of each.
-    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let mut head = [0u8; 5];
-            self.0.read_exact(&mut head).expect("read header");
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-            let mut body = vec![0u8; len];
-            self.0.read_exact(&mut body).expect("read body");
-            let done = head[0] == b'Z';
-            out.push((head[0], body));
-            if done {
-                return out;
-            }
-        }
-    }
+/// A raw protocol client logged in as the trust user on the default proxy.
+fn raw() -> Raw {
+    Raw::login(env().proxy, Duration::from_secs(10), &[])
 }
 
 #[test]
 fn a_statement_name_reused_for_another_text_after_close() {
-    let mut c = Raw::connect();
+    let mut c = raw();
     c.parse("s1", "SELECT 'first'::text");
     c.sync();
     let tags: Vec<u8> = c.until_ready().iter().map(|(t, _)| *t).collect();
@@ -155,7 +105,7 @@ fn a_statement_name_reused_for_another_text_after_close() {
     c.bind_execute("s1");
     c.sync();
     assert_eq!(first_value(&c.until_ready()).as_deref(), Some("first"));
-    c.close("s1");
+    c.send(&wire::close(b'S', "s1"));
     c.sync();
     let tags: Vec<u8> = c.until_ready().iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, b"3Z", "CloseComplete then ReadyForQuery");
@@ -187,7 +137,7 @@ fn a_statement_name_reused_for_another_text_after_close() {
 
 #[test]
 fn a_function_call_message_runs_on_the_primary() {
-    let mut c = Raw::connect();
+    let mut c = raw();
     // FunctionCall: pg_is_in_recovery (oid 3810), no arguments, text result.
     let mut b = 3810u32.to_be_bytes().to_vec();
     b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);

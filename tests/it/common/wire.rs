@@ -1,6 +1,87 @@
-//! Frontend messages built as raw bytes, for tests that speak the protocol themselves (message sequences drivers
-//! do not produce, byte-exact comparisons with PostgreSQL). The SQL may be in any client encoding, so it is taken
-//! as bytes, not necessarily UTF-8.
+//! The protocol spoken by hand, for message sequences drivers do not produce and byte-exact comparisons with
+//! PostgreSQL: frontend messages built as raw bytes (the SQL may be in any client encoding, so it is taken as
+//! bytes, not necessarily UTF-8), and [`Raw`], a blocking client that sends them and reads what comes back.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// One backend message: its tag and body.
+pub type Msg = (u8, Vec<u8>);
+
+/// A blocking raw-protocol client.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    /// Connects without sending anything; a read waits at most `timeout`.
+    pub fn open(proxy: SocketAddr, timeout: Duration) -> Raw {
+        let s = TcpStream::connect(proxy).expect("connect");
+        s.set_read_timeout(Some(timeout)).expect("timeout");
+        Raw(s)
+    }
+
+    /// Connects and logs in as `trustclient` (trust auth; `postgres` on the servers) on `app`, with `extra`
+    /// startup parameters; panics if the login fails.
+    pub fn login(proxy: SocketAddr, timeout: Duration, extra: &[(&str, &str)]) -> Raw {
+        let mut raw = Raw::open(proxy, timeout);
+        let mut params = vec![("user", "trustclient"), ("database", "app")];
+        params.extend_from_slice(extra);
+        let mut out = bytes::BytesMut::new();
+        pgsplit::protocol::startup::encode_startup(&mut out, &params);
+        raw.send(&out);
+        let replies = raw.until_ready();
+        assert!(
+            replies.last().is_some_and(|(t, _)| *t == b'Z')
+                && replies.iter().all(|(t, _)| *t != b'E'),
+            "login failed: {replies:?}"
+        );
+        raw
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).expect("send");
+    }
+
+    /// Parse of `sql` as statement `name`, no parameter types.
+    pub fn parse(&mut self, name: &str, sql: &str) {
+        self.send(&parse(name, sql, &[]));
+    }
+
+    pub fn bind_execute(&mut self, name: &str) {
+        self.send(&bind_execute(name));
+    }
+
+    pub fn sync(&mut self) {
+        self.send(&sync());
+    }
+
+    pub fn query(&mut self, sql: &str) {
+        self.send(&query(sql));
+    }
+
+    /// Reads one message; `None` at EOF (or when the read times out).
+    pub fn read(&mut self) -> Option<Msg> {
+        let mut head = [0u8; 5];
+        self.0.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.0.read_exact(&mut body).ok()?;
+        Some((head[0], body))
+    }
+
+    /// Messages up to and including the next ReadyForQuery (fewer at EOF).
+    pub fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Some(m) = self.read() {
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+}
 
 /// A tagged message: `tag`, length, `body`.
 pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! cap, long texts classified off the runtime, a mock SCRAM exchange for unknown users, cancels that reach only the
 //! statement they were meant for, and server statement names no client can reach.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,79 +13,19 @@ use base64::Engine as _;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-use crate::common::wire::{self, error_field, first_value};
+use crate::common::wire::{self, error_field, first_value, Raw};
 use crate::common::*;
 
-/// A raw protocol client, for message sequences drivers do not produce.
-struct Raw(TcpStream);
+/// A raw protocol client logged in as the trust user.
+fn raw(proxy: SocketAddr) -> Raw {
+    Raw::login(proxy, Duration::from_secs(30), &[])
+}
 
-impl Raw {
-    /// Logs in as the trust user.
-    fn connect(proxy: SocketAddr) -> Raw {
-        let mut raw = Raw::open(proxy);
-        raw.0
-            .write_all(&startup_packet("trustclient"))
-            .expect("startup");
-        let replies = raw.until_ready();
-        assert!(replies.iter().all(|(t, _)| *t != b'E'), "login failed");
-        raw
-    }
-
-    fn open(proxy: SocketAddr) -> Raw {
-        let s = TcpStream::connect(proxy).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        Raw(s)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.write_all(bytes).expect("send");
-    }
-
-    fn parse(&mut self, name: &str, sql: &str) {
-        self.send(&wire::parse(name, sql, &[]));
-    }
-
-    fn bind_execute(&mut self, name: &str) {
-        self.send(&wire::bind_execute(name));
-    }
-
-    /// Close (`b'C'`) or Describe (`b'D'`) of statement `name`.
-    fn target(&mut self, tag: u8, name: &str) {
-        let mut body = vec![b'S'];
-        wire::cstr(&mut body, name.as_bytes());
-        self.send(&wire::msg(tag, &body));
-    }
-
-    fn sync(&mut self) {
-        self.send(&wire::sync());
-    }
-
-    fn query(&mut self, sql: &str) {
-        self.send(&wire::query(sql));
-    }
-
-    fn read(&mut self) -> (u8, Vec<u8>) {
-        let mut head = [0u8; 5];
-        self.0.read_exact(&mut head).expect("read header");
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).expect("read body");
-        (head[0], body)
-    }
-
-    /// Reads messages up to ReadyForQuery; returns (tag, body) of each.
-    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let m = self.read();
-            let done = m.0 == b'Z';
-            out.push(m);
-            if done {
-                return out;
-            }
-        }
-    }
+/// Close (`b'C'`) or Describe (`b'D'`) of statement `name`.
+fn target(c: &mut Raw, tag: u8, name: &str) {
+    let mut body = vec![b'S'];
+    wire::cstr(&mut body, name.as_bytes());
+    c.send(&wire::msg(tag, &body));
 }
 
 fn tags(replies: &[(u8, Vec<u8>)]) -> String {
@@ -124,7 +64,7 @@ fn proxy_with(write_pool: usize, read_pool: usize, extra: &str) -> SocketAddr {
 async fn a_client_past_its_prepared_statement_cap_gets_53400_and_carries_on() {
     let proxy = proxy_with(2, 2, "[limits]\nmax_prepared_statements_per_client = 100");
     tokio::task::spawn_blocking(move || {
-        let mut c = Raw::connect(proxy);
+        let mut c = raw(proxy);
         // 5,000 named statements (PQprepare: Parse + Sync), sent 100 at a time.
         let (mut prepared, mut refused) = (0, 0);
         for chunk in 0..50 {
@@ -157,7 +97,7 @@ async fn a_client_past_its_prepared_statement_cap_gets_53400_and_carries_on() {
         c.bind_execute("s99");
         c.sync();
         assert_eq!(first_value(&c.until_ready()).as_deref(), Some("99"));
-        c.target(b'C', "s0");
+        target(&mut c, b'C', "s0");
         c.parse("another", "SELECT 'another'::text");
         c.bind_execute("another");
         c.sync();
@@ -194,7 +134,7 @@ async fn a_client_past_its_prepared_statement_cap_gets_53400_and_carries_on() {
 async fn messages_past_the_batch_cap_before_sync_are_refused_and_memory_stays_bounded() {
     let proxy = proxy_with(2, 2, "[limits]\nmax_batch_messages = 100");
     tokio::task::spawn_blocking(move || {
-        let mut c = Raw::connect(proxy);
+        let mut c = raw(proxy);
         // An implicit transaction the refusal must roll back, then 5,000 Parses of 20 KB each without a Sync:
         // 100 MB that pgsplit would keep (each named statement's text) without the cap.
         c.query("CREATE TABLE IF NOT EXISTS bounded_batch (n int)");
@@ -393,10 +333,10 @@ async fn a_long_query_being_classified_does_not_stall_other_clients() {
 /// A SCRAM login attempt with a wrong proof; returns the reply types in order, the salt and iteration count of
 /// the server-first-message, and the final error's SQLSTATE.
 fn scram_attempt(proxy: SocketAddr, user: &str) -> (String, String, String, String) {
-    let mut c = Raw::open(proxy);
+    let mut c = Raw::open(proxy, Duration::from_secs(30));
     c.send(&startup_packet(user));
     let mut seen = String::new();
-    let (tag, body) = c.read();
+    let (tag, body) = c.read().expect("a message");
     seen.push(tag as char);
     assert_eq!(tag, b'R');
     assert_eq!(&body[..4], &10u32.to_be_bytes(), "AuthenticationSASL");
@@ -406,7 +346,7 @@ fn scram_attempt(proxy: SocketAddr, user: &str) -> (String, String, String, Stri
     b.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
     b.extend_from_slice(client_first);
     c.send(&wire::msg(b'p', &b));
-    let (tag, body) = c.read();
+    let (tag, body) = c.read().expect("a message");
     seen.push(tag as char);
     assert_eq!(
         &body[..4],
@@ -426,7 +366,7 @@ fn scram_attempt(proxy: SocketAddr, user: &str) -> (String, String, String, Stri
     let proof = STANDARD.encode([7u8; 32]);
     let client_final = format!("c=biws,r={nonce},p={proof}");
     c.send(&wire::msg(b'p', client_final.as_bytes()));
-    let (tag, body) = c.read();
+    let (tag, body) = c.read().expect("a message");
     seen.push(tag as char);
     let code = error_field(&body, b'C').unwrap_or_default();
     assert_eq!(
@@ -548,7 +488,7 @@ async fn clients_cannot_reach_each_others_server_statements_on_a_pool_of_one() {
 
     let (f, s) = (first.clone(), second.clone());
     tokio::task::spawn_blocking(move || {
-        let mut b = Raw::connect(proxy);
+        let mut b = raw(proxy);
         // A statement of its own under A's server name is B's own.
         b.parse(&f, "SELECT 'yours'::text");
         b.bind_execute(&f);
@@ -566,7 +506,7 @@ async fn clients_cannot_reach_each_others_server_statements_on_a_pool_of_one() {
                 format!("prepared statement \"{s}\" does not exist")
             )
         );
-        b.target(b'D', &s);
+        target(&mut b, b'D', &s);
         b.sync();
         assert_eq!(errors(&b.until_ready())[0].0, "26000");
         // ...and so does the unnamed statement, which B never prepared.
@@ -579,7 +519,7 @@ async fn clients_cannot_reach_each_others_server_statements_on_a_pool_of_one() {
         b.until_ready();
         b.query("SELECT 1");
         b.until_ready();
-        b.target(b'C', &s);
+        target(&mut b, b'C', &s);
         b.sync();
         assert_eq!(tags(&b.until_ready()), "3Z");
         b.query("COMMIT");

@@ -8,58 +8,12 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-use crate::common::wire::{bind_execute, parse, query, sync, terminate};
+use crate::common::wire::{bind_execute, parse, query, sync, terminate, Msg, Raw};
 use crate::common::*;
 
 /// A raw protocol client logged in as `trustclient` (trust auth; postgres on the servers).
-struct Raw {
-    s: TcpStream,
-}
-
-/// One backend message: its tag and body.
-type Msg = (u8, Vec<u8>);
-
-impl Raw {
-    fn connect(proxy: std::net::SocketAddr, extra: &[(&str, &str)]) -> Raw {
-        let s = TcpStream::connect(proxy).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut params = vec![("user", "trustclient"), ("database", "app")];
-        params.extend_from_slice(extra);
-        let mut out = bytes::BytesMut::new();
-        pgsplit::protocol::startup::encode_startup(&mut out, &params);
-        let mut raw = Raw { s };
-        raw.send(&out);
-        raw.until_ready();
-        raw
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).expect("send");
-    }
-
-    /// Reads one message; `None` at EOF.
-    fn read(&mut self) -> Option<Msg> {
-        let mut head = [0u8; 5];
-        self.s.read_exact(&mut head).ok()?;
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        self.s.read_exact(&mut body).ok()?;
-        Some((head[0], body))
-    }
-
-    /// Messages up to and including the next ReadyForQuery.
-    fn until_ready(&mut self) -> Vec<Msg> {
-        let mut out = Vec::new();
-        while let Some(m) = self.read() {
-            let done = m.0 == b'Z';
-            out.push(m);
-            if done {
-                break;
-            }
-        }
-        out
-    }
+fn raw(proxy: std::net::SocketAddr, extra: &[(&str, &str)]) -> Raw {
+    Raw::login(proxy, Duration::from_secs(20), extra)
 }
 
 /// The SQLSTATE of an ErrorResponse body.
@@ -123,7 +77,7 @@ async fn large_query_texts_and_parameters_round_trip() {
 #[tokio::test]
 async fn a_client_killed_while_sending_a_large_message_frees_its_server_at_once() {
     let proxy = spawn_proxy(config(&env().cluster, 1, 1, ""));
-    let mut a = Raw::connect(proxy, &[]);
+    let mut a = raw(proxy, &[]);
     // A holds the only primary connection (a transaction), then starts a 40 MB Query and vanishes.
     a.send(&query(
         b"BEGIN; CREATE TEMP TABLE IF NOT EXISTS never (a int)",
@@ -220,7 +174,7 @@ async fn a_begin_postgres_rejects_is_rejected_and_a_serializable_one_stays_seria
 #[tokio::test]
 async fn a_pipeline_stops_at_a_replica_error_and_runs_nothing_after_it() {
     let proxy = spawn_proxy(config(&env().cluster, 2, 2, ""));
-    let mut c = Raw::connect(proxy, &[]);
+    let mut c = raw(proxy, &[]);
     let table = format!("tr_pipeline_{}", std::process::id());
     // A read that fails (on a replica), then a write, then Sync: PostgreSQL skips the write.
     let mut batch = parse("", "SELECT 1/0", &[]);
@@ -255,7 +209,7 @@ async fn non_utf8_client_encodings_round_trip_on_primary_and_replicas_in_both_po
             ("WIN1252", &b"\x80 \x93q\x94"[..]),
             ("SJIS", &b"\x83\x5c\x83\x74\x83\x67"[..]),
         ] {
-            let mut c = Raw::connect(proxy, &[("client_encoding", encoding)]);
+            let mut c = raw(proxy, &[("client_encoding", encoding)]);
             for hint in ["/* pgsplit:primary */", "/* pgsplit:replica */", ""] {
                 // Simple protocol.
                 let mut sql = format!("{hint} SELECT '").into_bytes();
@@ -282,7 +236,7 @@ async fn non_utf8_client_encodings_round_trip_on_primary_and_replicas_in_both_po
             }
         }
         // A change of client encoding reaches the servers the client already holds (session pooling).
-        let mut c = Raw::connect(proxy, &[]);
+        let mut c = raw(proxy, &[]);
         c.send(&query(b"/* pgsplit:replica */ SELECT 1"));
         c.until_ready();
         c.send(&query(b"SET client_encoding TO 'LATIN1'"));
@@ -297,7 +251,7 @@ async fn non_utf8_client_encodings_round_trip_on_primary_and_replicas_in_both_po
 async fn the_servers_own_fatal_errors_reach_the_client() {
     let proxy = spawn_proxy(config(&env().cluster, 2, 2, ""));
     // idle_in_transaction_session_timeout: PostgreSQL sends FATAL 25P03 and closes.
-    let mut c = Raw::connect(proxy, &[]);
+    let mut c = raw(proxy, &[]);
     c.send(&query(
         b"SET idle_in_transaction_session_timeout = '300ms'; BEGIN; SELECT 1",
     ));
@@ -309,7 +263,7 @@ async fn the_servers_own_fatal_errors_reach_the_client() {
     }
     assert_eq!(codes(&got), ["25P03"], "{got:?}");
     // Terminated by an administrator: FATAL 57P01.
-    let mut c = Raw::connect(proxy, &[]);
+    let mut c = raw(proxy, &[]);
     c.send(&query(b"SELECT pg_terminate_backend(pg_backend_pid())"));
     let mut got = Vec::new();
     while let Some(m) = c.read() {
@@ -378,7 +332,7 @@ async fn side_effect_builtins_and_unlogged_tables_go_to_the_primary() {
 async fn a_failed_named_parse_is_forgotten_and_duplicates_name_the_clients_statement() {
     let proxy = spawn_proxy(config(&env().cluster, 2, 2, ""));
     let table = format!("tr_named_{}", std::process::id());
-    let mut c = Raw::connect(proxy, &[]);
+    let mut c = raw(proxy, &[]);
     // On the primary: right after CREATE TABLE a replica may not have it yet (read-your-writes is another matter).
     let sql = format!("/* pgsplit:primary */ SELECT count(*) FROM {table}");
     let mut batch = parse("s1", &sql, &[]);
@@ -457,7 +411,7 @@ async fn startup_oddities_are_answered_as_postgres_answers_them() {
 #[tokio::test]
 async fn a_repeated_parse_in_a_failed_batch_ends_with_the_first_error() {
     let proxy = spawn_proxy(config(&env().cluster, 2, 2, ""));
-    let mut c = Raw::connect(proxy, &[]);
+    let mut c = raw(proxy, &[]);
     // The first Parse of the name fails; PostgreSQL skips the second one up to Sync.
     let mut batch = parse("s1", "SELECT * FROM no_such_table_tr", &[]);
     batch.extend(parse("s1", "SELECT 1", &[]));
@@ -481,7 +435,7 @@ async fn a_repeated_parse_in_a_failed_batch_ends_with_the_first_error() {
 #[tokio::test]
 async fn text_in_an_encoding_pgsplit_cannot_lex_never_leaves_state_for_the_next_client() {
     let proxy = spawn_proxy(config(&env().cluster, 1, 1, ""));
-    let mut a = Raw::connect(proxy, &[("client_encoding", "SJIS")]);
+    let mut a = raw(proxy, &[("client_encoding", "SJIS")]);
     // Read as UTF-8, 0x5C would end the E'' string early and hide the set_config from the lexer.
     a.send(&query(
         b"SELECT E'\x83\x5c' AS a, ' || ' AS b; SELECT set_config($$search_path$$, $$evil$$, false) AS c --'",
@@ -490,7 +444,7 @@ async fn text_in_an_encoding_pgsplit_cannot_lex_never_leaves_state_for_the_next_
     assert!(codes(&got).is_empty(), "{got:?}");
     drop(a);
     std::thread::sleep(Duration::from_millis(300));
-    let mut b = Raw::connect(proxy, &[]);
+    let mut b = raw(proxy, &[]);
     b.send(&query(b"/* pgsplit:primary */ SHOW search_path"));
     let got = b.until_ready();
     assert_eq!(
