@@ -1,16 +1,16 @@
 //! Pool checkout + check-in, alone and under contention, against a real local primary.
 //!
-//! `cargo bench --bench pool`. One primary (no replicas) is started with the `cluster` harness; a pool of 8
-//! server connections is filled once, then each iteration is one checkout (liveness check included) and one
-//! release. "contended" runs 32 tasks over the 8 connections on a 2-worker runtime, so most checkouts wait
-//! for a release; the time reported is per checkout, all tasks together.
+//! `cargo bench --bench pool`. One primary (no replicas) is started with the cluster harness
+//! (`pgsplit-harness`); a pool of 8 server connections is filled once, then each iteration is one checkout
+//! (liveness check included) and one release. "contended" runs 32 tasks over the 8 connections on a 2-worker
+//! runtime, so most checkouts wait for a release; the time reported is per checkout, all tasks together.
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pgsplit::cluster::{Cluster, ClusterOptions};
 use pgsplit::pool::{Pool, PoolTimeouts};
 use pgsplit::server::ServerTarget;
+use pgsplit_harness::{Cluster, ClusterOptions};
 
 const POOL_SIZE: usize = 8;
 

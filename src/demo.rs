@@ -4,8 +4,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::cluster::{Cluster, ClusterOptions};
-use crate::config::Config;
+use pgsplit_harness::{Cluster, ClusterOptions};
+
+use crate::config::{Config, ConfigError};
 use crate::proxy::Proxy;
 
 /// The demo's login through pgsplit and on the servers.
@@ -13,13 +14,22 @@ const DEMO_USER: &str = "app";
 const DEMO_PASSWORD: &str = "app";
 const DEMO_DB: &str = "app";
 
-/// The configuration pgsplit runs with in the demo.
-pub fn demo_config(
+/// The one pgsplit configuration for a local cluster, used by the demo, the integration tests and the
+/// benchmark programs: pgsplit on `127.0.0.1:listen_port` (0: any free port), the cluster's primary and every
+/// replica as servers, and `extra` for the rest (databases, users, pools, …). `extra` comes first, right after
+/// `listen`, so it may start with top-level keys (`admin_listen = …`) before its tables. `origin` names the
+/// configuration in parse errors.
+///
+/// It lives here rather than in the harness because the harness knows nothing about pgsplit; the demo is its
+/// first user and every other caller already links pgsplit.
+pub fn local_config(
     cluster: &Cluster,
     listen_port: u16,
-) -> Result<Config, crate::config::ConfigError> {
+    extra: &str,
+    origin: &str,
+) -> Result<Config, ConfigError> {
     let mut toml = format!(
-        "listen = \"127.0.0.1:{listen_port}\"\n\
+        "listen = \"127.0.0.1:{listen_port}\"\n{extra}\n\
          [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
         cluster.primary().port
     );
@@ -29,11 +39,20 @@ pub fn demo_config(
             r.name, r.port
         ));
     }
-    toml.push_str(&format!(
-        "[[databases]]\nname = \"{DEMO_DB}\"\n\
-         [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\nadmin = true\n"
-    ));
-    Config::from_toml_str(&toml, "<demo>")
+    Config::from_toml_str(&toml, origin)
+}
+
+/// The configuration pgsplit runs with in the demo.
+pub fn demo_config(cluster: &Cluster, listen_port: u16) -> Result<Config, ConfigError> {
+    local_config(
+        cluster,
+        listen_port,
+        &format!(
+            "[[databases]]\nname = \"{DEMO_DB}\"\n\
+             [[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\nadmin = true\n"
+        ),
+        "<demo>",
+    )
 }
 
 /// Runs the demo until `stop` completes.

@@ -10,8 +10,8 @@ pub mod cancel;
 pub mod catalog;
 pub mod classify;
 pub mod client;
-pub mod cluster;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod monitor;

@@ -1,4 +1,4 @@
-//! The `pgsplit` command: `run`, `check-config`, `demo`.
+//! The `pgsplit` command: `run`, `check-config`, `demo` (with the default `demo` feature).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,7 @@ enum Command {
         file: PathBuf,
     },
     /// Start a local primary and streaming replicas with pgsplit in front, for a first look.
+    #[cfg(feature = "demo")]
     Demo {
         /// Number of streaming replicas.
         #[arg(long, default_value_t = 2)]
@@ -40,6 +41,13 @@ enum Command {
         /// Port for pgsplit (0: any free port; default 6432, or a free one if taken).
         #[arg(long)]
         port: Option<u16>,
+    },
+    /// Present, hidden, in a build without the `demo` feature, only to say so.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
     },
 }
 
@@ -79,8 +87,17 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo { replicas, port } => {
             runtime(0).block_on(pgsplit::demo::run(replicas, port, shutdown_signal()))
+        }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "pgsplit demo: this pgsplit was built without the `demo` feature (cargo build \
+                 --no-default-features); build it with default features to get the demo"
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,0 +1,194 @@
+//! The `pgsplit` command line: `check-config` and `demo`, run as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgsplit");
+
+#[test]
+fn check_config_prints_the_effective_configuration_without_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ok.toml");
+    std::fs::write(
+        &file,
+        "[primary]\nhost = \"db\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\npassword = \"hunter2\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pool_mode = \"transaction\""), "{stdout}");
+    assert!(stdout.contains("write_pool_size"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "a password was printed");
+}
+
+#[test]
+fn check_config_names_file_line_and_field_on_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[primary]\nhost = \"db\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\nauth = \"md5\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:"), "{stderr}");
+    assert!(stderr.contains("users[0]"), "{stderr}");
+    assert!(
+        stderr.contains(":7") || stderr.contains(":5"),
+        "no line number: {stderr}"
+    );
+}
+
+#[test]
+fn demo_serves_reads_from_replicas_and_cleans_up_on_ctrl_c() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--replicas", "2", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut urls = std::collections::HashMap::new();
+    while urls.len() < 3 {
+        let line = lines.next().expect("demo printed its URLs").expect("line");
+        if let Some((k, v)) = line.split_once('=') {
+            urls.insert(k.to_string(), v.to_string());
+        }
+    }
+    let psql = |url: &str, sql: &str| {
+        let out = Command::new("psql")
+            .args(["-X", "-At", url, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let db = &urls["DATABASE_URL"];
+    assert_eq!(
+        psql(db, "SELECT pg_is_in_recovery()"),
+        "t",
+        "a read through pgsplit ran on a replica"
+    );
+    assert!(psql(
+        db,
+        "CREATE TABLE demo_t (a int); INSERT INTO demo_t VALUES (1); SELECT 'ok'"
+    )
+    .ends_with("ok"));
+    assert_eq!(
+        psql(&urls["PRIMARY_URL"], "SELECT pg_is_in_recovery()"),
+        "f"
+    );
+    let replicas: Vec<&str> = urls["REPLICA_URLS"].split(',').collect();
+    assert_eq!(replicas.len(), 2);
+    for r in &replicas {
+        assert_eq!(psql(r, "SELECT pg_is_in_recovery()"), "t");
+    }
+
+    // Ctrl-C stops pgsplit and the servers.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("psql")
+        .args(["-X", "-At", &urls["PRIMARY_URL"], "-c", "SELECT 1"])
+        .output()
+        .expect("psql");
+    assert!(!out.status.success(), "the primary still runs after Ctrl-C");
+}
+
+#[test]
+fn run_on_one_thread_routes_and_stops_on_sigterm() {
+    let cluster = pgsplit_harness::Cluster::start(pgsplit_harness::ClusterOptions {
+        replicas: 1,
+        ..Default::default()
+    })
+    .expect("cluster");
+    let port = pgsplit_harness::free_port().expect("free port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgsplit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
+             [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             [[replicas]]\nname = \"replica1\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             [lag]\nmax_lag = \"60s\"\n\
+             [[databases]]\nname = \"postgres\"\n\
+             [[users]]\nname = \"postgres\"\nauth = \"trust\"\n",
+            cluster.primary().port,
+            cluster.replicas()[0].port
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgsplit");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args(["-X", "-At", &url, "-c", sql])
+            .output()
+            .expect("psql")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !psql("SELECT 1").status.success() {
+        assert!(Instant::now() < deadline, "pgsplit did not start serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = |sql: &str| {
+        String::from_utf8_lossy(&psql(sql).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        out("SELECT pg_is_in_recovery()"),
+        "t",
+        "a read on the replica"
+    );
+    assert!(
+        out("CREATE TABLE one_thread (a int); INSERT INTO one_thread VALUES (1); SELECT 'ok'")
+            .ends_with("ok")
+    );
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pgsplit did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+}

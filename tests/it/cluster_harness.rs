@@ -1,0 +1,299 @@
+//! Integration tests of the local-cluster harness (`pgsplit-harness`, in `tests/harness`). They need the
+//! PostgreSQL server binaries (see `Cluster::find_bindir`).
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pgsplit_harness::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Set in the environment of a re-executed copy of this test binary to run one of the `child_*` helpers.
+const CHILD_ENV: &str = "PGSPLIT_CLUSTER_HARNESS_CHILD";
+
+fn count(c: &Cluster, name: &str) -> String {
+    c.psql(name, "SELECT count(*) FROM t").unwrap()
+}
+
+#[test]
+fn replication_pause_restart_and_failover() {
+    let started = Instant::now();
+    let mut c = Cluster::start(ClusterOptions::default()).expect("cluster starts");
+    eprintln!(
+        "primary + 2 replicas streaming after {:?}",
+        started.elapsed()
+    );
+
+    let names: Vec<&str> = c.servers().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["primary", "replica1", "replica2"]);
+    assert_eq!(c.primary().name, "primary");
+    assert_eq!(c.replicas().len(), 2);
+    assert!(c.dir().exists());
+    assert!(c.bindir().join("initdb").exists());
+    assert_eq!(
+        c.url("replica1", "alice", "app"),
+        format!(
+            "postgres://alice@127.0.0.1:{}/app",
+            c.server("replica1").port
+        )
+    );
+    for s in c.servers() {
+        assert!(c.is_running(&s.name), "{} running", s.name);
+        assert!(s.data_dir.join("server.log").exists());
+    }
+    assert!(!c.is_running("nope"));
+    assert!(matches!(
+        c.psql("nope", "SELECT 1"),
+        Err(ClusterError::UnknownServer { .. })
+    ));
+
+    // Replication.
+    c.psql(
+        "primary",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');",
+    )
+    .unwrap();
+    for r in ["replica1", "replica2"] {
+        c.wait_replayed(r, T).unwrap();
+        assert_eq!(count(&c, r), "1", "{r} sees the row");
+        assert_eq!(c.psql(r, "SELECT pg_is_in_recovery()").unwrap(), "t");
+    }
+    assert_eq!(
+        c.psql("primary", "SELECT pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    assert!(matches!(
+        c.wait_replayed("primary", T),
+        Err(ClusterError::NotReplica(_))
+    ));
+    let err = c.psql("primary", "SELECT nope()").unwrap_err();
+    assert!(
+        err.to_string().contains("does not exist"),
+        "psql error is reported: {err}"
+    );
+
+    // Paused replay.
+    c.pause_replay("replica1").unwrap();
+    c.psql("primary", "INSERT INTO t VALUES (2, 'b')").unwrap();
+    c.wait_replayed("replica2", T).unwrap();
+    assert_eq!(count(&c, "replica2"), "2");
+    assert_eq!(count(&c, "replica1"), "1", "paused replica lags");
+    let err = c
+        .wait_replayed("replica1", Duration::from_millis(300))
+        .unwrap_err();
+    assert!(err.to_string().contains("paused"), "{err}");
+    c.resume_replay("replica1").unwrap();
+    c.wait_replayed("replica1", T).unwrap();
+    assert_eq!(count(&c, "replica1"), "2");
+
+    // Stop and start a replica.
+    c.stop("replica2", StopMode::Fast).unwrap();
+    assert!(!c.is_running("replica2"));
+    c.stop("replica2", StopMode::Fast).unwrap(); // no-op
+    c.psql("primary", "INSERT INTO t VALUES (3, 'c')").unwrap();
+    c.start_server("replica2").unwrap();
+    assert!(c.is_running("replica2"));
+    c.wait_streaming(T).unwrap();
+    c.wait_replayed("replica2", T).unwrap();
+    assert_eq!(count(&c, "replica2"), "3");
+
+    // Immediate stop + restart.
+    c.stop("replica2", StopMode::Immediate).unwrap();
+    c.restart("replica2").unwrap();
+    c.wait_streaming(T).unwrap();
+    c.restart("replica1").unwrap();
+    c.wait_streaming(T).unwrap();
+
+    // Crash the primary, promote replica1, repoint replica2.
+    c.wait_replayed("replica1", T).unwrap();
+    c.wait_replayed("replica2", T).unwrap();
+    let primary_port = c.primary().port;
+    c.kill("primary").unwrap();
+    assert!(!c.is_running("primary"));
+    assert!(TcpStream::connect(("127.0.0.1", primary_port)).is_err());
+    c.promote("replica1").unwrap();
+    assert_eq!(
+        c.psql("replica1", "SELECT pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    c.psql("replica1", "INSERT INTO t VALUES (4, 'd')").unwrap();
+    assert_eq!(count(&c, "replica1"), "4");
+    c.follow("replica2", "replica1").unwrap();
+    c.wait_streaming(T).unwrap();
+    c.wait_replayed("replica2", T).unwrap();
+    assert_eq!(count(&c, "replica2"), "4");
+
+    // The killed primary can come back (as a second primary: nothing rewinds it).
+    c.start_server("primary").unwrap();
+    assert_eq!(count(&c, "primary"), "3");
+
+    let dir = c.dir().to_path_buf();
+    c.shutdown();
+    c.shutdown();
+    assert!(!dir.exists(), "cluster directory removed");
+    eprintln!("whole scenario took {:?}", started.elapsed());
+}
+
+#[test]
+fn options_hba_conf_and_setup_sql() {
+    let c = Cluster::start(ClusterOptions {
+        replicas: 1,
+        hba: vec!["host all alice 127.0.0.1/32 scram-sha-256".into()],
+        conf: vec!["work_mem = '7MB'".into()],
+        setup_sql: vec![
+            "CREATE ROLE alice LOGIN PASSWORD 'secret'".into(),
+            "CREATE DATABASE app OWNER alice".into(),
+        ],
+    })
+    .unwrap();
+    assert_eq!(c.servers().len(), 2);
+    for name in ["primary", "replica1"] {
+        assert_eq!(c.psql(name, "SHOW work_mem").unwrap(), "7MB");
+        assert_eq!(
+            c.psql(name, "SELECT rolname FROM pg_roles WHERE rolname = 'alice'")
+                .unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            c.psql(
+                name,
+                "SELECT datname FROM pg_database WHERE datname = 'app'"
+            )
+            .unwrap(),
+            "app"
+        );
+        // Our line comes first, before the trust defaults.
+        assert_eq!(
+            c.psql(
+                name,
+                "SELECT auth_method FROM pg_hba_file_rules ORDER BY line_number LIMIT 1"
+            )
+            .unwrap(),
+            "scram-sha-256"
+        );
+    }
+    // Password auth through the extra hba line.
+    let out = Command::new(c.bindir().join("psql"))
+        .args(["-X", "-At", "-w", "-c", "SELECT current_user"])
+        .arg(c.url("replica1", "alice", "app"))
+        .env("PGPASSWORD", "secret")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+    let out = Command::new(c.bindir().join("psql"))
+        .args(["-X", "-At", "-w", "-c", "SELECT 1"])
+        .arg(c.url("primary", "alice", "app"))
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "wrong password is refused");
+}
+
+#[test]
+fn bogus_bindir_env_gives_helpful_error() {
+    // Setting the variable in this multi-threaded process would race with other tests: use a child process.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_harness::child_find_bindir",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "find_bindir")
+        .env("PGSPLIT_PG_BINDIR", "/nonexistent/pg/bin")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("BINDIR-ERROR: "), "{text}");
+}
+
+#[test]
+fn child_find_bindir() {
+    if std::env::var(CHILD_ENV).as_deref() != Ok("find_bindir") {
+        return;
+    }
+    let err = Cluster::find_bindir().unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("PGSPLIT_PG_BINDIR"), "{msg}");
+    assert!(msg.contains("/nonexistent/pg/bin"), "{msg}");
+    assert!(msg.contains("apt-get install postgresql"), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    assert!(matches!(
+        Cluster::start(ClusterOptions::default()),
+        Err(ClusterError::BinariesNotFound(_))
+    ));
+    println!("BINDIR-ERROR: {msg}");
+}
+
+#[test]
+fn watchdog_cleans_up_after_the_process_dies() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_harness::child_leak_cluster",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "leak")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("LEAKED ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| {
+            panic!(
+                "child did not report its cluster:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut parts = line.split_whitespace();
+    let dir = PathBuf::from(parts.next().unwrap());
+    let ports: Vec<u16> = parts.map(|p| p.parse().unwrap()).collect();
+    assert_eq!(ports.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.exists()
+        || ports
+            .iter()
+            .any(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "watchdog did not clean up {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "watchdog cleaned up {} within {:?} after the child exited",
+        dir.display(),
+        Instant::now() + Duration::from_secs(10) - deadline
+    );
+}
+
+#[test]
+fn child_leak_cluster() {
+    if std::env::var(CHILD_ENV).as_deref() != Ok("leak") {
+        return;
+    }
+    let c = Cluster::start(ClusterOptions {
+        replicas: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let ports: Vec<String> = c.servers().iter().map(|s| s.port.to_string()).collect();
+    println!("LEAKED {} {}", c.dir().display(), ports.join(" "));
+    // Exit without running Drop, like a killed test binary.
+    std::process::exit(0);
+}
+
+#[test]
+fn cluster_can_live_in_a_static() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Cluster>();
+    assert_send_sync::<ClusterError>();
+}

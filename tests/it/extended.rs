@@ -1,0 +1,155 @@
+//! The extended query protocol in transaction pooling: pgbench in extended and prepared modes, pipelining,
+//! portals with a row limit, an error mid-pipeline, statements re-prepared on other servers, and a name reused
+//! for another text after Close.
+
+use std::time::Duration;
+
+use crate::common::wire::{self, first_value, Raw};
+use crate::common::*;
+use futures_util::future::join_all;
+use tokio_postgres::error::SqlState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_extended_and_prepared_with_32_clients_over_pools_of_4() {
+    let env = env();
+    let proxy = spawn_proxy(config(&env.cluster, 4, 4, ""));
+    let u = url(proxy, APP);
+    tokio::task::spawn_blocking(move || {
+        pgbench_init(&env.cluster, &u);
+        for mode in ["extended", "prepared"] {
+            for script in [&["-S"][..], &[][..]] {
+                let mut args = vec!["-M", mode, "-c", "32", "-j", "2", "-t", "50"];
+                args.extend_from_slice(script);
+                let (_, stderr) = pgbench(&u, &args);
+                assert!(
+                    !stderr.contains("already exists"),
+                    "pgbench {args:?}: {stderr}"
+                );
+            }
+        }
+    })
+    .await
+    .expect("pgbench runs");
+}
+
+#[tokio::test]
+async fn pipelined_queries_and_an_error_mid_pipeline() {
+    let c = connect().await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS pipe_t (id int PRIMARY KEY)")
+        .await
+        .expect("create");
+    let read = c
+        .prepare("SELECT $1::int4 + 1, pg_is_in_recovery()")
+        .await
+        .expect("prepare");
+    // Many queries in flight at once on one connection (tokio-postgres pipelines them).
+    let futures = (0..50).map(|i| {
+        let c = &c;
+        let read = &read;
+        async move { c.query_one(read, &[&i]).await.map(|r| r.get::<_, i32>(0)) }
+    });
+    let results = join_all(futures).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.expect("pipelined query"), i as i32 + 1);
+    }
+    // An error in the middle of a pipeline fails that query only; the ones around it behave as with Postgres.
+    let ok1 = c.query_one("SELECT 1::int4", &[]);
+    let bad = c.query_one("SELECT 1/0", &[]);
+    let ok2 = c.query_one("SELECT 2::int4", &[]);
+    let (ok1, bad, ok2) = futures_util::join!(ok1, bad, ok2);
+    assert_eq!(ok1.expect("before the error").get::<_, i32>(0), 1);
+    assert_eq!(
+        bad.expect_err("division by zero").code(),
+        Some(&SqlState::DIVISION_BY_ZERO)
+    );
+    assert_eq!(ok2.expect("after the error").get::<_, i32>(0), 2);
+}
+
+#[tokio::test]
+async fn a_portal_with_a_row_limit_suspends_and_resumes() {
+    let mut c = connect().await;
+    let tx = c.transaction().await.expect("begin");
+    let stmt = tx
+        .prepare("SELECT g FROM generate_series(1, 100) g")
+        .await
+        .expect("prepare");
+    let portal = tx.bind(&stmt, &[]).await.expect("bind");
+    let mut seen = Vec::new();
+    loop {
+        let rows = tx
+            .query_portal(&portal, 10)
+            .await
+            .expect("execute with max_rows 10");
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 10);
+        seen.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<i32>>());
+    tx.commit().await.expect("commit");
+}
+
+/// A raw protocol client logged in as the trust user on the default proxy.
+fn raw() -> Raw {
+    Raw::login(env().proxy, Duration::from_secs(10), &[])
+}
+
+#[test]
+fn a_statement_name_reused_for_another_text_after_close() {
+    let mut c = raw();
+    c.parse("s1", "SELECT 'first'::text");
+    c.sync();
+    let tags: Vec<u8> = c.until_ready().iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"1Z");
+    c.bind_execute("s1");
+    c.sync();
+    assert_eq!(first_value(&c.until_ready()).as_deref(), Some("first"));
+    c.send(&wire::close(b'S', "s1"));
+    c.sync();
+    let tags: Vec<u8> = c.until_ready().iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"3Z", "CloseComplete then ReadyForQuery");
+    c.parse("s1", "SELECT 'second'::text");
+    c.bind_execute("s1");
+    c.sync();
+    let replies = c.until_ready();
+    assert_eq!(first_value(&replies).as_deref(), Some("second"));
+    // Many more executions, moved over servers between units: always the second text.
+    for _ in 0..10 {
+        c.bind_execute("s1");
+        c.sync();
+        assert_eq!(first_value(&c.until_ready()).as_deref(), Some("second"));
+    }
+    // A duplicate name is reported as Postgres does.
+    c.parse("s1", "SELECT 3");
+    c.sync();
+    let replies = c.until_ready();
+    let err = replies
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("duplicate statement error");
+    assert!(
+        String::from_utf8_lossy(&err.1).contains("42P05"),
+        "{:?}",
+        String::from_utf8_lossy(&err.1)
+    );
+}
+
+#[test]
+fn a_function_call_message_runs_on_the_primary() {
+    let mut c = raw();
+    // FunctionCall: pg_is_in_recovery (oid 3810), no arguments, text result.
+    let mut b = 3810u32.to_be_bytes().to_vec();
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    c.send(&wire::msg(b'F', &b));
+    let replies = c.until_ready();
+    let (_, v) = replies
+        .iter()
+        .find(|(t, _)| *t == b'V')
+        .expect("FunctionCallResponse");
+    assert_eq!(
+        &v[4..],
+        b"f",
+        "pg_is_in_recovery() via FunctionCall ran on the primary"
+    );
+}

@@ -1,0 +1,397 @@
+//! Replica health and lag, and following a failover (DESIGN.md §5). Each test stops, pauses or promotes servers,
+//! so each starts its own cluster and pgsplit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use pgsplit::monitor::ServerStatus;
+use pgsplit::proxy::{Proxy, ProxyHandle, Shared};
+use pgsplit_harness::{Cluster, StopMode};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const INTERVAL: Duration = Duration::from_millis(250);
+
+async fn start(cluster: &Cluster, lag: &str) -> ProxyHandle {
+    let cfg = config(
+        cluster,
+        4,
+        4,
+        &format!("[lag]\nlag_check_interval = \"250ms\"\n{lag}"),
+    );
+    Proxy::bind(cfg)
+        .await
+        .expect("bind")
+        .spawn()
+        .expect("spawn")
+}
+
+fn status(shared: &Arc<Shared>, name: &str) -> ServerStatus {
+    shared
+        .monitor
+        .snapshot()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("server status")
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn value(c: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+    let rows = c.simple_query(sql).await?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Ports that served `n` reads.
+async fn read_ports(c: &Client, n: usize) -> HashMap<u16, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let port: u16 = value(c, "SELECT inet_server_port()")
+            .await
+            .expect("read")
+            .parse()
+            .expect("port");
+        *seen.entry(port).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_is_excluded_then_readmitted_after_the_hold() {
+    let cluster = start_cluster();
+    let proxy = start(
+        &cluster,
+        "max_lag = \"1s\"\nreadmit_lag = \"500ms\"\nreadmit_hold = \"1s\"",
+    )
+    .await;
+    let shared = proxy.shared.clone();
+    wait_for("both replicas eligible", Duration::from_secs(10), || {
+        status(&shared, "replica1").eligible && status(&shared, "replica2").eligible
+    })
+    .await;
+    let c = connect_to(proxy.addr, APP).await.expect("connect");
+    let r1 = cluster.server("replica1").port;
+
+    cluster.pause_replay("replica1").expect("pause");
+    c.batch_execute("CREATE TABLE big (id int, pad text); INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g")
+        .await
+        .expect("write 20 MB");
+    let written = Instant::now();
+    let excluded = wait_for("replica1 excluded", Duration::from_secs(10), || {
+        !status(&shared, "replica1").eligible
+    })
+    .await;
+    let s = status(&shared, "replica1");
+    assert!(s.reason.contains("over the threshold"), "{}", s.reason);
+    assert!(
+        s.lag_bytes.unwrap_or(0) > 20_000_000,
+        "lag bytes {:?}",
+        s.lag_bytes
+    );
+    // Its lag passed max_lag one second after the write; it is out within 2 probe intervals (plus scheduling slack).
+    let bound = Duration::from_secs(1) + INTERVAL * 2 + Duration::from_millis(300);
+    eprintln!(
+        "replica1 excluded {:?} after the write (max_lag 1s)",
+        excluded.duration_since(written)
+    );
+    assert!(
+        excluded.duration_since(written) <= bound,
+        "excluded after {:?}",
+        excluded.duration_since(written)
+    );
+    let seen = read_ports(&c, 200).await;
+    assert!(
+        !seen.contains_key(&r1),
+        "reads still reached the lagging replica: {seen:?}"
+    );
+
+    cluster.resume_replay("replica1").expect("resume");
+    let mut under_since: Option<Instant> = None;
+    let readmitted = wait_for("replica1 re-admitted", Duration::from_secs(30), || {
+        let s = status(&shared, "replica1");
+        if under_since.is_none() && s.lag.is_some_and(|l| l <= Duration::from_millis(500)) {
+            under_since = Some(Instant::now());
+        }
+        s.eligible
+    })
+    .await;
+    let under = under_since.expect("lag went under the re-admit mark");
+    eprintln!(
+        "replica1 re-admitted {:?} after its lag went under the re-admit mark (hold 1s)",
+        readmitted.duration_since(under)
+    );
+    assert!(
+        readmitted.duration_since(under) >= Duration::from_millis(800),
+        "re-admitted {:?} after going under the mark (hold is 1s)",
+        readmitted.duration_since(under)
+    );
+    let seen = read_ports(&c, 50).await;
+    assert!(
+        seen.contains_key(&r1),
+        "re-admitted replica takes reads again: {seen:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_primary_means_no_lag() {
+    let cluster = start_cluster();
+    let proxy = start(&cluster, "max_lag = \"1s\"").await;
+    let shared = proxy.shared.clone();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for name in ["replica1", "replica2"] {
+        let s = status(&shared, name);
+        assert!(s.eligible, "{name}: {}", s.reason);
+        assert_eq!(s.lag, Some(Duration::ZERO), "{name}");
+        assert_eq!(s.lag_bytes, Some(0), "{name}");
+        assert!(
+            s.transitions.len() <= 1,
+            "{name} flapped: {:?}",
+            s.transitions
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_a_replica_stopping_and_it_returns() {
+    let cluster = start_cluster();
+    let proxy = start(&cluster, "").await;
+    let shared = proxy.shared.clone();
+    wait_for("replicas eligible", Duration::from_secs(10), || {
+        status(&shared, "replica2").eligible
+    })
+    .await;
+    let addr = proxy.addr;
+    let stop_at = Instant::now() + Duration::from_secs(1);
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        readers.push(tokio::spawn(async move {
+            let c = connect_to(addr, APP).await.expect("connect");
+            let (mut ok_after, mut errors) = (0, 0);
+            let end = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < end {
+                match c
+                    .simple_query("SELECT inet_server_port(), pg_sleep(0.01)")
+                    .await
+                {
+                    Ok(_) if Instant::now() > stop_at + Duration::from_millis(500) => ok_after += 1,
+                    Ok(_) => {}
+                    Err(_) => errors += 1,
+                }
+            }
+            (ok_after, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster
+        .stop("replica2", StopMode::Immediate)
+        .expect("stop replica2");
+    let (mut ok, mut errors) = (0, 0);
+    for r in readers {
+        let (o, e) = r.await.expect("reader");
+        ok += o;
+        errors += e;
+    }
+    eprintln!("replica2 stopped under load: {ok} reads succeeded after the stop, {errors} errors");
+    assert!(ok > 50, "reads continued on the others ({ok})");
+    assert!(
+        errors <= 4,
+        "only statements running on replica2 may fail, got {errors} errors"
+    );
+    let s = status(&shared, "replica2");
+    assert!(!s.up && !s.eligible, "{s:?}");
+
+    cluster.start_server("replica2").expect("start replica2");
+    wait_for("replica2 back", Duration::from_secs(20), || {
+        status(&shared, "replica2").eligible
+    })
+    .await;
+    let c = connect_to(addr, APP).await.expect("connect");
+    let seen = read_ports(&c, 40).await;
+    assert!(
+        seen.contains_key(&cluster.server("replica2").port),
+        "replica2 takes reads again: {seen:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_promoted_replica() {
+    let cluster = start_cluster();
+    let proxy = start(&cluster, "").await;
+    let shared = proxy.shared.clone();
+    let c = connect_to(proxy.addr, APP).await.expect("connect");
+    c.batch_execute("CREATE TABLE f (v text)")
+        .await
+        .expect("create");
+
+    cluster
+        .stop("primary", StopMode::Fast)
+        .expect("stop primary");
+    let started = Instant::now();
+    let err = c
+        .batch_execute("INSERT INTO f VALUES ('while down')")
+        .await
+        .expect_err("no primary");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "a write while the primary is down must not hang"
+    );
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_else(|| err.to_string());
+    assert!(
+        msg.contains("primary"),
+        "the error names the primary: {msg}"
+    );
+
+    cluster.promote("replica1").expect("promote replica1");
+    let promoted = Instant::now();
+    let new_port = cluster.server("replica1").port.to_string();
+    let mut landed = None;
+    while promoted.elapsed() < Duration::from_secs(10) {
+        if let Ok(port) = value(
+            &c,
+            "INSERT INTO f VALUES ('after') RETURNING inet_server_port()",
+        )
+        .await
+        {
+            landed = Some((port, promoted.elapsed()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (port, after) = landed.expect("writes resume on the promoted server");
+    eprintln!("writes resumed on the promoted replica {after:?} after pg_promote returned");
+    assert_eq!(port, new_port);
+    assert!(
+        after <= INTERVAL * 2 + Duration::from_millis(500),
+        "writes resumed {after:?} after the promotion"
+    );
+    assert_eq!(shared.router.primary(), Ok(1));
+
+    // replica2 still follows the dead primary; once it follows the new one it takes reads.
+    cluster.follow("replica2", "replica1").expect("follow");
+    wait_for(
+        "replica2 eligible under the new primary",
+        Duration::from_secs(20),
+        || status(&shared, "replica2").eligible,
+    )
+    .await;
+    let seen = read_ports(&c, 20).await;
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![cluster.server("replica2").port],
+        "{seen:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_down_replicas_stop_or_keep_serving_as_configured() {
+    let cluster = start_cluster();
+    let strict = start(&cluster, "").await;
+    let lenient = start(&cluster, "primary_unknown = \"serve\"").await;
+    wait_for("eligible", Duration::from_secs(10), || {
+        status(&strict.shared, "replica1").eligible
+    })
+    .await;
+    wait_for("eligible", Duration::from_secs(10), || {
+        status(&lenient.shared, "replica1").eligible
+    })
+    .await;
+    cluster
+        .stop("primary", StopMode::Fast)
+        .expect("stop primary");
+
+    wait_for(
+        "replicas excluded (lag unknown)",
+        Duration::from_secs(10),
+        || {
+            !status(&strict.shared, "replica1").eligible
+                && !status(&strict.shared, "replica2").eligible
+        },
+    )
+    .await;
+    let reason = status(&strict.shared, "replica1").reason;
+    assert!(
+        reason.contains("unknown") || reason.contains("WAL receiver"),
+        "{reason}"
+    );
+    for name in ["replica1", "replica2"] {
+        wait_for(
+            "primary_unknown = serve keeps replicas serving",
+            Duration::from_secs(10),
+            || status(&lenient.shared, name).eligible,
+        )
+        .await;
+    }
+    // ...and stays so while the primary remains down.
+    tokio::time::sleep(INTERVAL * 8).await;
+    assert!(
+        status(&lenient.shared, "replica1").eligible,
+        "{:?}",
+        status(&lenient.shared, "replica1")
+    );
+    assert!(!status(&strict.shared, "replica1").eligible);
+    let c = connect_to(lenient.addr, APP).await.expect("connect");
+    assert_eq!(
+        value(&c, "SELECT pg_is_in_recovery()").await.expect("read"),
+        "t"
+    );
+    strict.shutdown().await;
+    lenient.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_primaries_at_once_refuse_writes_but_reads_go_on() {
+    let cluster = start_cluster();
+    let proxy = start(&cluster, "").await;
+    let shared = proxy.shared.clone();
+    cluster
+        .promote("replica1")
+        .expect("promote while the primary runs");
+    wait_for("split brain detected", Duration::from_secs(5), || {
+        shared.router.primary().is_err()
+    })
+    .await;
+    let c = connect_to(proxy.addr, APP).await.expect("connect");
+    let err = c
+        .batch_execute("CREATE TABLE sb (a int)")
+        .await
+        .expect_err("writes refused");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("split brain"), "{msg}");
+    wait_for("replica2 eligible", Duration::from_secs(5), || {
+        status(&shared, "replica2").eligible
+    })
+    .await;
+    assert_eq!(
+        value(&c, "SELECT inet_server_port()")
+            .await
+            .expect("reads go on"),
+        cluster.server("replica2").port.to_string()
+    );
+    proxy.shutdown().await;
+}

@@ -1,0 +1,16 @@
+//! pgsplit's integration tests, as one test binary: one build, and one shared local cluster (primary + 2
+//! streaming replicas, started on first use by [`common::env`]) for every test that does not need its own. Tests
+//! that stop, kill or promote servers (failover, the harness's own tests) start their own clusters.
+//!
+//! One module per area; `cargo test --release -- proxy::isolation` runs one of them.
+
+mod admin;
+mod classify_corpus;
+mod cli;
+mod cluster_harness;
+mod common;
+mod drivers;
+mod extended;
+mod failover;
+mod proxy;
+mod routing;
