@@ -10,11 +10,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_postgres::NoTls;
-
 use crate::config::{Config, LagConfig, PrimaryUnknown};
-use crate::proxy::Shared;
-use crate::router::{Role, Router};
+use crate::router::{NoPrimary, Role, Router};
+use crate::side::SideError;
 
 /// How long primary LSN samples are kept.
 const HISTORY: Duration = Duration::from_secs(600);
@@ -47,12 +45,30 @@ pub struct Probe {
 }
 
 /// A failed probe.
-#[derive(Debug, Clone)]
-pub struct ProbeError {
-    /// The server refused the connection (down at once).
-    pub refused: bool,
-    /// What went wrong.
-    pub message: String,
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The configuration has no server or no database at that position.
+    #[error("no such server")]
+    NoSuchServer,
+    /// The configuration has no database to connect to.
+    #[error("no database")]
+    NoDatabase,
+    /// The side connection could not be opened.
+    #[error(transparent)]
+    Connect(#[from] SideError),
+    /// The probe query failed.
+    #[error("{0}")]
+    Query(#[source] tokio_postgres::Error),
+    /// No answer within `probe_timeout`.
+    #[error("probe timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+impl ProbeError {
+    /// Whether the server refused the connection (it is down at once, without waiting for `down_after`).
+    pub fn refused(&self) -> bool {
+        matches!(self, ProbeError::Connect(e) if e.refused())
+    }
 }
 
 /// One eligibility change.
@@ -238,14 +254,14 @@ impl Monitor {
             }
             Err(e) => {
                 s.failures += 1;
-                if e.refused || s.failures >= self.config.down_after {
+                if e.refused() || s.failures >= self.config.down_after {
                     if s.up {
-                        tracing::warn!(server = %s.name, failures = s.failures, error = %e.message, "server is down");
+                        tracing::warn!(server = %s.name, failures = s.failures, error = %e, "server is down");
                     }
                     s.up = false;
                     s.role = Role::Unknown;
                 }
-                s.last_error = Some(e.message);
+                s.last_error = Some(e.to_string());
             }
         }
         let went_down = was_up && !st.servers[index].up;
@@ -275,27 +291,22 @@ impl Monitor {
             }
             [] => {
                 let reason = match st.owner.map(|o| &st.servers[o]) {
-                    Some(o) if !o.up => format!(
-                        "the primary \"{}\" ({}) is down: {}",
-                        o.name,
-                        o.address,
-                        o.last_error.as_deref().unwrap_or("no answer")
-                    ),
-                    _ => "no server is out of recovery".to_string(),
+                    Some(o) if !o.up => NoPrimary::Down {
+                        name: o.name.clone(),
+                        address: o.address.clone(),
+                        error: o.last_error.as_deref().unwrap_or("no answer").to_string(),
+                    },
+                    _ => NoPrimary::NoneOutOfRecovery,
                 };
                 router.set_primary(Err(reason));
             }
             many => {
-                let names: Vec<&str> = many.iter().map(|&i| st.servers[i].name.as_str()).collect();
-                let reason = format!(
-                    "split brain: {} are all out of recovery; writes are refused until only one is",
-                    names.join(" and ")
-                );
+                let names: Vec<String> = many.iter().map(|&i| st.servers[i].name.clone()).collect();
                 if !st.split_brain {
                     tracing::error!(servers = ?names, "SPLIT BRAIN: more than one server is out of recovery; refusing writes");
                     st.split_brain = true;
                 }
-                router.set_primary(Err(reason));
+                router.set_primary(Err(NoPrimary::SplitBrain(names)));
             }
         }
         for (i, s) in st.servers.iter().enumerate() {
@@ -421,47 +432,53 @@ impl Monitor {
     }
 }
 
-/// Runs the probe loops of every server until the process ends.
-pub async fn run(shared: Arc<Shared>) {
+/// Runs the probe loops of every server until the process ends: each probe is recorded in `monitor`, which sets
+/// the primary and the replicas' read eligibility on `router`; `on_down(index)` runs when a server has just been
+/// marked down (the listener closes its idle pooled connections).
+pub async fn run(
+    config: Arc<Config>,
+    monitor: Arc<Monitor>,
+    router: Arc<Router>,
+    on_down: impl Fn(usize) + Send + Sync + 'static,
+) {
+    let on_down: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(on_down);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..shared.router.servers.len() {
-        tasks.spawn(probe_loop(shared.clone(), i));
+    for index in 0..router.servers.len() {
+        tasks.spawn(probe_loop(
+            config.clone(),
+            monitor.clone(),
+            router.clone(),
+            on_down.clone(),
+            index,
+        ));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn probe_loop(shared: Arc<Shared>, index: usize) {
-    let cfg = shared.config.lag.clone();
+async fn probe_loop(
+    config: Arc<Config>,
+    monitor: Arc<Monitor>,
+    router: Arc<Router>,
+    on_down: Arc<dyn Fn(usize) + Send + Sync>,
+    index: usize,
+) {
+    let cfg = &config.lag;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut backoff = cfg.lag_check_interval;
     loop {
         let started = Instant::now();
-        let result = match tokio::time::timeout(
-            cfg.probe_timeout,
-            probe(&shared.config, index, &mut client),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                client = None;
-                Err(ProbeError {
-                    refused: false,
-                    message: format!("probe timed out after {:?}", cfg.probe_timeout),
-                })
-            }
-        };
+        let result =
+            match tokio::time::timeout(cfg.probe_timeout, probe(&config, index, &mut client)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ProbeError::TimedOut(cfg.probe_timeout)),
+            };
         let failed = result.is_err();
         if failed {
             client = None;
         }
-        let went_down = shared
-            .monitor
-            .record(index, result, started.elapsed(), &shared.router);
-        if went_down {
-            for (_, set) in shared.all_pools() {
-                set.of_server(index).for_each(|p| p.close_idle());
-            }
+        if monitor.record(index, result, started.elapsed(), &router) {
+            on_down(index);
         }
         // A server that does not answer is probed again with a growing back-off.
         backoff = if failed {
@@ -483,19 +500,11 @@ async fn probe(
     index: usize,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<Probe, ProbeError> {
-    if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect(config, index).await?);
-    }
-    let Some(c) = client.as_ref() else {
-        return Err(ProbeError {
-            refused: false,
-            message: "no connection".into(),
-        });
+    let c = match client {
+        Some(c) if !c.is_closed() => c,
+        _ => client.insert(connect(config, index).await?),
     };
-    let row = c.query_one(PROBE, &[]).await.map_err(|e| ProbeError {
-        refused: false,
-        message: e.to_string(),
-    })?;
+    let row = c.query_one(PROBE, &[]).await.map_err(ProbeError::Query)?;
     let lsn = |i: usize| {
         row.get::<_, Option<String>>(i)
             .as_deref()
@@ -511,53 +520,24 @@ async fn probe(
     })
 }
 
+/// The probe's side connection to server `index`, to the first configured database.
 async fn connect(config: &Config, index: usize) -> Result<tokio_postgres::Client, ProbeError> {
-    let server = config.servers().nth(index).ok_or(ProbeError {
-        refused: false,
-        message: "no such server".into(),
-    })?;
-    let user = config.users.first().ok_or(ProbeError {
-        refused: false,
-        message: "no user configured".into(),
-    })?;
-    let db = config.databases.first().ok_or(ProbeError {
-        refused: false,
-        message: "no database".into(),
-    })?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&server.host)
-        .port(server.port)
-        .user(user.server_user())
-        .dbname(db.server_database())
-        .application_name("pgsplit monitor")
-        .connect_timeout(config.lag.probe_timeout);
-    if let Some(p) = user.server_password() {
-        pg.password(p);
-    }
-    match pg.connect(NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            Ok(client)
-        }
-        Err(e) => {
-            let refused = refused(&e);
-            Err(ProbeError {
-                refused,
-                message: e.to_string(),
-            })
-        }
-    }
-}
-
-fn refused(e: &tokio_postgres::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        source = s.source();
-    }
-    false
+    let server = config
+        .servers()
+        .nth(index)
+        .ok_or(ProbeError::NoSuchServer)?;
+    let db = config.databases.first().ok_or(ProbeError::NoDatabase)?;
+    let side = crate::side::connect(
+        config,
+        server,
+        db,
+        "pgsplit monitor",
+        config.lag.probe_timeout,
+    )
+    .await?;
+    // The connection task runs on its own until the client is dropped.
+    drop(side.task);
+    Ok(side.client)
 }
 
 /// Parses an LSN written as `X/Y` (hex).

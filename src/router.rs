@@ -183,12 +183,33 @@ pub enum ReadTarget {
 /// No server is the primary.
 const NO_PRIMARY: usize = usize::MAX;
 
+/// Why no server takes writes now (the monitor decides; clients get it in their error message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoPrimary {
+    /// The server that took writes does not answer.
+    #[error("the primary \"{name}\" ({address}) is down: {error}")]
+    Down {
+        /// Its configured name.
+        name: String,
+        /// host:port.
+        address: String,
+        /// Its last probe error.
+        error: String,
+    },
+    /// Every server that answers is in recovery.
+    #[error("no server is out of recovery")]
+    NoneOutOfRecovery,
+    /// More than one server is out of recovery (their names): writes are refused.
+    #[error("split brain: {} are all out of recovery; writes are refused until only one is", .0.join(" and "))]
+    SplitBrain(Vec<String>),
+}
+
 /// The servers pgsplit fronts, which one is the primary now, and the read balancer.
 pub struct Router {
     /// Every configured server: the configured primary first, then the replicas.
     pub servers: Vec<Arc<Backend>>,
     primary: AtomicUsize,
-    no_primary: Mutex<String>,
+    no_primary: Mutex<NoPrimary>,
     balancer: Balancer,
     primary_reads: PrimaryReads,
     fallback: Fallback,
@@ -218,7 +239,7 @@ impl Router {
             credit: Mutex::new(vec![0; servers.len()]),
             servers,
             primary: AtomicUsize::new(0),
-            no_primary: Mutex::new(String::new()),
+            no_primary: Mutex::new(NoPrimary::NoneOutOfRecovery),
             balancer: config.routing.balancer,
             primary_reads: config.routing.primary_reads,
             fallback: config.routing.fallback,
@@ -232,25 +253,19 @@ impl Router {
     }
 
     /// The server that takes writes now, or why there is none.
-    pub fn primary(&self) -> Result<usize, String> {
+    pub fn primary(&self) -> Result<usize, NoPrimary> {
         match self.primary.load(Ordering::Relaxed) {
-            NO_PRIMARY => Err(self
-                .no_primary
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default()),
+            NO_PRIMARY => Err(lock(&self.no_primary).clone()),
             i => Ok(i),
         }
     }
 
     /// Sets the server that takes writes (monitor): an index, or the reason there is none.
-    pub fn set_primary(&self, primary: Result<usize, String>) {
+    pub fn set_primary(&self, primary: Result<usize, NoPrimary>) {
         match primary {
             Ok(i) => self.primary.store(i, Ordering::Relaxed),
             Err(reason) => {
-                if let Ok(mut m) = self.no_primary.lock() {
-                    *m = reason;
-                }
+                *lock(&self.no_primary) = reason;
                 self.primary.store(NO_PRIMARY, Ordering::Relaxed);
             }
         }
@@ -310,7 +325,7 @@ impl Router {
     /// Smooth weighted round robin (as nginx does it) over the current members: each pick adds every member's
     /// weight to its credit, takes the member with the most credit and charges it the members' total weight.
     fn pick_round_robin(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut credit = lock(&self.credit);
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, b) in self.servers.iter().enumerate() {
@@ -367,6 +382,10 @@ impl Router {
         }
         None
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The pools of one (user, database): per server, a write pool (used while it is the primary) and a read pool

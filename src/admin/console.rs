@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{sqlstate, Frame};
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// Serves an authenticated admin client until it leaves.
 pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut) {

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::classify::Reason;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use crate::stats::{ClientState, Destination, PrimaryRead};
 
 type Labels = Vec<(&'static str, String)>;

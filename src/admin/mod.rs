@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// The dashboard page (self-contained: no CDN).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -106,7 +106,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
             "ok": primary_ok,
             "detail": match &primary {
                 Ok(i) => servers.get(*i).map_or_else(String::new, |s| format!("{} ({})", s.name, s.address)),
-                Err(reason) => reason.clone(),
+                Err(reason) => reason.to_string(),
             },
         },
         { "name": "accepting_clients", "ok": !shared.is_paused(), "detail": if shared.is_paused() { "paused" } else { "running" } },

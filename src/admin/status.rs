@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::classify::Reason;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use crate::stats::{ClientState, Destination, Percentiles, PrimaryRead};
 
 /// The whole status document.
@@ -223,7 +223,7 @@ pub fn status(shared: &Shared) -> Status {
             .ok()
             .and_then(|&i| router.servers.get(i))
             .map(|b| b.name.clone()),
-        primary_error: primary.err(),
+        primary_error: primary.err().map(|e| e.to_string()),
         max_lag_seconds: lag.max_lag.as_secs_f64(),
         max_lag_bytes: lag.max_lag_bytes,
         readmit_lag_seconds: lag.readmit_lag().as_secs_f64(),

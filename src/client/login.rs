@@ -12,7 +12,7 @@ use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupError};
 use crate::protocol::Frame;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// Largest message accepted during authentication.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;

@@ -14,12 +14,52 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::sqlstate;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 pub use login::printable;
 
-/// Serves one client connection to the end. `login` is its place among the connections logging in, given back
-/// once it has logged in; it then takes one of the client `slots` for the rest of its session.
+/// What a client connection turned out to be, once its login is done.
+pub enum Opened {
+    /// An application client, logged in: run its session.
+    Session(Session),
+    /// An admin user logged in to the virtual database `pgsplit`: the caller serves the admin console.
+    Console(ConsoleRequest),
+    /// Nothing more to do: a cancel request (forwarded), a client that went away, or a refused login (already
+    /// answered).
+    Nothing,
+}
+
+/// An application client's session, holding one of the client slots until it ends.
+pub struct Session {
+    session: Box<session::Session>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Session {
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        self.session.run().await;
+    }
+}
+
+/// An authenticated admin console client: the socket, and what it sent after its login. It holds one of the
+/// client slots while it lives, as a session does.
+pub struct ConsoleRequest {
+    socket: TcpStream,
+    buf: BytesMut,
+    slot: OwnedSemaphorePermit,
+}
+
+impl ConsoleRequest {
+    /// The socket, the bytes read, and the client slot to keep for as long as the console runs.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, OwnedSemaphorePermit) {
+        (self.socket, self.buf, self.slot)
+    }
+}
+
+/// Opens one client connection: reads its startup packet, authenticates it and checks its database. `login` is
+/// its place among the connections logging in, given back once it has logged in; a session then takes one of
+/// the client `slots` for as long as it runs.
 pub async fn serve(
     shared: Arc<Shared>,
     socket: TcpStream,
@@ -27,17 +67,12 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     login: OwnedSemaphorePermit,
     slots: Arc<Semaphore>,
-) {
+) -> Opened {
     // The login is boxed: its state is freed once it is done instead of sizing every client's task.
-    if let Some((mut session, _slot)) =
-        Box::pin(open(shared, socket, peer, stop, login, slots)).await
-    {
-        session.run().await;
-    }
+    Box::pin(open(shared, socket, peer, stop, login, slots)).await
 }
 
-/// Reads the startup packet, authenticates and checks the database: the session for an application client
-/// (the admin console and cancel requests are served here, and give `None`).
+/// Reads the startup packet, authenticates and checks the database (cancel requests are forwarded here).
 async fn open(
     shared: Arc<Shared>,
     mut socket: TcpStream,
@@ -45,7 +80,7 @@ async fn open(
     stop: watch::Receiver<bool>,
     login: OwnedSemaphorePermit,
     slots: Arc<Semaphore>,
-) -> Option<(Box<session::Session>, OwnedSemaphorePermit)> {
+) -> Opened {
     // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
@@ -111,11 +146,11 @@ async fn open(
     drop(login);
     let (user, database, params, slot) = match opened {
         Ok(Ok(Some(x))) => x,
-        Ok(Ok(None)) => return None,
+        Ok(Ok(None)) => return Opened::Nothing,
         Ok(Err(e)) => {
             tracing::debug!(%peer, code = e.code, message = %e.message, "login refused");
             login::fatal(&mut socket, e.code, &e.message).await;
-            return None;
+            return Opened::Nothing;
         }
         Err(_) => {
             login::fatal(
@@ -124,12 +159,11 @@ async fn open(
                 "client did not finish logging in in time",
             )
             .await;
-            return None;
+            return Opened::Nothing;
         }
     };
     if database == crate::config::ADMIN_DATABASE {
-        Box::pin(crate::admin::console::serve(shared, socket, buf)).await;
-        return None;
+        return Opened::Console(ConsoleRequest { socket, buf, slot });
     }
     let Some(pools) = shared.pools(&user, &database) else {
         login::fatal(
@@ -138,10 +172,13 @@ async fn open(
             "unknown user or database",
         )
         .await;
-        return None;
+        return Opened::Nothing;
     };
     let session = Box::new(session::Session::new(
         shared, socket, peer, buf, user, database, params, pools, stop,
     ));
-    Some((session, slot))
+    Opened::Session(Session {
+        session,
+        _slot: slot,
+    })
 }

@@ -30,10 +30,10 @@ use crate::pool::PooledConn;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::{self, BindView, ParseView, Severity};
 use crate::protocol::{sqlstate, Frame};
-use crate::proxy::Shared;
 use crate::router::{Load, PoolSet, ReadTarget, Target};
 use crate::server::ServerConn;
 use crate::sql::{quote_literal, Effects, SessionEvent};
+use crate::state::Shared;
 use crate::stats::{ClientInfo, ClientState, Destination};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
