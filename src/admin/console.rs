@@ -4,12 +4,16 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::protocol::frame::{read_frame, ReadError};
 use crate::protocol::messages::{self, Severity};
-use crate::protocol::{sqlstate, Frame};
+use crate::protocol::sqlstate;
 use crate::state::Shared;
+
+/// Largest message the console accepts.
+const MAX_MESSAGE: usize = 1 << 20;
 
 /// Serves an authenticated admin client until it leaves.
 pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut) {
@@ -31,24 +35,18 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut
         return;
     }
     loop {
-        let frame = loop {
-            match Frame::split(&mut buf, 1 << 20) {
-                Ok(Some(f)) => break f,
-                Ok(None) => {}
-                Err(e) => {
-                    let msg = messages::error_bytes(
-                        Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &e.to_string(),
-                    );
-                    let _ = socket.write_all(&msg).await;
-                    return;
-                }
+        let frame = match read_frame(&mut socket, &mut buf, MAX_MESSAGE).await {
+            Ok(f) => f,
+            Err(ReadError::Frame(e)) => {
+                let msg = messages::error_bytes(
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &e.to_string(),
+                );
+                let _ = socket.write_all(&msg).await;
+                return;
             }
-            match socket.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+            Err(ReadError::Closed | ReadError::Io(_)) => return,
         };
         out.clear();
         match frame.tag {
@@ -101,7 +99,7 @@ pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
         _ => messages::error_response(
             out,
             Severity::Error,
-            "42601",
+            sqlstate::SYNTAX_ERROR,
             &format!("unknown admin command \"{}\"; try SHOW HELP", text.trim()),
         ),
     }
@@ -329,7 +327,7 @@ fn show(shared: &Shared, what: &str, out: &mut BytesMut) {
         other => messages::error_response(
             out,
             Severity::Error,
-            "42601",
+            sqlstate::SYNTAX_ERROR,
             &format!(
                 "unknown SHOW target \"{}\"; try SHOW HELP",
                 other.to_ascii_lowercase()

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth::constant_time_eq;
 use crate::state::Shared;
 
 /// The dashboard page (self-contained: no CDN).
@@ -87,10 +88,6 @@ async fn require_token(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 200 when pgsplit can serve writes (a primary is known and up), 503 otherwise, with the checks as JSON.

@@ -36,3 +36,5 @@ pub const RESERVED_NAME: &str = "42939";
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 /// 42P05: a prepared statement of that name exists already.
 pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+/// 42601: a syntax error (an admin console command pgsplit does not know).
+pub const SYNTAX_ERROR: &str = "42601";
