@@ -451,3 +451,6 @@ impl PoolSet {
         self.write.iter().chain(self.read.iter())
     }
 }
+
+#[cfg(test)]
+mod tests;

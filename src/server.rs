@@ -302,12 +302,14 @@ impl ServerConn {
                 s.finish(&body)
                     .map_err(|e| self.login_error(refused, &e.to_string()))?;
             }
-            other => return Err(self.login_error(
-                refused,
-                &format!(
+            other => {
+                return Err(self.login_error(
+                    refused,
+                    &format!(
                     "server asks for authentication method {other}, which pgsplit does not support"
                 ),
-            )),
+                ))
+            }
         }
         Ok(())
     }
