@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, LagConfig, PrimaryUnknown};
-use crate::router::{NoPrimary, Role, Router};
+use crate::router::{NoPrimary, Router};
 use crate::side::SideError;
 
 /// How long primary LSN samples are kept.
@@ -26,6 +26,28 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
      CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
      EXISTS (SELECT 1 FROM pg_stat_wal_receiver)";
+
+/// A server's role as last probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not probed yet, or the probe failed.
+    Unknown,
+    /// Out of recovery: takes writes.
+    Primary,
+    /// In recovery: a streaming replica.
+    Replica,
+}
+
+impl Role {
+    /// A stable label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
 
 /// What one probe read.
 #[derive(Debug, Clone, Default)]
@@ -308,9 +330,6 @@ impl Monitor {
                 }
                 router.set_primary(Err(NoPrimary::SplitBrain(names)));
             }
-        }
-        for (i, s) in st.servers.iter().enumerate() {
-            router.servers[i].set_role(s.role);
         }
 
         // The primary's position.

@@ -72,11 +72,6 @@ impl Pool {
         }))
     }
 
-    /// The login target.
-    pub fn target(&self) -> &ServerTarget {
-        &self.0.target
-    }
-
     /// Takes a connection: an idle one that passes its checks, or a new one. Waits at most the pool-wait
     /// timeout for a free slot.
     pub async fn checkout(&self) -> Result<PooledConn> {
@@ -220,11 +215,6 @@ impl PooledConn {
         if let Some(conn) = self.conn.take() {
             self.pool.checkin(conn);
         }
-    }
-
-    /// The pool it came from.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 }
 

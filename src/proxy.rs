@@ -70,11 +70,6 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    /// The shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Runs in the background until [`ProxyHandle::shutdown`].
     pub fn spawn(self) -> std::io::Result<ProxyHandle> {
         let addr = self.local_addr()?;

@@ -4,7 +4,7 @@
 //! Which server is the primary, and which replicas are eligible for reads, is the monitor's to set (it probes
 //! every server); on top of that a replica that refused a connection is skipped for a short back-off.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,45 +18,7 @@ use crate::stats::PrimaryRead;
 /// How long a replica that refused a connection is skipped.
 const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
-/// A server's role as last probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Not probed yet, or the probe failed.
-    Unknown,
-    /// Out of recovery: takes writes.
-    Primary,
-    /// In recovery: a streaming replica.
-    Replica,
-}
-
-impl Role {
-    fn from_u8(v: u8) -> Role {
-        match v {
-            1 => Role::Primary,
-            2 => Role::Replica,
-            _ => Role::Unknown,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            Role::Unknown => 0,
-            Role::Primary => 1,
-            Role::Replica => 2,
-        }
-    }
-
-    /// A stable label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Unknown => "unknown",
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-        }
-    }
-}
-
-/// One configured server. Its role, health and read eligibility are the monitor's to set.
+/// One configured server. Its read eligibility is the monitor's to set.
 #[derive(Debug)]
 pub struct Backend {
     /// Position in the configuration (0: the configured primary, then the replicas).
@@ -69,21 +31,19 @@ pub struct Backend {
     pub weight: u32,
     /// Units in flight on it (server connections held by clients).
     pub outstanding: AtomicUsize,
-    role: AtomicU8,
     eligible: AtomicBool,
     down_until_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Backend {
-    fn new(index: usize, s: &ServerConfig, role: Role, epoch: Instant) -> Backend {
+    fn new(index: usize, s: &ServerConfig, epoch: Instant) -> Backend {
         Backend {
             index,
             name: s.display_name(),
             address: s.address(),
             weight: s.weight.max(1),
             outstanding: AtomicUsize::new(0),
-            role: AtomicU8::new(role.as_u8()),
             eligible: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             epoch,
@@ -92,16 +52,6 @@ impl Backend {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// The role last probed.
-    pub fn role(&self) -> Role {
-        Role::from_u8(self.role.load(Ordering::Relaxed))
-    }
-
-    /// Records the role (monitor).
-    pub fn set_role(&self, role: Role) {
-        self.role.store(role.as_u8(), Ordering::Relaxed);
     }
 
     /// Whether the monitor lets it take reads (a replica, up, within the lag threshold).
@@ -226,14 +176,7 @@ impl Router {
         let servers: Vec<Arc<Backend>> = config
             .servers()
             .enumerate()
-            .map(|(i, s)| {
-                Arc::new(Backend::new(
-                    i,
-                    s,
-                    if i == 0 { Role::Primary } else { Role::Replica },
-                    epoch,
-                ))
-            })
+            .map(|(i, s)| Arc::new(Backend::new(i, s, epoch)))
             .collect();
         Router {
             credit: Mutex::new(vec![0; servers.len()]),

@@ -1,7 +1,7 @@
 //! The JSON document `/status` serves (and the dashboard charts): servers, pools, clients, routing counters,
 //! latency percentiles.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
@@ -266,11 +266,4 @@ pub fn status(shared: &Shared) -> Status {
             .map(|(class, count)| ErrorView { class, count })
             .collect(),
     }
-}
-
-/// Milliseconds since the Unix epoch (for the dashboard's clock).
-pub fn now_unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
