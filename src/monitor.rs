@@ -296,41 +296,7 @@ impl Monitor {
         let fresh =
             |s: &ServerStatus| s.up && s.last_ok.is_some_and(|t| now.duration_since(t) <= stale);
 
-        // Who takes writes.
-        let primaries: Vec<usize> = (0..st.servers.len())
-            .filter(|&i| fresh(&st.servers[i]) && st.servers[i].role == Role::Primary)
-            .collect();
-        match primaries.as_slice() {
-            [p] => {
-                let p = *p;
-                if st.owner != Some(p) {
-                    tracing::warn!(server = %st.servers[p].name, "new primary: writes now go to it");
-                    st.history = LsnHistory::default();
-                    st.owner = Some(p);
-                }
-                st.split_brain = false;
-                router.set_primary(Ok(p));
-            }
-            [] => {
-                let reason = match st.owner.map(|o| &st.servers[o]) {
-                    Some(o) if !o.up => NoPrimary::Down {
-                        name: o.name.clone(),
-                        address: o.address.clone(),
-                        error: o.last_error.as_deref().unwrap_or("no answer").to_string(),
-                    },
-                    _ => NoPrimary::NoneOutOfRecovery,
-                };
-                router.set_primary(Err(reason));
-            }
-            many => {
-                let names: Vec<String> = many.iter().map(|&i| st.servers[i].name.clone()).collect();
-                if !st.split_brain {
-                    tracing::error!(servers = ?names, "SPLIT BRAIN: more than one server is out of recovery; refusing writes");
-                    st.split_brain = true;
-                }
-                router.set_primary(Err(NoPrimary::SplitBrain(names)));
-            }
-        }
+        elect_primary(st, router, &fresh);
 
         // The primary's position.
         if Some(probed) == st.owner && fresh(&st.servers[probed]) {
@@ -347,107 +313,205 @@ impl Monitor {
             .map(|(_, lsn)| lsn);
 
         // Which replicas may take reads.
-        let cfg = &self.config;
         for i in 0..st.servers.len() {
-            let is_primary = router.primary() == Ok(i);
             let s = &st.servers[i];
-            let verdict: Result<(), String> = if is_primary {
-                Err("primary".into())
-            } else if !s.up {
-                Err(format!(
-                    "down: {}",
-                    s.last_error.as_deref().unwrap_or("no answer")
-                ))
-            } else if s.failures > 0 {
-                Err(format!(
-                    "last probe failed: {}",
-                    s.last_error.as_deref().unwrap_or("no answer")
-                ))
-            } else if !fresh(s) {
-                Err("no fresh probe".into())
-            } else if s.role != Role::Replica {
-                Err("not in recovery".into())
-            } else if !s.probe.receiver_up && primary_position.is_some() {
-                Err("WAL receiver is not running".into())
-            } else {
-                Ok(())
+            let refused = refusal(
+                s,
+                router.primary() == Ok(i),
+                fresh(s),
+                primary_position.is_some(),
+            );
+            let verdict = match refused {
+                Some(reason) => Verdict::no(reason),
+                None => self.lag_verdict(primary_position, s.probe.replay_lsn, &st.history, now),
             };
-            let mut lag = None;
-            let mut lag_bytes = None;
-            let (ok_now, under_readmit, reason) = match verdict {
-                Err(reason) => (false, false, reason),
-                Ok(()) => match (primary_position, s.probe.replay_lsn) {
-                    (Some(p), Some(replayed)) => {
-                        let bytes = p.saturating_sub(replayed);
-                        let time = st.history.lag(replayed, now);
-                        lag = Some(time);
-                        lag_bytes = Some(bytes);
-                        let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
-                        let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
-                        if time > cfg.max_lag || over_bytes {
-                            (
-                                false,
-                                false,
-                                format!(
-                                    "lag {:.3}s / {bytes} bytes over the threshold",
-                                    time.as_secs_f64()
-                                ),
-                            )
-                        } else {
-                            let under = time <= cfg.readmit_lag() && under_bytes;
-                            (
-                                true,
-                                under,
-                                format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
-                            )
-                        }
-                    }
-                    (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => (
-                        true,
-                        true,
-                        "primary position unknown; serving as configured".into(),
-                    ),
-                    (None, _) => (
-                        false,
-                        false,
-                        "lag unknown: the primary's WAL position is unknown".into(),
-                    ),
-                    (Some(_), None) => (false, false, "lag unknown: nothing replayed yet".into()),
-                },
-            };
-            let s = &mut st.servers[i];
-            s.lag = lag;
-            s.lag_bytes = lag_bytes;
-            let eligible = if s.eligible {
-                s.below_since = None;
-                ok_now
-            } else if under_readmit {
-                let since = *s.below_since.get_or_insert(now);
-                // A replica that was never excluded is admitted at once; one that was, after the hold time.
-                s.transitions.is_empty() || now.duration_since(since) >= cfg.readmit_hold
-            } else {
-                s.below_since = None;
-                false
-            };
-            if eligible != s.eligible {
-                tracing::info!(server = %s.name, eligible, reason = %reason, "replica eligibility changed");
-                s.transitions.push_back(Transition {
-                    at: SystemTime::now(),
-                    eligible,
-                    reason: reason.clone(),
-                });
-                if s.transitions.len() > TRANSITIONS {
-                    s.transitions.pop_front();
-                }
-            }
-            s.eligible = eligible;
-            s.reason = if eligible || !ok_now {
-                reason
-            } else {
-                format!("waiting to be re-admitted ({reason})")
-            };
+            let eligible = self.admit(&mut st.servers[i], verdict, now);
             router.servers[i].set_eligible(eligible);
         }
+    }
+
+    /// Judges a replica that passed every other check by its lag (bytes and time) against the thresholds.
+    fn lag_verdict(
+        &self,
+        primary_position: Option<u64>,
+        replayed: Option<u64>,
+        history: &LsnHistory,
+        now: Instant,
+    ) -> Verdict {
+        let cfg = &self.config;
+        match (primary_position, replayed) {
+            (Some(p), Some(replayed)) => {
+                let bytes = p.saturating_sub(replayed);
+                let time = history.lag(replayed, now);
+                let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
+                let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
+                let (ok_now, under_readmit, reason) = if time > cfg.max_lag || over_bytes {
+                    (
+                        false,
+                        false,
+                        format!(
+                            "lag {:.3}s / {bytes} bytes over the threshold",
+                            time.as_secs_f64()
+                        ),
+                    )
+                } else {
+                    let under = time <= cfg.readmit_lag() && under_bytes;
+                    (
+                        true,
+                        under,
+                        format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
+                    )
+                };
+                Verdict {
+                    ok_now,
+                    under_readmit,
+                    reason,
+                    lag: Some(time),
+                    lag_bytes: Some(bytes),
+                }
+            }
+            (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => Verdict {
+                ok_now: true,
+                under_readmit: true,
+                reason: "primary position unknown; serving as configured".into(),
+                lag: None,
+                lag_bytes: None,
+            },
+            (None, _) => Verdict::no("lag unknown: the primary's WAL position is unknown".into()),
+            (Some(_), None) => Verdict::no("lag unknown: nothing replayed yet".into()),
+        }
+    }
+
+    /// Applies a verdict with hysteresis: an eligible replica leaves as soon as it fails; one that is out comes
+    /// back once under the re-admit threshold for `readmit_hold` (at once if it was never excluded). Returns
+    /// whether it is eligible now.
+    fn admit(&self, s: &mut ServerStatus, verdict: Verdict, now: Instant) -> bool {
+        let Verdict {
+            ok_now,
+            under_readmit,
+            reason,
+            lag,
+            lag_bytes,
+        } = verdict;
+        s.lag = lag;
+        s.lag_bytes = lag_bytes;
+        let eligible = if s.eligible {
+            s.below_since = None;
+            ok_now
+        } else if under_readmit {
+            let since = *s.below_since.get_or_insert(now);
+            // A replica that was never excluded is admitted at once; one that was, after the hold time.
+            s.transitions.is_empty() || now.duration_since(since) >= self.config.readmit_hold
+        } else {
+            s.below_since = None;
+            false
+        };
+        if eligible != s.eligible {
+            tracing::info!(server = %s.name, eligible, reason = %reason, "replica eligibility changed");
+            s.transitions.push_back(Transition {
+                at: SystemTime::now(),
+                eligible,
+                reason: reason.clone(),
+            });
+            if s.transitions.len() > TRANSITIONS {
+                s.transitions.pop_front();
+            }
+        }
+        s.eligible = eligible;
+        s.reason = if eligible || !ok_now {
+            reason
+        } else {
+            format!("waiting to be re-admitted ({reason})")
+        };
+        eligible
+    }
+}
+
+/// What the probes say of one server as a read target.
+struct Verdict {
+    /// Within the thresholds now.
+    ok_now: bool,
+    /// Under the (lower) re-admit threshold.
+    under_readmit: bool,
+    /// Why, for the status and the transitions.
+    reason: String,
+    lag: Option<Duration>,
+    lag_bytes: Option<u64>,
+}
+
+impl Verdict {
+    fn no(reason: String) -> Verdict {
+        Verdict {
+            ok_now: false,
+            under_readmit: false,
+            reason,
+            lag: None,
+            lag_bytes: None,
+        }
+    }
+}
+
+/// Decides which server takes writes: the one fresh server out of recovery; none (and why) when there is no
+/// such server or more than one (split brain). A new primary restarts the LSN history.
+fn elect_primary(st: &mut State, router: &Router, fresh: &dyn Fn(&ServerStatus) -> bool) {
+    let primaries: Vec<usize> = (0..st.servers.len())
+        .filter(|&i| fresh(&st.servers[i]) && st.servers[i].role == Role::Primary)
+        .collect();
+    match primaries.as_slice() {
+        [p] => {
+            let p = *p;
+            if st.owner != Some(p) {
+                tracing::warn!(server = %st.servers[p].name, "new primary: writes now go to it");
+                st.history = LsnHistory::default();
+                st.owner = Some(p);
+            }
+            st.split_brain = false;
+            router.set_primary(Ok(p));
+        }
+        [] => {
+            let reason = match st.owner.map(|o| &st.servers[o]) {
+                Some(o) if !o.up => NoPrimary::Down {
+                    name: o.name.clone(),
+                    address: o.address.clone(),
+                    error: o.last_error.as_deref().unwrap_or("no answer").to_string(),
+                },
+                _ => NoPrimary::NoneOutOfRecovery,
+            };
+            router.set_primary(Err(reason));
+        }
+        many => {
+            let names: Vec<String> = many.iter().map(|&i| st.servers[i].name.clone()).collect();
+            if !st.split_brain {
+                tracing::error!(servers = ?names, "SPLIT BRAIN: more than one server is out of recovery; refusing writes");
+                st.split_brain = true;
+            }
+            router.set_primary(Err(NoPrimary::SplitBrain(names)));
+        }
+    }
+}
+
+/// Why a server may not take reads whatever its lag, if it may not.
+fn refusal(
+    s: &ServerStatus,
+    is_primary: bool,
+    fresh: bool,
+    primary_position_known: bool,
+) -> Option<String> {
+    let last_error = || s.last_error.as_deref().unwrap_or("no answer");
+    if is_primary {
+        Some("primary".into())
+    } else if !s.up {
+        Some(format!("down: {}", last_error()))
+    } else if s.failures > 0 {
+        Some(format!("last probe failed: {}", last_error()))
+    } else if !fresh {
+        Some("no fresh probe".into())
+    } else if s.role != Role::Replica {
+        Some("not in recovery".into())
+    } else if !s.probe.receiver_up && primary_position_known {
+        Some("WAL receiver is not running".into())
+    } else {
+        None
     }
 }
 
@@ -566,34 +630,4 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_parses() {
-        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("bogus"), None);
-    }
-
-    #[test]
-    fn time_lag_is_zero_when_caught_up_and_grows_from_when_the_primary_moved_on() {
-        let t0 = Instant::now();
-        let mut h = LsnHistory::default();
-        for k in 0..8 {
-            h.push(t0 + Duration::from_millis(250 * k), 100);
-        }
-        assert_eq!(h.samples.len(), 2, "an idle primary is stored compactly");
-        assert_eq!(
-            h.lag(100, t0 + Duration::from_secs(5)),
-            Duration::ZERO,
-            "idle primary: no lag"
-        );
-        h.push(t0 + Duration::from_millis(2000), 200);
-        h.push(t0 + Duration::from_millis(2250), 300);
-        let now = t0 + Duration::from_millis(3000);
-        assert_eq!(h.lag(100, now), Duration::from_millis(1000));
-        assert_eq!(h.lag(250, now), Duration::from_millis(750));
-        assert_eq!(h.lag(300, now), Duration::ZERO);
-    }
-}
+mod tests;

@@ -72,7 +72,16 @@ pub async fn serve(
     Box::pin(open(shared, socket, peer, stop, login, slots)).await
 }
 
-/// Reads the startup packet, authenticates and checks the database (cancel requests are forwarded here).
+/// A client that logged in: who, to what, and the client slot it took.
+struct LoggedIn {
+    user: String,
+    database: String,
+    params: Vec<(String, String)>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Logs a client in within `timeouts.client_login`, then opens what it asked for: a session, or the admin
+/// console.
 async fn open(
     shared: Arc<Shared>,
     mut socket: TcpStream,
@@ -85,67 +94,15 @@ async fn open(
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = shared.config.timeouts.client_login;
-    let opened = tokio::time::timeout(login_timeout, async {
-        let opening = login::read_opening(&mut socket, &mut buf).await?;
-        let params = match opening {
-            login::Opening::Startup { params } => params,
-            login::Opening::Cancel { pid, secret } => {
-                shared
-                    .cancels
-                    .cancel(pid, secret, shared.config.timeouts.server_connect)
-                    .await;
-                return Ok(None);
-            }
-            login::Opening::Gone => return Ok(None),
-        };
-        // A client slot, taken once the startup packet is in (as PostgreSQL checks its connection limit).
-        let slot = slots.try_acquire_owned().map_err(|_| login::LoginError {
-            code: sqlstate::TOO_MANY_CONNECTIONS,
-            message: "sorry, too many clients already".into(),
-        })?;
-        let user = params
-            .iter()
-            .find(|(k, _)| k == "user")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        if user.is_empty() {
-            return Err(login::LoginError {
-                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                message: "no PostgreSQL user name specified in startup packet".into(),
-            });
-        }
-        let database = params
-            .iter()
-            .find(|(k, _)| k == "database")
-            .map(|(_, v)| v.clone())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| user.clone());
-        // Authenticate first, as Postgres does, so that database names do not leak to strangers.
-        login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
-        if database == crate::config::ADMIN_DATABASE {
-            if shared.config.user(&user).is_some_and(|u| u.admin) {
-                return Ok(Some((user, database, params, slot)));
-            }
-            return Err(login::LoginError {
-                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                message: format!(
-                    "user \"{user}\" may not use the pgsplit admin console (set admin = true)"
-                ),
-            });
-        }
-        if shared.config.database(&database).is_none() {
-            return Err(login::LoginError {
-                code: sqlstate::INVALID_CATALOG_NAME,
-                message: format!("database \"{database}\" does not exist"),
-            });
-        }
-        Ok(Some((user, database, params, slot)))
-    })
+    let opened = tokio::time::timeout(
+        login_timeout,
+        log_in(&shared, &mut socket, &mut buf, &slots),
+    )
     .await;
     // Logged in (or not): no longer among the connections logging in.
     drop(login);
-    let (user, database, params, slot) = match opened {
-        Ok(Ok(Some(x))) => x,
+    let client = match opened {
+        Ok(Ok(Some(client))) => client,
         Ok(Ok(None)) => return Opened::Nothing,
         Ok(Err(e)) => {
             tracing::debug!(%peer, code = e.code, message = %e.message, "login refused");
@@ -162,6 +119,12 @@ async fn open(
             return Opened::Nothing;
         }
     };
+    let LoggedIn {
+        user,
+        database,
+        params,
+        slot,
+    } = client;
     if database == crate::config::ADMIN_DATABASE {
         return Opened::Console(ConsoleRequest { socket, buf, slot });
     }
@@ -181,4 +144,73 @@ async fn open(
         session,
         _slot: slot,
     })
+}
+
+/// Reads the startup packet, takes a client slot, authenticates and checks the database. `None`: nothing to
+/// open (a cancel request, forwarded here, or a client that went away).
+async fn log_in(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    slots: &Arc<Semaphore>,
+) -> Result<Option<LoggedIn>, login::LoginError> {
+    let params = match login::read_opening(socket, buf).await? {
+        login::Opening::Startup { params } => params,
+        login::Opening::Cancel { pid, secret } => {
+            shared
+                .cancels
+                .cancel(pid, secret, shared.config.timeouts.server_connect)
+                .await;
+            return Ok(None);
+        }
+        login::Opening::Gone => return Ok(None),
+    };
+    // A client slot, taken once the startup packet is in (as PostgreSQL checks its connection limit).
+    let slot = slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| login::LoginError {
+            code: sqlstate::TOO_MANY_CONNECTIONS,
+            message: "sorry, too many clients already".into(),
+        })?;
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    if user.is_empty() {
+        return Err(login::LoginError {
+            code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            message: "no PostgreSQL user name specified in startup packet".into(),
+        });
+    }
+    let database = params
+        .iter()
+        .find(|(k, _)| k == "database")
+        .map(|(_, v)| v.clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    // Authenticate first, as Postgres does, so that database names do not leak to strangers.
+    login::authenticate(shared, socket, buf, &user).await?;
+    if database == crate::config::ADMIN_DATABASE {
+        if !shared.config.user(&user).is_some_and(|u| u.admin) {
+            return Err(login::LoginError {
+                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                message: format!(
+                    "user \"{user}\" may not use the pgsplit admin console (set admin = true)"
+                ),
+            });
+        }
+    } else if shared.config.database(&database).is_none() {
+        return Err(login::LoginError {
+            code: sqlstate::INVALID_CATALOG_NAME,
+            message: format!("database \"{database}\" does not exist"),
+        });
+    }
+    Ok(Some(LoggedIn {
+        user,
+        database,
+        params,
+        slot,
+    }))
 }
