@@ -98,39 +98,12 @@ impl Proxy {
             listener,
             admin,
         } = self;
-        let admin = tokio::spawn(crate::admin::serve(shared.clone(), admin));
+        let background = Background::start(&shared, admin).await;
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
         // Connections still logging in have their own cap: silent or slow sockets cannot take client slots.
         let logins = Arc::new(Semaphore::new(shared.config.limits.max_logins_in_progress));
         let mut sessions = JoinSet::new();
-        let reaper = tokio::spawn(reap_pools(shared.clone()));
-        // Read the primary's function catalog before taking clients (bounded by the connect timeout); until it
-        // is read, function calls route to the primary.
-        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
-        let catalog = tokio::spawn(crate::catalog::maintain(
-            shared.config.clone(),
-            shared.router.clone(),
-            shared.classifier.clone(),
-            loaded_tx,
-        ));
-        let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
-        // Probe every server once before taking clients (until then no replica takes reads). A server marked
-        // down loses its idle pooled connections.
-        let on_down = {
-            let shared = shared.clone();
-            move |index| shared.close_idle_of(index)
-        };
-        let monitor = tokio::spawn(crate::monitor::run(
-            shared.config.clone(),
-            shared.monitor.clone(),
-            shared.router.clone(),
-            on_down,
-        ));
-        let deadline = tokio::time::Instant::now() + shared.config.lag.probe_timeout * 2;
-        while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         tokio::pin!(shutdown);
         loop {
             while sessions.try_join_next().is_some() {}
@@ -162,28 +135,78 @@ impl Proxy {
         }
         drop(listener);
         let _ = stop_tx.send(true);
-        let grace = shared.config.timeouts.shutdown;
-        tracing::info!(
-            clients = sessions.len(),
-            grace_ms = grace.as_millis() as u64,
-            "shutting down"
-        );
-        let drained = tokio::time::timeout(grace, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                clients = sessions.len(),
-                "shutdown timeout: closing the remaining clients"
-            );
-            sessions.shutdown().await;
-        }
-        reaper.abort();
-        catalog.abort();
-        monitor.abort();
-        admin.abort();
+        drain(&shared, sessions).await;
+        background.stop();
         shared.close_all_idle();
+    }
+}
+
+/// The tasks that run beside the listener: the admin endpoint, the pool reaper, the catalog reader and the
+/// monitor.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts them, and waits (bounded) for a first catalog read and a first probe of every server before
+    /// clients are taken.
+    async fn start(shared: &Arc<Shared>, admin: TcpListener) -> Background {
+        let admin = tokio::spawn(crate::admin::serve(shared.clone(), admin));
+        let reaper = tokio::spawn(reap_pools(shared.clone()));
+        // Read the primary's function catalog before taking clients (bounded by the connect timeout); until it
+        // is read, function calls route to the primary.
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        let catalog = tokio::spawn(crate::catalog::maintain(
+            shared.config.clone(),
+            shared.router.clone(),
+            shared.classifier.clone(),
+            loaded_tx,
+        ));
+        let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
+        // Probe every server once before taking clients (until then no replica takes reads). A server marked
+        // down loses its idle pooled connections.
+        let on_down = {
+            let shared = shared.clone();
+            move |index| shared.close_idle_of(index)
+        };
+        let monitor = tokio::spawn(crate::monitor::run(
+            shared.config.clone(),
+            shared.monitor.clone(),
+            shared.router.clone(),
+            on_down,
+        ));
+        let deadline = tokio::time::Instant::now() + shared.config.lag.probe_timeout * 2;
+        while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Background {
+            tasks: vec![reaper, catalog, monitor, admin],
+        }
+    }
+
+    fn stop(self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+/// Lets running sessions finish up to `timeouts.shutdown`, then closes the rest.
+async fn drain(shared: &Shared, mut sessions: JoinSet<()>) {
+    let grace = shared.config.timeouts.shutdown;
+    tracing::info!(
+        clients = sessions.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            clients = sessions.len(),
+            "shutdown timeout: closing the remaining clients"
+        );
+        sessions.shutdown().await;
     }
 }
 
