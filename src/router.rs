@@ -126,8 +126,19 @@ pub enum ReadTarget {
     Replica(usize),
     /// The primary, and why.
     Primary(PrimaryRead),
-    /// Nowhere: the message for the client.
-    Refused(String),
+    /// Nowhere, and why (the client's error message).
+    Refused(NoReadServer),
+}
+
+/// Why a read can go nowhere: no replica can take it and it may not fall back to the primary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoReadServer {
+    /// Only a primary is configured.
+    #[error("pgsplit cannot serve this read: no replica is configured, and reads may not fall back to the primary")]
+    NoReplicaConfigured,
+    /// Every replica (their names) is down, lagging or not in recovery.
+    #[error("pgsplit cannot serve this read: no replica can take reads now (down, lagging or not in recovery: {}), and reads may not fall back to the primary", .0.join(", "))]
+    NoneEligible(Vec<String>),
 }
 
 /// No server is the primary.
@@ -249,18 +260,11 @@ impl Router {
             PrimaryRead::NoEligibleReplica
         };
         if self.fallback == Fallback::Error || self.primary_reads == PrimaryReads::Never {
-            let reason = if others.is_empty() {
-                "no replica is configured".to_string()
+            return ReadTarget::Refused(if others.is_empty() {
+                NoReadServer::NoReplicaConfigured
             } else {
-                let names: Vec<&str> = others.iter().map(|r| r.name.as_str()).collect();
-                format!(
-                    "no replica can take reads now (down, lagging or not in recovery: {})",
-                    names.join(", ")
-                )
-            };
-            return ReadTarget::Refused(format!(
-                "pgsplit cannot serve this read: {reason}, and reads may not fall back to the primary"
-            ));
+                NoReadServer::NoneEligible(others.iter().map(|r| r.name.clone()).collect())
+            });
         }
         ReadTarget::Primary(why)
     }

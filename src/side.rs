@@ -42,8 +42,9 @@ pub struct SideConnection {
     pub task: JoinHandle<Result<(), tokio_postgres::Error>>,
 }
 
-/// Opens a side connection to `database` on `server`, logging in as the first configured user (see the module
-/// documentation), named `application_name` in `pg_stat_activity`, within `timeout`.
+/// Opens a side connection to `database` on `server`, named `application_name` in `pg_stat_activity`, within
+/// `timeout`. It logs in as `config.users.first()` — the first `[[users]]` entry, by its `server_user` and
+/// `server_password` — whoever the clients are: that is the rule every side connection follows.
 pub async fn connect(
     config: &Config,
     server: &ServerConfig,

@@ -150,10 +150,22 @@ fn without_an_eligible_replica_reads_fall_back_or_are_refused() {
     );
     let r = router("fallback = \"error\"", &[1]);
     r.servers[1].set_eligible(false);
-    assert!(matches!(r.choose_read(None), ReadTarget::Refused(m) if m.contains("replica1")));
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Refused(NoReadServer::NoneEligible(vec!["replica1".into()]))
+    );
     let r = router("primary_reads = \"never\"", &[]);
-    assert!(
-        matches!(r.choose_read(None), ReadTarget::Refused(m) if m.contains("no replica is configured"))
+    let refused = r.choose_read(None);
+    assert_eq!(
+        refused,
+        ReadTarget::Refused(NoReadServer::NoReplicaConfigured)
+    );
+    let ReadTarget::Refused(e) = refused else {
+        unreachable!()
+    };
+    assert_eq!(
+        e.to_string(),
+        "pgsplit cannot serve this read: no replica is configured, and reads may not fall back to the primary"
     );
     let r = router("", &[]);
     assert_eq!(
