@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
-use crate::classify::{FunctionCatalog, FunctionRow};
-use crate::config::{Config, VolatileFunctions};
-use crate::proxy::Shared;
+use crate::classify::{Classifier, FunctionCatalog, FunctionRow};
+use crate::config::{Config, ServerConfig, VolatileFunctions};
+use crate::router::Router;
+use crate::side::SideError;
 
 /// Functions, their schema, whether each is user-defined (built-ins have OIDs below 16384) and VOLATILE.
 const QUERY: &str = "SELECT n.nspname::text, p.proname::text, p.oid >= 16384, p.provolatile = 'v' \
@@ -27,40 +26,54 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Retry interval after a failed read.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// A catalog read that failed, and in which database.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The side connection could not be opened.
+    #[error("{database}: {source}")]
+    Connect {
+        /// The database (as clients name it).
+        database: String,
+        /// Why.
+        #[source]
+        source: SideError,
+    },
+    /// A catalog query failed.
+    #[error("{database}: {source}")]
+    Query {
+        /// The database (as clients name it).
+        database: String,
+        /// Why.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
 /// Reads the catalog of every served database on `server` (the current primary; union of all databases).
-pub async fn load(
-    config: &Config,
-    server: &crate::config::ServerConfig,
-) -> Result<FunctionCatalog, String> {
-    let user = config.users.first().ok_or("no user configured")?;
+pub async fn load(config: &Config, server: &ServerConfig) -> Result<FunctionCatalog, CatalogError> {
     let mut rows = Vec::new();
     let mut unlogged = Vec::new();
     for db in &config.databases {
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&server.host)
-            .port(server.port)
-            .user(user.server_user())
-            .dbname(db.server_database())
-            .application_name("pgsplit catalog")
-            .connect_timeout(config.timeouts.server_connect);
-        if let Some(p) = user.server_password() {
-            pg.password(p);
-        }
-        let (client, conn) = pg
-            .connect(NoTls)
-            .await
-            .map_err(|e| format!("{}: {e}", db.name))?;
-        let task = tokio::spawn(conn);
-        let result = client
-            .query(QUERY, &[])
-            .await
-            .map_err(|e| format!("{}: {e}", db.name));
-        let unlogged_rows = client
-            .query(UNLOGGED, &[])
-            .await
-            .map_err(|e| format!("{}: {e}", db.name));
-        drop(client);
-        let _ = task.await;
+        let side = crate::side::connect(
+            config,
+            server,
+            db,
+            "pgsplit catalog",
+            config.timeouts.server_connect,
+        )
+        .await
+        .map_err(|source| CatalogError::Connect {
+            database: db.name.clone(),
+            source,
+        })?;
+        let query_error = |source| CatalogError::Query {
+            database: db.name.clone(),
+            source,
+        };
+        let result = side.client.query(QUERY, &[]).await.map_err(query_error);
+        let unlogged_rows = side.client.query(UNLOGGED, &[]).await.map_err(query_error);
+        drop(side.client);
+        let _ = side.task.await;
         for r in result? {
             rows.push(FunctionRow {
                 schema: r.get(0),
@@ -76,42 +89,43 @@ pub async fn load(
     Ok(FunctionCatalog::new(rows).with_unlogged(unlogged))
 }
 
-/// Keeps the classifier's catalog current. In `list` mode routing ignores it, but it still tells built-in
-/// functions from user-defined ones, whose calls make a server connection be reset before reuse.
-pub async fn maintain(shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<()>) {
+/// Keeps the classifier's catalog current, read from the server that takes writes now (`router`; it follows a
+/// failover), else the configured primary. `loaded` fires after the first attempt, whether it read or not. In
+/// `list` mode routing ignores the catalog, but it still tells built-in functions from user-defined ones, whose
+/// calls make a server connection be reset before reuse.
+pub async fn maintain(
+    config: Arc<Config>,
+    router: Arc<Router>,
+    classifier: Arc<Classifier>,
+    loaded: tokio::sync::oneshot::Sender<()>,
+) {
     let mut loaded = Some(loaded);
     loop {
-        // The server that takes writes now (it follows a failover), else the configured primary.
-        let primary = shared
-            .router
-            .primary()
-            .ok()
-            .and_then(|i| shared.config.servers().nth(i));
-        match load(&shared.config, primary.unwrap_or(&shared.config.primary)).await {
+        let primary = router.primary().ok().and_then(|i| config.servers().nth(i));
+        match load(&config, primary.unwrap_or(&config.primary)).await {
             Ok(catalog) => {
                 tracing::debug!(
                     functions = catalog.len(),
                     "function catalog read from the primary"
                 );
-                shared.classifier.set_catalog(catalog);
+                classifier.set_catalog(catalog);
                 if let Some(tx) = loaded.take() {
                     let _ = tx.send(());
                 }
                 tokio::time::sleep(MIN_INTERVAL).await;
-                if !shared.classifier.met_unknown_function() {
-                    shared.classifier.refresh.notified().await;
+                if !classifier.met_unknown_function() {
+                    classifier.refresh.notified().await;
                     // Asked for by a statement about to run (CREATE UNLOGGED TABLE, a new function): give it a
                     // moment to commit.
                     tokio::time::sleep(SETTLE).await;
                 }
             }
             Err(e) => {
-                let effect =
-                    if shared.config.routing.volatile_functions == VolatileFunctions::Catalog {
-                        "function calls route to the primary"
-                    } else {
-                        "connections that ran function calls are reset before reuse"
-                    };
+                let effect = if config.routing.volatile_functions == VolatileFunctions::Catalog {
+                    "function calls route to the primary"
+                } else {
+                    "connections that ran function calls are reset before reuse"
+                };
                 tracing::warn!(error = %e, "cannot read the function catalog from the primary; {effect} until it can");
                 if let Some(tx) = loaded.take() {
                     let _ = tx.send(());

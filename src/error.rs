@@ -1,19 +1,10 @@
-//! One error type that says where a failure came from and whether the request may be retried elsewhere.
+//! One error type for the data path: its variant says where a failure came from (client, server, pgsplit's
+//! own limits), [`Error::retryable`] whether the request may be tried elsewhere, [`Error::sqlstate`] what the
+//! client is told.
 
 use std::io;
 
 use crate::protocol::sqlstate;
-
-/// Where a failure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// The client broke the protocol or went away.
-    Client,
-    /// A server failed, refused or sent something unexpected.
-    Server,
-    /// pgsplit's own limits or state (pool wait, shutdown).
-    Internal,
-}
 
 /// A failure on the data path.
 #[derive(Debug, thiserror::Error)]
@@ -55,18 +46,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// Where the failure came from.
-    pub fn origin(&self) -> Origin {
-        match self {
-            Error::ClientProtocol(_) | Error::ClientIo(_) => Origin::Client,
-            Error::Connect { .. }
-            | Error::ServerLogin { .. }
-            | Error::ServerIo { .. }
-            | Error::ServerProtocol { .. } => Origin::Server,
-            Error::PoolTimeout { .. } | Error::Unavailable(_) => Origin::Internal,
-        }
-    }
-
     /// Whether a request that failed this way, before any byte reached the client, may be tried on another server.
     pub fn retryable(&self) -> bool {
         matches!(

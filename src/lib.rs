@@ -21,5 +21,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod side;
 pub mod sql;
+pub mod state;
 pub mod stats;

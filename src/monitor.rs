@@ -10,11 +10,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_postgres::NoTls;
-
 use crate::config::{Config, LagConfig, PrimaryUnknown};
-use crate::proxy::Shared;
-use crate::router::{Role, Router};
+use crate::router::{NoPrimary, Router};
+use crate::side::SideError;
 
 /// How long primary LSN samples are kept.
 const HISTORY: Duration = Duration::from_secs(600);
@@ -28,6 +26,28 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
      CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
      EXISTS (SELECT 1 FROM pg_stat_wal_receiver)";
+
+/// A server's role as last probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not probed yet, or the probe failed.
+    Unknown,
+    /// Out of recovery: takes writes.
+    Primary,
+    /// In recovery: a streaming replica.
+    Replica,
+}
+
+impl Role {
+    /// A stable label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
 
 /// What one probe read.
 #[derive(Debug, Clone, Default)]
@@ -47,12 +67,30 @@ pub struct Probe {
 }
 
 /// A failed probe.
-#[derive(Debug, Clone)]
-pub struct ProbeError {
-    /// The server refused the connection (down at once).
-    pub refused: bool,
-    /// What went wrong.
-    pub message: String,
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The configuration has no server or no database at that position.
+    #[error("no such server")]
+    NoSuchServer,
+    /// The configuration has no database to connect to.
+    #[error("no database")]
+    NoDatabase,
+    /// The side connection could not be opened.
+    #[error(transparent)]
+    Connect(#[from] SideError),
+    /// The probe query failed.
+    #[error("{0}")]
+    Query(#[source] tokio_postgres::Error),
+    /// No answer within `probe_timeout`.
+    #[error("probe timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+impl ProbeError {
+    /// Whether the server refused the connection (it is down at once, without waiting for `down_after`).
+    pub fn refused(&self) -> bool {
+        matches!(self, ProbeError::Connect(e) if e.refused())
+    }
 }
 
 /// One eligibility change.
@@ -238,14 +276,14 @@ impl Monitor {
             }
             Err(e) => {
                 s.failures += 1;
-                if e.refused || s.failures >= self.config.down_after {
+                if e.refused() || s.failures >= self.config.down_after {
                     if s.up {
-                        tracing::warn!(server = %s.name, failures = s.failures, error = %e.message, "server is down");
+                        tracing::warn!(server = %s.name, failures = s.failures, error = %e, "server is down");
                     }
                     s.up = false;
                     s.role = Role::Unknown;
                 }
-                s.last_error = Some(e.message);
+                s.last_error = Some(e.to_string());
             }
         }
         let went_down = was_up && !st.servers[index].up;
@@ -258,49 +296,7 @@ impl Monitor {
         let fresh =
             |s: &ServerStatus| s.up && s.last_ok.is_some_and(|t| now.duration_since(t) <= stale);
 
-        // Who takes writes.
-        let primaries: Vec<usize> = (0..st.servers.len())
-            .filter(|&i| fresh(&st.servers[i]) && st.servers[i].role == Role::Primary)
-            .collect();
-        match primaries.as_slice() {
-            [p] => {
-                let p = *p;
-                if st.owner != Some(p) {
-                    tracing::warn!(server = %st.servers[p].name, "new primary: writes now go to it");
-                    st.history = LsnHistory::default();
-                    st.owner = Some(p);
-                }
-                st.split_brain = false;
-                router.set_primary(Ok(p));
-            }
-            [] => {
-                let reason = match st.owner.map(|o| &st.servers[o]) {
-                    Some(o) if !o.up => format!(
-                        "the primary \"{}\" ({}) is down: {}",
-                        o.name,
-                        o.address,
-                        o.last_error.as_deref().unwrap_or("no answer")
-                    ),
-                    _ => "no server is out of recovery".to_string(),
-                };
-                router.set_primary(Err(reason));
-            }
-            many => {
-                let names: Vec<&str> = many.iter().map(|&i| st.servers[i].name.as_str()).collect();
-                let reason = format!(
-                    "split brain: {} are all out of recovery; writes are refused until only one is",
-                    names.join(" and ")
-                );
-                if !st.split_brain {
-                    tracing::error!(servers = ?names, "SPLIT BRAIN: more than one server is out of recovery; refusing writes");
-                    st.split_brain = true;
-                }
-                router.set_primary(Err(reason));
-            }
-        }
-        for (i, s) in st.servers.iter().enumerate() {
-            router.servers[i].set_role(s.role);
-        }
+        elect_primary(st, router, &fresh);
 
         // The primary's position.
         if Some(probed) == st.owner && fresh(&st.servers[probed]) {
@@ -317,151 +313,255 @@ impl Monitor {
             .map(|(_, lsn)| lsn);
 
         // Which replicas may take reads.
-        let cfg = &self.config;
         for i in 0..st.servers.len() {
-            let is_primary = router.primary() == Ok(i);
             let s = &st.servers[i];
-            let verdict: Result<(), String> = if is_primary {
-                Err("primary".into())
-            } else if !s.up {
-                Err(format!(
-                    "down: {}",
-                    s.last_error.as_deref().unwrap_or("no answer")
-                ))
-            } else if s.failures > 0 {
-                Err(format!(
-                    "last probe failed: {}",
-                    s.last_error.as_deref().unwrap_or("no answer")
-                ))
-            } else if !fresh(s) {
-                Err("no fresh probe".into())
-            } else if s.role != Role::Replica {
-                Err("not in recovery".into())
-            } else if !s.probe.receiver_up && primary_position.is_some() {
-                Err("WAL receiver is not running".into())
-            } else {
-                Ok(())
+            let refused = refusal(
+                s,
+                router.primary() == Ok(i),
+                fresh(s),
+                primary_position.is_some(),
+            );
+            let verdict = match refused {
+                Some(reason) => Verdict::no(reason),
+                None => self.lag_verdict(primary_position, s.probe.replay_lsn, &st.history, now),
             };
-            let mut lag = None;
-            let mut lag_bytes = None;
-            let (ok_now, under_readmit, reason) = match verdict {
-                Err(reason) => (false, false, reason),
-                Ok(()) => match (primary_position, s.probe.replay_lsn) {
-                    (Some(p), Some(replayed)) => {
-                        let bytes = p.saturating_sub(replayed);
-                        let time = st.history.lag(replayed, now);
-                        lag = Some(time);
-                        lag_bytes = Some(bytes);
-                        let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
-                        let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
-                        if time > cfg.max_lag || over_bytes {
-                            (
-                                false,
-                                false,
-                                format!(
-                                    "lag {:.3}s / {bytes} bytes over the threshold",
-                                    time.as_secs_f64()
-                                ),
-                            )
-                        } else {
-                            let under = time <= cfg.readmit_lag() && under_bytes;
-                            (
-                                true,
-                                under,
-                                format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
-                            )
-                        }
-                    }
-                    (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => (
-                        true,
-                        true,
-                        "primary position unknown; serving as configured".into(),
-                    ),
-                    (None, _) => (
+            let eligible = self.admit(&mut st.servers[i], verdict, now);
+            router.servers[i].set_eligible(eligible);
+        }
+    }
+
+    /// Judges a replica that passed every other check by its lag (bytes and time) against the thresholds.
+    fn lag_verdict(
+        &self,
+        primary_position: Option<u64>,
+        replayed: Option<u64>,
+        history: &LsnHistory,
+        now: Instant,
+    ) -> Verdict {
+        let cfg = &self.config;
+        match (primary_position, replayed) {
+            (Some(p), Some(replayed)) => {
+                let bytes = p.saturating_sub(replayed);
+                let time = history.lag(replayed, now);
+                let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
+                let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
+                let (ok_now, under_readmit, reason) = if time > cfg.max_lag || over_bytes {
+                    (
                         false,
                         false,
-                        "lag unknown: the primary's WAL position is unknown".into(),
-                    ),
-                    (Some(_), None) => (false, false, "lag unknown: nothing replayed yet".into()),
-                },
-            };
-            let s = &mut st.servers[i];
-            s.lag = lag;
-            s.lag_bytes = lag_bytes;
-            let eligible = if s.eligible {
-                s.below_since = None;
-                ok_now
-            } else if under_readmit {
-                let since = *s.below_since.get_or_insert(now);
-                // A replica that was never excluded is admitted at once; one that was, after the hold time.
-                s.transitions.is_empty() || now.duration_since(since) >= cfg.readmit_hold
-            } else {
-                s.below_since = None;
-                false
-            };
-            if eligible != s.eligible {
-                tracing::info!(server = %s.name, eligible, reason = %reason, "replica eligibility changed");
-                s.transitions.push_back(Transition {
-                    at: SystemTime::now(),
-                    eligible,
-                    reason: reason.clone(),
-                });
-                if s.transitions.len() > TRANSITIONS {
-                    s.transitions.pop_front();
+                        format!(
+                            "lag {:.3}s / {bytes} bytes over the threshold",
+                            time.as_secs_f64()
+                        ),
+                    )
+                } else {
+                    let under = time <= cfg.readmit_lag() && under_bytes;
+                    (
+                        true,
+                        under,
+                        format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
+                    )
+                };
+                Verdict {
+                    ok_now,
+                    under_readmit,
+                    reason,
+                    lag: Some(time),
+                    lag_bytes: Some(bytes),
                 }
             }
-            s.eligible = eligible;
-            s.reason = if eligible || !ok_now {
-                reason
-            } else {
-                format!("waiting to be re-admitted ({reason})")
-            };
-            router.servers[i].set_eligible(eligible);
+            (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => Verdict {
+                ok_now: true,
+                under_readmit: true,
+                reason: "primary position unknown; serving as configured".into(),
+                lag: None,
+                lag_bytes: None,
+            },
+            (None, _) => Verdict::no("lag unknown: the primary's WAL position is unknown".into()),
+            (Some(_), None) => Verdict::no("lag unknown: nothing replayed yet".into()),
+        }
+    }
+
+    /// Applies a verdict with hysteresis: an eligible replica leaves as soon as it fails; one that is out comes
+    /// back once under the re-admit threshold for `readmit_hold` (at once if it was never excluded). Returns
+    /// whether it is eligible now.
+    fn admit(&self, s: &mut ServerStatus, verdict: Verdict, now: Instant) -> bool {
+        let Verdict {
+            ok_now,
+            under_readmit,
+            reason,
+            lag,
+            lag_bytes,
+        } = verdict;
+        s.lag = lag;
+        s.lag_bytes = lag_bytes;
+        let eligible = if s.eligible {
+            s.below_since = None;
+            ok_now
+        } else if under_readmit {
+            let since = *s.below_since.get_or_insert(now);
+            // A replica that was never excluded is admitted at once; one that was, after the hold time.
+            s.transitions.is_empty() || now.duration_since(since) >= self.config.readmit_hold
+        } else {
+            s.below_since = None;
+            false
+        };
+        if eligible != s.eligible {
+            tracing::info!(server = %s.name, eligible, reason = %reason, "replica eligibility changed");
+            s.transitions.push_back(Transition {
+                at: SystemTime::now(),
+                eligible,
+                reason: reason.clone(),
+            });
+            if s.transitions.len() > TRANSITIONS {
+                s.transitions.pop_front();
+            }
+        }
+        s.eligible = eligible;
+        s.reason = if eligible || !ok_now {
+            reason
+        } else {
+            format!("waiting to be re-admitted ({reason})")
+        };
+        eligible
+    }
+}
+
+/// What the probes say of one server as a read target.
+struct Verdict {
+    /// Within the thresholds now.
+    ok_now: bool,
+    /// Under the (lower) re-admit threshold.
+    under_readmit: bool,
+    /// Why, for the status and the transitions.
+    reason: String,
+    lag: Option<Duration>,
+    lag_bytes: Option<u64>,
+}
+
+impl Verdict {
+    fn no(reason: String) -> Verdict {
+        Verdict {
+            ok_now: false,
+            under_readmit: false,
+            reason,
+            lag: None,
+            lag_bytes: None,
         }
     }
 }
 
-/// Runs the probe loops of every server until the process ends.
-pub async fn run(shared: Arc<Shared>) {
+/// Decides which server takes writes: the one fresh server out of recovery; none (and why) when there is no
+/// such server or more than one (split brain). A new primary restarts the LSN history.
+fn elect_primary(st: &mut State, router: &Router, fresh: &dyn Fn(&ServerStatus) -> bool) {
+    let primaries: Vec<usize> = (0..st.servers.len())
+        .filter(|&i| fresh(&st.servers[i]) && st.servers[i].role == Role::Primary)
+        .collect();
+    match primaries.as_slice() {
+        [p] => {
+            let p = *p;
+            if st.owner != Some(p) {
+                tracing::warn!(server = %st.servers[p].name, "new primary: writes now go to it");
+                st.history = LsnHistory::default();
+                st.owner = Some(p);
+            }
+            st.split_brain = false;
+            router.set_primary(Ok(p));
+        }
+        [] => {
+            let reason = match st.owner.map(|o| &st.servers[o]) {
+                Some(o) if !o.up => NoPrimary::Down {
+                    name: o.name.clone(),
+                    address: o.address.clone(),
+                    error: o.last_error.as_deref().unwrap_or("no answer").to_string(),
+                },
+                _ => NoPrimary::NoneOutOfRecovery,
+            };
+            router.set_primary(Err(reason));
+        }
+        many => {
+            let names: Vec<String> = many.iter().map(|&i| st.servers[i].name.clone()).collect();
+            if !st.split_brain {
+                tracing::error!(servers = ?names, "SPLIT BRAIN: more than one server is out of recovery; refusing writes");
+                st.split_brain = true;
+            }
+            router.set_primary(Err(NoPrimary::SplitBrain(names)));
+        }
+    }
+}
+
+/// Why a server may not take reads whatever its lag, if it may not.
+fn refusal(
+    s: &ServerStatus,
+    is_primary: bool,
+    fresh: bool,
+    primary_position_known: bool,
+) -> Option<String> {
+    let last_error = || s.last_error.as_deref().unwrap_or("no answer");
+    if is_primary {
+        Some("primary".into())
+    } else if !s.up {
+        Some(format!("down: {}", last_error()))
+    } else if s.failures > 0 {
+        Some(format!("last probe failed: {}", last_error()))
+    } else if !fresh {
+        Some("no fresh probe".into())
+    } else if s.role != Role::Replica {
+        Some("not in recovery".into())
+    } else if !s.probe.receiver_up && primary_position_known {
+        Some("WAL receiver is not running".into())
+    } else {
+        None
+    }
+}
+
+/// Runs the probe loops of every server until the process ends: each probe is recorded in `monitor`, which sets
+/// the primary and the replicas' read eligibility on `router`; `on_down(index)` runs when a server has just been
+/// marked down (the listener closes its idle pooled connections).
+pub async fn run(
+    config: Arc<Config>,
+    monitor: Arc<Monitor>,
+    router: Arc<Router>,
+    on_down: impl Fn(usize) + Send + Sync + 'static,
+) {
+    let on_down: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(on_down);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..shared.router.servers.len() {
-        tasks.spawn(probe_loop(shared.clone(), i));
+    for index in 0..router.servers.len() {
+        tasks.spawn(probe_loop(
+            config.clone(),
+            monitor.clone(),
+            router.clone(),
+            on_down.clone(),
+            index,
+        ));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn probe_loop(shared: Arc<Shared>, index: usize) {
-    let cfg = shared.config.lag.clone();
+async fn probe_loop(
+    config: Arc<Config>,
+    monitor: Arc<Monitor>,
+    router: Arc<Router>,
+    on_down: Arc<dyn Fn(usize) + Send + Sync>,
+    index: usize,
+) {
+    let cfg = &config.lag;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut backoff = cfg.lag_check_interval;
     loop {
         let started = Instant::now();
-        let result = match tokio::time::timeout(
-            cfg.probe_timeout,
-            probe(&shared.config, index, &mut client),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                client = None;
-                Err(ProbeError {
-                    refused: false,
-                    message: format!("probe timed out after {:?}", cfg.probe_timeout),
-                })
-            }
-        };
+        let result =
+            match tokio::time::timeout(cfg.probe_timeout, probe(&config, index, &mut client)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ProbeError::TimedOut(cfg.probe_timeout)),
+            };
         let failed = result.is_err();
         if failed {
             client = None;
         }
-        let went_down = shared
-            .monitor
-            .record(index, result, started.elapsed(), &shared.router);
-        if went_down {
-            for (_, set) in shared.all_pools() {
-                set.of_server(index).for_each(|p| p.close_idle());
-            }
+        if monitor.record(index, result, started.elapsed(), &router) {
+            on_down(index);
         }
         // A server that does not answer is probed again with a growing back-off.
         backoff = if failed {
@@ -483,19 +583,11 @@ async fn probe(
     index: usize,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<Probe, ProbeError> {
-    if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect(config, index).await?);
-    }
-    let Some(c) = client.as_ref() else {
-        return Err(ProbeError {
-            refused: false,
-            message: "no connection".into(),
-        });
+    let c = match client {
+        Some(c) if !c.is_closed() => c,
+        _ => client.insert(connect(config, index).await?),
     };
-    let row = c.query_one(PROBE, &[]).await.map_err(|e| ProbeError {
-        refused: false,
-        message: e.to_string(),
-    })?;
+    let row = c.query_one(PROBE, &[]).await.map_err(ProbeError::Query)?;
     let lsn = |i: usize| {
         row.get::<_, Option<String>>(i)
             .as_deref()
@@ -511,53 +603,24 @@ async fn probe(
     })
 }
 
+/// The probe's side connection to server `index`, to the first configured database.
 async fn connect(config: &Config, index: usize) -> Result<tokio_postgres::Client, ProbeError> {
-    let server = config.servers().nth(index).ok_or(ProbeError {
-        refused: false,
-        message: "no such server".into(),
-    })?;
-    let user = config.users.first().ok_or(ProbeError {
-        refused: false,
-        message: "no user configured".into(),
-    })?;
-    let db = config.databases.first().ok_or(ProbeError {
-        refused: false,
-        message: "no database".into(),
-    })?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&server.host)
-        .port(server.port)
-        .user(user.server_user())
-        .dbname(db.server_database())
-        .application_name("pgsplit monitor")
-        .connect_timeout(config.lag.probe_timeout);
-    if let Some(p) = user.server_password() {
-        pg.password(p);
-    }
-    match pg.connect(NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            Ok(client)
-        }
-        Err(e) => {
-            let refused = refused(&e);
-            Err(ProbeError {
-                refused,
-                message: e.to_string(),
-            })
-        }
-    }
-}
-
-fn refused(e: &tokio_postgres::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        source = s.source();
-    }
-    false
+    let server = config
+        .servers()
+        .nth(index)
+        .ok_or(ProbeError::NoSuchServer)?;
+    let db = config.databases.first().ok_or(ProbeError::NoDatabase)?;
+    let side = crate::side::connect(
+        config,
+        server,
+        db,
+        "pgsplit monitor",
+        config.lag.probe_timeout,
+    )
+    .await?;
+    // The connection task runs on its own until the client is dropped.
+    drop(side.task);
+    Ok(side.client)
 }
 
 /// Parses an LSN written as `X/Y` (hex).
@@ -567,34 +630,4 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_parses() {
-        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("bogus"), None);
-    }
-
-    #[test]
-    fn time_lag_is_zero_when_caught_up_and_grows_from_when_the_primary_moved_on() {
-        let t0 = Instant::now();
-        let mut h = LsnHistory::default();
-        for k in 0..8 {
-            h.push(t0 + Duration::from_millis(250 * k), 100);
-        }
-        assert_eq!(h.samples.len(), 2, "an idle primary is stored compactly");
-        assert_eq!(
-            h.lag(100, t0 + Duration::from_secs(5)),
-            Duration::ZERO,
-            "idle primary: no lag"
-        );
-        h.push(t0 + Duration::from_millis(2000), 200);
-        h.push(t0 + Duration::from_millis(2250), 300);
-        let now = t0 + Duration::from_millis(3000);
-        assert_eq!(h.lag(100, now), Duration::from_millis(1000));
-        assert_eq!(h.lag(250, now), Duration::from_millis(750));
-        assert_eq!(h.lag(300, now), Duration::ZERO);
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
+use crate::protocol::backend;
 use crate::server::{ServerConn, ServerTarget};
 
 /// Longest a session reset may take before the connection is closed instead.
@@ -70,11 +71,6 @@ impl Pool {
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
         }))
-    }
-
-    /// The login target.
-    pub fn target(&self) -> &ServerTarget {
-        &self.0.target
     }
 
     /// Takes a connection: an idle one that passes its checks, or a new one. Waits at most the pool-wait
@@ -168,7 +164,7 @@ impl Pool {
         let now = Instant::now();
         if conn.broken
             || conn.needs_reset
-            || conn.status != b'I'
+            || conn.status != backend::IDLE
             || !conn.rbuf.is_empty()
             || self.expired(&conn, now)
         {
@@ -195,10 +191,9 @@ impl PooledConn {
     /// (`needs_reset`) is reset first, in the background: it holds its pool slot until the reset is done, and is
     /// closed if the reset fails or takes longer than [`RESET_TIMEOUT`].
     pub fn release(mut self) {
-        let needs_reset = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.needs_reset && !c.broken && c.status == b'I' && c.rbuf.is_empty());
+        let needs_reset = self.conn.as_ref().is_some_and(|c| {
+            c.needs_reset && !c.broken && c.status == backend::IDLE && c.rbuf.is_empty()
+        });
         if needs_reset {
             tokio::spawn(async move {
                 let reset = match self.conn.as_mut() {
@@ -220,11 +215,6 @@ impl PooledConn {
         if let Some(conn) = self.conn.take() {
             self.pool.checkin(conn);
         }
-    }
-
-    /// The pool it came from.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 }
 

@@ -1,126 +1,20 @@
 //! The listener: accepts clients up to the configured limit, runs one session task per client, and shuts down
 //! gracefully (stop accepting, let running transactions finish up to a timeout, close).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::auth::ScramVerifier;
-use crate::cancel::CancelRegistry;
-use crate::classify::Classifier;
-use crate::config::{AuthMethod, Config, VolatileFunctions};
-use crate::router::{PoolSet, Router};
+use crate::client::Opened;
+use crate::config::Config;
 
-/// State shared by every session.
-pub struct Shared {
-    /// The configuration in force.
-    pub config: Config,
-    /// Statement classifier.
-    pub classifier: Classifier,
-    /// Servers and the balancer.
-    pub router: Router,
-    /// Client cancel keys.
-    pub cancels: CancelRegistry,
-    /// Routing counters.
-    pub stats: crate::stats::RoutingStats,
-    /// Server health and lag.
-    pub monitor: crate::monitor::Monitor,
-    /// When pgsplit started.
-    pub started: std::time::Instant,
-    paused: tokio::sync::watch::Sender<bool>,
-    /// SCRAM verifiers per user, derived once at start.
-    pub verifiers: HashMap<String, ScramVerifier>,
-    /// Random per process: seeds the mock SCRAM salts of unknown users.
-    pub mock_secret: [u8; 32],
-    pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
-    /// Clients connected now.
-    pub clients: AtomicUsize,
-    next_client_id: AtomicU64,
-}
-
-impl Shared {
-    /// Builds the shared state from a validated configuration.
-    pub fn new(config: Config) -> Shared {
-        let mut verifiers = HashMap::new();
-        for u in &config.users {
-            if u.auth != AuthMethod::ScramSha256 {
-                continue;
-            }
-            let v = match (&u.scram_verifier, &u.password) {
-                (Some(v), _) => ScramVerifier::parse(v).ok(),
-                (None, Some(p)) => Some(ScramVerifier::from_password(p)),
-                (None, None) => None,
-            };
-            if let Some(v) = v {
-                verifiers.insert(u.name.clone(), v);
-            }
-        }
-        Shared {
-            classifier: match config.routing.volatile_functions {
-                VolatileFunctions::Catalog => {
-                    Classifier::new(&config.write_functions).require_catalog()
-                }
-                VolatileFunctions::List => Classifier::new(&config.write_functions),
-            },
-            router: Router::new(&config),
-            cancels: CancelRegistry::default(),
-            stats: crate::stats::RoutingStats::default(),
-            monitor: crate::monitor::Monitor::new(&config),
-            started: std::time::Instant::now(),
-            paused: tokio::sync::watch::channel(false).0,
-            verifiers,
-            mock_secret: rand::random(),
-            pools: Mutex::new(HashMap::new()),
-            clients: AtomicUsize::new(0),
-            next_client_id: AtomicU64::new(1),
-            config,
-        }
-    }
-
-    /// The pools of a (user, database) pair, created on first use.
-    pub fn pools(&self, user: &str, database: &str) -> Option<Arc<PoolSet>> {
-        let u = self.config.user(user)?;
-        let d = self.config.database(database)?;
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let set = pools
-            .entry((user.to_string(), database.to_string()))
-            .or_insert_with(|| Arc::new(PoolSet::new(&self.config, u, d)));
-        Some(set.clone())
-    }
-
-    /// Every pool set, for stats and reaping.
-    pub fn all_pools(&self) -> Vec<((String, String), Arc<PoolSet>)> {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
-    /// Whether new units of work are held back (admin `PAUSE`).
-    pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
-    }
-
-    /// Pauses or resumes new units of work.
-    pub fn set_paused(&self, paused: bool) {
-        self.paused.send_replace(paused);
-    }
-
-    /// Waits until not paused.
-    pub async fn wait_resumed(&self) {
-        let mut rx = self.paused.subscribe();
-        let _ = rx.wait_for(|p| !*p).await;
-    }
-
-    /// A fresh client id.
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed)
-    }
-}
+/// The shared state, re-exported where tests and benches have always found it (`pgsplit::proxy::Shared`).
+pub use crate::state::Shared;
 
 /// A bound, not yet running proxy.
 pub struct Proxy {
@@ -176,11 +70,6 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    /// The shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Runs in the background until [`ProxyHandle::shutdown`].
     pub fn spawn(self) -> std::io::Result<ProxyHandle> {
         let addr = self.local_addr()?;
@@ -209,24 +98,12 @@ impl Proxy {
             listener,
             admin,
         } = self;
-        let admin = tokio::spawn(crate::admin::serve(shared.clone(), admin));
+        let background = Background::start(&shared, admin).await;
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
         // Connections still logging in have their own cap: silent or slow sockets cannot take client slots.
         let logins = Arc::new(Semaphore::new(shared.config.limits.max_logins_in_progress));
         let mut sessions = JoinSet::new();
-        let reaper = tokio::spawn(reap_pools(shared.clone()));
-        // Read the primary's function catalog before taking clients (bounded by the connect timeout); until it
-        // is read, function calls route to the primary.
-        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
-        let catalog = tokio::spawn(crate::catalog::maintain(shared.clone(), loaded_tx));
-        let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
-        // Probe every server once before taking clients (until then no replica takes reads).
-        let monitor = tokio::spawn(crate::monitor::run(shared.clone()));
-        let deadline = tokio::time::Instant::now() + shared.config.lag.probe_timeout * 2;
-        while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         tokio::pin!(shutdown);
         loop {
             while sessions.try_join_next().is_some() {}
@@ -252,36 +129,103 @@ impl Proxy {
             let slots = slots.clone();
             sessions.spawn(async move {
                 shared.clients.fetch_add(1, Ordering::Relaxed);
-                crate::client::serve(shared.clone(), socket, peer, stop, login, slots).await;
+                serve_client(&shared, socket, peer, stop, login, slots).await;
                 shared.clients.fetch_sub(1, Ordering::Relaxed);
             });
         }
         drop(listener);
         let _ = stop_tx.send(true);
-        let grace = shared.config.timeouts.shutdown;
-        tracing::info!(
+        drain(&shared, sessions).await;
+        background.stop();
+        shared.close_all_idle();
+    }
+}
+
+/// The tasks that run beside the listener: the admin endpoint, the pool reaper, the catalog reader and the
+/// monitor.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts them, and waits (bounded) for a first catalog read and a first probe of every server before
+    /// clients are taken.
+    async fn start(shared: &Arc<Shared>, admin: TcpListener) -> Background {
+        let admin = tokio::spawn(crate::admin::serve(shared.clone(), admin));
+        let reaper = tokio::spawn(reap_pools(shared.clone()));
+        // Read the primary's function catalog before taking clients (bounded by the connect timeout); until it
+        // is read, function calls route to the primary.
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        let catalog = tokio::spawn(crate::catalog::maintain(
+            shared.config.clone(),
+            shared.router.clone(),
+            shared.classifier.clone(),
+            loaded_tx,
+        ));
+        let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
+        // Probe every server once before taking clients (until then no replica takes reads). A server marked
+        // down loses its idle pooled connections.
+        let on_down = {
+            let shared = shared.clone();
+            move |index| shared.close_idle_of(index)
+        };
+        let monitor = tokio::spawn(crate::monitor::run(
+            shared.config.clone(),
+            shared.monitor.clone(),
+            shared.router.clone(),
+            on_down,
+        ));
+        let deadline = tokio::time::Instant::now() + shared.config.lag.probe_timeout * 2;
+        while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Background {
+            tasks: vec![reaper, catalog, monitor, admin],
+        }
+    }
+
+    fn stop(self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+/// Lets running sessions finish up to `timeouts.shutdown`, then closes the rest.
+async fn drain(shared: &Shared, mut sessions: JoinSet<()>) {
+    let grace = shared.config.timeouts.shutdown;
+    tracing::info!(
+        clients = sessions.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
             clients = sessions.len(),
-            grace_ms = grace.as_millis() as u64,
-            "shutting down"
+            "shutdown timeout: closing the remaining clients"
         );
-        let drained = tokio::time::timeout(grace, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                clients = sessions.len(),
-                "shutdown timeout: closing the remaining clients"
-            );
-            sessions.shutdown().await;
+        sessions.shutdown().await;
+    }
+}
+
+/// One client connection: what its login opened runs here, a session or the admin console.
+async fn serve_client(
+    shared: &Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    login: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+) {
+    match crate::client::serve(shared.clone(), socket, peer, stop, login, slots).await {
+        Opened::Session(session) => session.run().await,
+        Opened::Console(request) => {
+            let (socket, buf, _slot) = request.into_parts();
+            Box::pin(crate::admin::console::serve(shared.clone(), socket, buf)).await;
         }
-        reaper.abort();
-        catalog.abort();
-        monitor.abort();
-        admin.abort();
-        for (_, set) in shared.all_pools() {
-            set.all().for_each(|p| p.close_idle());
-        }
+        Opened::Nothing => {}
     }
 }
 
@@ -304,8 +248,6 @@ async fn reap_pools(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for (_, set) in shared.all_pools() {
-            set.all().for_each(|p| p.reap());
-        }
+        shared.reap_pools();
     }
 }

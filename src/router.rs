@@ -4,7 +4,7 @@
 //! Which server is the primary, and which replicas are eligible for reads, is the monitor's to set (it probes
 //! every server); on top of that a replica that refused a connection is skipped for a short back-off.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,45 +18,7 @@ use crate::stats::PrimaryRead;
 /// How long a replica that refused a connection is skipped.
 const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
-/// A server's role as last probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Not probed yet, or the probe failed.
-    Unknown,
-    /// Out of recovery: takes writes.
-    Primary,
-    /// In recovery: a streaming replica.
-    Replica,
-}
-
-impl Role {
-    fn from_u8(v: u8) -> Role {
-        match v {
-            1 => Role::Primary,
-            2 => Role::Replica,
-            _ => Role::Unknown,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            Role::Unknown => 0,
-            Role::Primary => 1,
-            Role::Replica => 2,
-        }
-    }
-
-    /// A stable label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Unknown => "unknown",
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-        }
-    }
-}
-
-/// One configured server. Its role, health and read eligibility are the monitor's to set.
+/// One configured server. Its read eligibility is the monitor's to set.
 #[derive(Debug)]
 pub struct Backend {
     /// Position in the configuration (0: the configured primary, then the replicas).
@@ -69,21 +31,19 @@ pub struct Backend {
     pub weight: u32,
     /// Units in flight on it (server connections held by clients).
     pub outstanding: AtomicUsize,
-    role: AtomicU8,
     eligible: AtomicBool,
     down_until_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Backend {
-    fn new(index: usize, s: &ServerConfig, role: Role, epoch: Instant) -> Backend {
+    fn new(index: usize, s: &ServerConfig, epoch: Instant) -> Backend {
         Backend {
             index,
             name: s.display_name(),
             address: s.address(),
             weight: s.weight.max(1),
             outstanding: AtomicUsize::new(0),
-            role: AtomicU8::new(role.as_u8()),
             eligible: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             epoch,
@@ -92,16 +52,6 @@ impl Backend {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// The role last probed.
-    pub fn role(&self) -> Role {
-        Role::from_u8(self.role.load(Ordering::Relaxed))
-    }
-
-    /// Records the role (monitor).
-    pub fn set_role(&self, role: Role) {
-        self.role.store(role.as_u8(), Ordering::Relaxed);
     }
 
     /// Whether the monitor lets it take reads (a replica, up, within the lag threshold).
@@ -176,19 +126,51 @@ pub enum ReadTarget {
     Replica(usize),
     /// The primary, and why.
     Primary(PrimaryRead),
-    /// Nowhere: the message for the client.
-    Refused(String),
+    /// Nowhere, and why (the client's error message).
+    Refused(NoReadServer),
+}
+
+/// Why a read can go nowhere: no replica can take it and it may not fall back to the primary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoReadServer {
+    /// Only a primary is configured.
+    #[error("pgsplit cannot serve this read: no replica is configured, and reads may not fall back to the primary")]
+    NoReplicaConfigured,
+    /// Every replica (their names) is down, lagging or not in recovery.
+    #[error("pgsplit cannot serve this read: no replica can take reads now (down, lagging or not in recovery: {}), and reads may not fall back to the primary", .0.join(", "))]
+    NoneEligible(Vec<String>),
 }
 
 /// No server is the primary.
 const NO_PRIMARY: usize = usize::MAX;
+
+/// Why no server takes writes now (the monitor decides; clients get it in their error message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoPrimary {
+    /// The server that took writes does not answer.
+    #[error("the primary \"{name}\" ({address}) is down: {error}")]
+    Down {
+        /// Its configured name.
+        name: String,
+        /// host:port.
+        address: String,
+        /// Its last probe error.
+        error: String,
+    },
+    /// Every server that answers is in recovery.
+    #[error("no server is out of recovery")]
+    NoneOutOfRecovery,
+    /// More than one server is out of recovery (their names): writes are refused.
+    #[error("split brain: {} are all out of recovery; writes are refused until only one is", .0.join(" and "))]
+    SplitBrain(Vec<String>),
+}
 
 /// The servers pgsplit fronts, which one is the primary now, and the read balancer.
 pub struct Router {
     /// Every configured server: the configured primary first, then the replicas.
     pub servers: Vec<Arc<Backend>>,
     primary: AtomicUsize,
-    no_primary: Mutex<String>,
+    no_primary: Mutex<NoPrimary>,
     balancer: Balancer,
     primary_reads: PrimaryReads,
     fallback: Fallback,
@@ -205,20 +187,13 @@ impl Router {
         let servers: Vec<Arc<Backend>> = config
             .servers()
             .enumerate()
-            .map(|(i, s)| {
-                Arc::new(Backend::new(
-                    i,
-                    s,
-                    if i == 0 { Role::Primary } else { Role::Replica },
-                    epoch,
-                ))
-            })
+            .map(|(i, s)| Arc::new(Backend::new(i, s, epoch)))
             .collect();
         Router {
             credit: Mutex::new(vec![0; servers.len()]),
             servers,
             primary: AtomicUsize::new(0),
-            no_primary: Mutex::new(String::new()),
+            no_primary: Mutex::new(NoPrimary::NoneOutOfRecovery),
             balancer: config.routing.balancer,
             primary_reads: config.routing.primary_reads,
             fallback: config.routing.fallback,
@@ -232,25 +207,19 @@ impl Router {
     }
 
     /// The server that takes writes now, or why there is none.
-    pub fn primary(&self) -> Result<usize, String> {
+    pub fn primary(&self) -> Result<usize, NoPrimary> {
         match self.primary.load(Ordering::Relaxed) {
-            NO_PRIMARY => Err(self
-                .no_primary
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default()),
+            NO_PRIMARY => Err(lock(&self.no_primary).clone()),
             i => Ok(i),
         }
     }
 
     /// Sets the server that takes writes (monitor): an index, or the reason there is none.
-    pub fn set_primary(&self, primary: Result<usize, String>) {
+    pub fn set_primary(&self, primary: Result<usize, NoPrimary>) {
         match primary {
             Ok(i) => self.primary.store(i, Ordering::Relaxed),
             Err(reason) => {
-                if let Ok(mut m) = self.no_primary.lock() {
-                    *m = reason;
-                }
+                *lock(&self.no_primary) = reason;
                 self.primary.store(NO_PRIMARY, Ordering::Relaxed);
             }
         }
@@ -291,18 +260,11 @@ impl Router {
             PrimaryRead::NoEligibleReplica
         };
         if self.fallback == Fallback::Error || self.primary_reads == PrimaryReads::Never {
-            let reason = if others.is_empty() {
-                "no replica is configured".to_string()
+            return ReadTarget::Refused(if others.is_empty() {
+                NoReadServer::NoReplicaConfigured
             } else {
-                let names: Vec<&str> = others.iter().map(|r| r.name.as_str()).collect();
-                format!(
-                    "no replica can take reads now (down, lagging or not in recovery: {})",
-                    names.join(", ")
-                )
-            };
-            return ReadTarget::Refused(format!(
-                "pgsplit cannot serve this read: {reason}, and reads may not fall back to the primary"
-            ));
+                NoReadServer::NoneEligible(others.iter().map(|r| r.name.clone()).collect())
+            });
         }
         ReadTarget::Primary(why)
     }
@@ -310,7 +272,7 @@ impl Router {
     /// Smooth weighted round robin (as nginx does it) over the current members: each pick adds every member's
     /// weight to its credit, takes the member with the most credit and charges it the members' total weight.
     fn pick_round_robin(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut credit = lock(&self.credit);
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, b) in self.servers.iter().enumerate() {
@@ -367,6 +329,10 @@ impl Router {
         }
         None
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The pools of one (user, database): per server, a write pool (used while it is the primary) and a read pool
@@ -432,3 +398,6 @@ impl PoolSet {
         self.write.iter().chain(self.read.iter())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,15 +3,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
+use crate::protocol::backend;
+use crate::protocol::frame::{read_frame, ReadError};
 use crate::protocol::messages::{self, error_field};
-use crate::protocol::{startup, Frame};
+use crate::protocol::{sqlstate, startup, Frame};
 
 /// Largest message accepted from a server (Postgres itself caps a field at 1 GiB).
 pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -154,7 +156,7 @@ impl ServerConn {
             settings_fingerprint: None,
             created: Instant::now(),
             last_used: Instant::now(),
-            status: b'I',
+            status: backend::IDLE,
             broken: false,
             needs_reset: false,
             prepared: PreparedSet::default(),
@@ -178,82 +180,22 @@ impl ServerConn {
         );
         self.write_all(&out).await?;
         let mut scram: Option<ScramSha256> = None;
-        let password = || {
-            target
-                .password
-                .as_deref()
-                .ok_or_else(|| Error::ServerLogin {
-                    server: target.server.clone(),
-                    sqlstate: "28000".into(),
-                    detail: format!(
-                        "server asks for a password and none is configured for \"{}\"",
-                        target.user
-                    ),
-                })
-        };
         loop {
             let frame = self.read_frame().await?;
-            out.clear();
             match frame.tag {
-                b'R' => {
-                    let mut body = frame.body.clone();
-                    if body.len() < 4 {
-                        return Err(self.protocol_error("short authentication message"));
-                    }
-                    let code = body.get_u32();
-                    match code {
-                        messages::AUTH_OK => {}
-                        messages::AUTH_CLEARTEXT => {
-                            frontend::password_message(password()?.as_bytes(), &mut out).map_err(|e| self.io_error(e))?;
-                        }
-                        messages::AUTH_MD5 => {
-                            if body.len() < 4 {
-                                return Err(self.protocol_error("short md5 salt"));
-                            }
-                            let salt = [body[0], body[1], body[2], body[3]];
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                target.user.as_bytes(),
-                                password()?.as_bytes(),
-                                salt,
-                            );
-                            frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| self.io_error(e))?;
-                        }
-                        messages::AUTH_SASL => {
-                            let offers_scram = body.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
-                            if !offers_scram {
-                                return Err(self.login_error("28000", "server offers no SASL mechanism pgsplit supports"));
-                            }
-                            let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
-                                .map_err(|e| self.io_error(e))?;
-                            scram = Some(s);
-                        }
-                        messages::AUTH_SASL_CONTINUE => {
-                            let s = scram.as_mut().ok_or_else(|| self.protocol_error("SASL continue without start"))?;
-                            s.update(&body).map_err(|e| self.login_error("28000", &e.to_string()))?;
-                            frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io_error(e))?;
-                        }
-                        messages::AUTH_SASL_FINAL => {
-                            let s = scram.as_mut().ok_or_else(|| self.protocol_error("SASL final without start"))?;
-                            s.finish(&body).map_err(|e| self.login_error("28000", &e.to_string()))?;
-                        }
-                        other => {
-                            return Err(self.login_error(
-                                "28000",
-                                &format!("server asks for authentication method {other}, which pgsplit does not support"),
-                            ))
-                        }
-                    }
+                backend::AUTHENTICATION => {
+                    out.clear();
+                    self.authentication(target, frame.body, &mut scram, &mut out)?;
                     if !out.is_empty() {
                         self.write_all(&out).await?;
                     }
                 }
-                b'S' => {
+                backend::PARAMETER_STATUS => {
                     if let Some((k, v)) = messages::parameter_status_view(&frame.body) {
                         self.params.insert(k.to_string(), v.to_string());
                     }
                 }
-                b'K' => {
+                backend::BACKEND_KEY_DATA => {
                     let b = &frame.body;
                     if b.len() >= 8 {
                         self.backend_key = (
@@ -262,15 +204,15 @@ impl ServerConn {
                         );
                     }
                 }
-                b'Z' => {
-                    self.status = frame.body.first().copied().unwrap_or(b'I');
+                backend::READY_FOR_QUERY => {
+                    self.status = frame.body.first().copied().unwrap_or(backend::IDLE);
                     return Ok(());
                 }
-                b'E' => {
-                    let code = error_field(&frame.body, b'C')
-                        .unwrap_or("08006")
+                backend::ERROR_RESPONSE => {
+                    let code = error_field(&frame.body, backend::FIELD_CODE)
+                        .unwrap_or(sqlstate::CONNECTION_FAILURE)
                         .to_string();
-                    let msg = error_field(&frame.body, b'M')
+                    let msg = error_field(&frame.body, backend::FIELD_MESSAGE)
                         .unwrap_or("login failed")
                         .to_string();
                     return Err(Error::ServerLogin {
@@ -279,7 +221,7 @@ impl ServerConn {
                         detail: msg,
                     });
                 }
-                b'N' | b'v' => {}
+                backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}
                 other => {
                     return Err(self.protocol_error(&format!(
                         "unexpected message '{}' during login",
@@ -290,25 +232,101 @@ impl ServerConn {
         }
     }
 
+    /// Answers one Authentication message of the server (into `out`; nothing for AuthenticationOk and SASL final).
+    fn authentication(
+        &mut self,
+        target: &ServerTarget,
+        mut body: Bytes,
+        scram: &mut Option<ScramSha256>,
+        out: &mut BytesMut,
+    ) -> Result<()> {
+        let password = || {
+            target
+                .password
+                .as_deref()
+                .ok_or_else(|| Error::ServerLogin {
+                    server: target.server.clone(),
+                    sqlstate: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION.into(),
+                    detail: format!(
+                        "server asks for a password and none is configured for \"{}\"",
+                        target.user
+                    ),
+                })
+        };
+        if body.len() < 4 {
+            return Err(self.protocol_error("short authentication message"));
+        }
+        let refused = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
+        match body.get_u32() {
+            messages::AUTH_OK => {}
+            messages::AUTH_CLEARTEXT => {
+                frontend::password_message(password()?.as_bytes(), out)
+                    .map_err(|e| self.io_error(e))?;
+            }
+            messages::AUTH_MD5 => {
+                if body.len() < 4 {
+                    return Err(self.protocol_error("short md5 salt"));
+                }
+                let salt = [body[0], body[1], body[2], body[3]];
+                let hash = postgres_protocol::authentication::md5_hash(
+                    target.user.as_bytes(),
+                    password()?.as_bytes(),
+                    salt,
+                );
+                frontend::password_message(hash.as_bytes(), out).map_err(|e| self.io_error(e))?;
+            }
+            messages::AUTH_SASL => {
+                let offers_scram = body
+                    .split(|&b| b == 0)
+                    .any(|m| m == SCRAM_SHA_256.as_bytes());
+                if !offers_scram {
+                    return Err(self
+                        .login_error(refused, "server offers no SASL mechanism pgsplit supports"));
+                }
+                let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), out)
+                    .map_err(|e| self.io_error(e))?;
+                *scram = Some(s);
+            }
+            messages::AUTH_SASL_CONTINUE => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| self.protocol_error("SASL continue without start"))?;
+                s.update(&body)
+                    .map_err(|e| self.login_error(refused, &e.to_string()))?;
+                frontend::sasl_response(s.message(), out).map_err(|e| self.io_error(e))?;
+            }
+            messages::AUTH_SASL_FINAL => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| self.protocol_error("SASL final without start"))?;
+                s.finish(&body)
+                    .map_err(|e| self.login_error(refused, &e.to_string()))?;
+            }
+            other => {
+                return Err(self.login_error(
+                    refused,
+                    &format!(
+                    "server asks for authentication method {other}, which pgsplit does not support"
+                ),
+                ))
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one whole frame from the server (used outside the data path: login, session setup).
     pub async fn read_frame(&mut self) -> Result<Frame> {
-        loop {
-            match Frame::split(&mut self.rbuf, MAX_SERVER_MESSAGE) {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {}
-                Err(e) => return Err(self.protocol_error(&e.to_string())),
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(|e| self.io_error(e))?;
-            if n == 0 {
+        match read_frame(&mut self.stream, &mut self.rbuf, MAX_SERVER_MESSAGE).await {
+            Ok(f) => Ok(f),
+            Err(ReadError::Frame(e)) => Err(self.protocol_error(&e.to_string())),
+            Err(ReadError::Io(e)) => Err(self.io_error(e)),
+            Err(ReadError::Closed) => {
                 self.broken = true;
-                return Err(Error::server_io(
+                Err(Error::server_io(
                     &self.server,
                     "server closed the connection",
-                ));
+                ))
             }
         }
     }
@@ -332,12 +350,12 @@ impl ServerConn {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'Z' => {
-                    self.status = f.body.first().copied().unwrap_or(b'I');
+                backend::READY_FOR_QUERY => {
+                    self.status = f.body.first().copied().unwrap_or(backend::IDLE);
                     return Ok(error);
                 }
-                b'E' => error = Some(f),
-                b'S' => {
+                backend::ERROR_RESPONSE => error = Some(f),
+                backend::PARAMETER_STATUS => {
                     if let Some((k, v)) = messages::parameter_status_view(&f.body) {
                         self.params.insert(k.to_string(), v.to_string());
                     }
@@ -372,17 +390,21 @@ impl ServerConn {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'D' => sql_prepared = f.body.ends_with(b"t"),
-                b'E' => {
-                    failed = Some(error_field(&f.body, b'M').unwrap_or("error").to_string());
+                backend::DATA_ROW => sql_prepared = f.body.ends_with(b"t"),
+                backend::ERROR_RESPONSE => {
+                    failed = Some(
+                        error_field(&f.body, backend::FIELD_MESSAGE)
+                            .unwrap_or("error")
+                            .to_string(),
+                    );
                 }
-                b'S' => {
+                backend::PARAMETER_STATUS => {
                     if let Some((k, v)) = messages::parameter_status_view(&f.body) {
                         self.params.insert(k.to_string(), v.to_string());
                     }
                 }
-                b'Z' => {
-                    self.status = f.body.first().copied().unwrap_or(b'I');
+                backend::READY_FOR_QUERY => {
+                    self.status = f.body.first().copied().unwrap_or(backend::IDLE);
                     break;
                 }
                 _ => {}
@@ -414,7 +436,7 @@ impl ServerConn {
     /// True when nothing suggests the connection is unusable: idle status, nothing buffered, not marked broken,
     /// and the socket has neither closed nor sent unsolicited bytes.
     pub fn is_reusable(&self) -> bool {
-        if self.broken || self.status != b'I' || !self.rbuf.is_empty() {
+        if self.broken || self.status != backend::IDLE || !self.rbuf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];

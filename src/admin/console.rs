@@ -4,12 +4,18 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::status::Status;
+use crate::protocol::frame::{read_frame, ReadError};
 use crate::protocol::messages::{self, Severity};
-use crate::protocol::{sqlstate, Frame};
-use crate::proxy::Shared;
+use crate::protocol::sqlstate;
+use crate::protocol::{backend, frontend};
+use crate::state::Shared;
+
+/// Largest message the console accepts.
+const MAX_MESSAGE: usize = 1 << 20;
 
 /// Serves an authenticated admin client until it leaves.
 pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut) {
@@ -26,39 +32,33 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut
         messages::parameter_status(&mut out, k, v);
     }
     messages::backend_key_data(&mut out, 0, 0);
-    messages::ready_for_query(&mut out, b'I');
+    messages::ready_for_query(&mut out, backend::IDLE);
     if socket.write_all(&out).await.is_err() {
         return;
     }
     loop {
-        let frame = loop {
-            match Frame::split(&mut buf, 1 << 20) {
-                Ok(Some(f)) => break f,
-                Ok(None) => {}
-                Err(e) => {
-                    let msg = messages::error_bytes(
-                        Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &e.to_string(),
-                    );
-                    let _ = socket.write_all(&msg).await;
-                    return;
-                }
+        let frame = match read_frame(&mut socket, &mut buf, MAX_MESSAGE).await {
+            Ok(f) => f,
+            Err(ReadError::Frame(e)) => {
+                let msg = messages::error_bytes(
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &e.to_string(),
+                );
+                let _ = socket.write_all(&msg).await;
+                return;
             }
-            match socket.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+            Err(ReadError::Closed | ReadError::Io(_)) => return,
         };
         out.clear();
         match frame.tag {
-            b'Q' => {
+            frontend::QUERY => {
                 let text = messages::query_text(&frame.body).unwrap_or("");
                 answer(&shared, text, &mut out);
-                messages::ready_for_query(&mut out, b'I');
+                messages::ready_for_query(&mut out, backend::IDLE);
             }
-            b'X' => return,
-            b'S' => messages::ready_for_query(&mut out, b'I'),
+            frontend::TERMINATE => return,
+            frontend::SYNC => messages::ready_for_query(&mut out, backend::IDLE),
             _ => messages::error_response(
                 &mut out,
                 Severity::Error,
@@ -97,11 +97,11 @@ pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
             tracing::info!("RESUME from the admin console");
             messages::command_complete(out, "RESUME");
         }
-        [] => messages::empty(out, b'I'),
+        [] => messages::empty(out, backend::EMPTY_QUERY_RESPONSE),
         _ => messages::error_response(
             out,
             Severity::Error,
-            "42601",
+            sqlstate::SYNTAX_ERROR,
             &format!("unknown admin command \"{}\"; try SHOW HELP", text.trim()),
         ),
     }
@@ -118,222 +118,246 @@ fn table(out: &mut BytesMut, columns: &[&str], rows: &[Vec<Option<String>>]) {
 
 fn show(shared: &Shared, what: &str, out: &mut BytesMut) {
     let s = super::status::status(shared);
-    let some = |v: String| Some(v);
     match what {
-        "SERVERS" => {
-            let rows: Vec<Vec<Option<String>>> = s
-                .servers
-                .iter()
-                .map(|v| {
-                    vec![
-                        some(v.name.clone()),
-                        some(v.address.clone()),
-                        some(v.role.into()),
-                        some(v.up.to_string()),
-                        some(v.eligible.to_string()),
-                        some(v.reason.clone()),
-                        some(v.outstanding.to_string()),
-                    ]
-                })
-                .collect();
-            table(
-                out,
-                &[
-                    "name",
-                    "address",
-                    "role",
-                    "up",
-                    "eligible",
-                    "reason",
-                    "outstanding",
-                ],
-                &rows,
-            );
-        }
-        "LAG" => {
-            let rows: Vec<Vec<Option<String>>> = s
-                .servers
-                .iter()
-                .map(|v| {
-                    vec![
-                        some(v.name.clone()),
-                        some(v.role.into()),
-                        v.lag_seconds.map(|l| format!("{l:.3}")),
-                        v.lag_bytes.map(|b| b.to_string()),
-                        some(v.eligible.to_string()),
-                        some(v.reason.clone()),
-                        some(v.replay_paused.to_string()),
-                        v.last_probe_age_seconds.map(|a| format!("{a:.3}")),
-                    ]
-                })
-                .collect();
-            table(
-                out,
-                &[
-                    "server",
-                    "role",
-                    "lag_seconds",
-                    "lag_bytes",
-                    "eligible",
-                    "reason",
-                    "replay_paused",
-                    "probe_age_seconds",
-                ],
-                &rows,
-            );
-        }
-        "POOLS" => {
-            let rows: Vec<Vec<Option<String>>> = s
-                .pools
-                .iter()
-                .map(|p| {
-                    vec![
-                        some(p.database.clone()),
-                        some(p.user.clone()),
-                        some(p.server.clone()),
-                        some(p.kind.into()),
-                        some(p.active.to_string()),
-                        some(p.idle.to_string()),
-                        some(p.waiting.to_string()),
-                        some(p.size.to_string()),
-                    ]
-                })
-                .collect();
-            table(
-                out,
-                &[
-                    "database",
-                    "user",
-                    "server",
-                    "pool",
-                    "sv_active",
-                    "sv_idle",
-                    "cl_waiting",
-                    "pool_size",
-                ],
-                &rows,
-            );
-        }
-        "CLIENTS" => {
-            let rows: Vec<Vec<Option<String>>> = shared
-                .stats
-                .clients
-                .list()
-                .iter()
-                .map(|c| {
-                    let since = c
-                        .connected_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    vec![
-                        some(c.id.to_string()),
-                        some(c.user.clone()),
-                        some(c.database.clone()),
-                        some(c.state().label().into()),
-                        some(c.peer.to_string()),
-                        some(since.to_string()),
-                    ]
-                })
-                .collect();
-            table(
-                out,
-                &["id", "user", "database", "state", "addr", "connect_time"],
-                &rows,
-            );
-        }
-        "STATS" => {
-            let mut rows: Vec<Vec<Option<String>>> = s
-                .routing
-                .routed
-                .iter()
-                .map(|r| {
-                    vec![
-                        some(r.destination.into()),
-                        some(r.reason.into()),
-                        some(r.count.to_string()),
-                    ]
-                })
-                .collect();
-            rows.push(vec![
-                some("primary".into()),
-                some("transaction_pinned".into()),
-                some(s.routing.pinned_primary.to_string()),
-            ]);
-            rows.push(vec![
-                some("replica".into()),
-                some("transaction_pinned".into()),
-                some(s.routing.pinned_replica.to_string()),
-            ]);
-            for p in &s.routing.primary_reads {
-                rows.push(vec![
-                    some("primary".into()),
-                    some(format!("read_fallback:{}", p.reason)),
-                    some(p.count.to_string()),
-                ]);
-            }
-            rows.push(vec![
-                some("none".into()),
-                some("read_refused".into()),
-                some(s.routing.refused_reads.to_string()),
-            ]);
-            for (dest, l) in [
-                ("primary", &s.latency.primary),
-                ("replica", &s.latency.replica),
-            ] {
-                rows.push(vec![
-                    some(dest.into()),
-                    some("latency_p50_ms".into()),
-                    some(format!("{:.3}", l.p50_ms)),
-                ]);
-                rows.push(vec![
-                    some(dest.into()),
-                    some("latency_p99_ms".into()),
-                    some(format!("{:.3}", l.p99_ms)),
-                ]);
-            }
-            table(out, &["destination", "counter", "value"], &rows);
-        }
-        "CONFIG" => {
-            let rows: Vec<Vec<Option<String>>> = shared
-                .config
-                .effective_toml()
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .map(|l| vec![some(l.to_string())])
-                .collect();
-            table(out, &["setting"], &rows);
-        }
+        "SERVERS" => show_servers(&s, out),
+        "LAG" => show_lag(&s, out),
+        "POOLS" => show_pools(&s, out),
+        "CLIENTS" => show_clients(shared, out),
+        "STATS" => show_stats(&s, out),
+        "CONFIG" => show_config(shared, out),
         "VERSION" => table(
             out,
             &["version"],
             &[vec![some(format!("pgsplit {}", env!("CARGO_PKG_VERSION")))]],
         ),
-        "HELP" => {
-            let rows: Vec<Vec<Option<String>>> = [
-                "SHOW SERVERS",
-                "SHOW POOLS",
-                "SHOW CLIENTS",
-                "SHOW STATS",
-                "SHOW LAG",
-                "SHOW CONFIG",
-                "SHOW VERSION",
-                "RELOAD",
-                "PAUSE",
-                "RESUME",
-            ]
-            .iter()
-            .map(|c| vec![some((*c).to_string())])
-            .collect();
-            table(out, &["command"], &rows);
-        }
+        "HELP" => show_help(out),
         other => messages::error_response(
             out,
             Severity::Error,
-            "42601",
+            sqlstate::SYNTAX_ERROR,
             &format!(
                 "unknown SHOW target \"{}\"; try SHOW HELP",
                 other.to_ascii_lowercase()
             ),
         ),
     }
+}
+
+fn some(v: String) -> Option<String> {
+    Some(v)
+}
+
+/// SHOW SERVERS: every server, its role and health.
+fn show_servers(s: &Status, out: &mut BytesMut) {
+    let rows: Vec<Vec<Option<String>>> = s
+        .servers
+        .iter()
+        .map(|v| {
+            vec![
+                some(v.name.clone()),
+                some(v.address.clone()),
+                some(v.role.into()),
+                some(v.up.to_string()),
+                some(v.eligible.to_string()),
+                some(v.reason.clone()),
+                some(v.outstanding.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "name",
+            "address",
+            "role",
+            "up",
+            "eligible",
+            "reason",
+            "outstanding",
+        ],
+        &rows,
+    );
+}
+
+/// SHOW LAG: every server's lag and read eligibility.
+fn show_lag(s: &Status, out: &mut BytesMut) {
+    let rows: Vec<Vec<Option<String>>> = s
+        .servers
+        .iter()
+        .map(|v| {
+            vec![
+                some(v.name.clone()),
+                some(v.role.into()),
+                v.lag_seconds.map(|l| format!("{l:.3}")),
+                v.lag_bytes.map(|b| b.to_string()),
+                some(v.eligible.to_string()),
+                some(v.reason.clone()),
+                some(v.replay_paused.to_string()),
+                v.last_probe_age_seconds.map(|a| format!("{a:.3}")),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "server",
+            "role",
+            "lag_seconds",
+            "lag_bytes",
+            "eligible",
+            "reason",
+            "replay_paused",
+            "probe_age_seconds",
+        ],
+        &rows,
+    );
+}
+
+/// SHOW POOLS: every pool's connections and waiting clients.
+fn show_pools(s: &Status, out: &mut BytesMut) {
+    let rows: Vec<Vec<Option<String>>> = s
+        .pools
+        .iter()
+        .map(|p| {
+            vec![
+                some(p.database.clone()),
+                some(p.user.clone()),
+                some(p.server.clone()),
+                some(p.kind.into()),
+                some(p.active.to_string()),
+                some(p.idle.to_string()),
+                some(p.waiting.to_string()),
+                some(p.size.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "database",
+            "user",
+            "server",
+            "pool",
+            "sv_active",
+            "sv_idle",
+            "cl_waiting",
+            "pool_size",
+        ],
+        &rows,
+    );
+}
+
+/// SHOW CLIENTS: every connected client.
+fn show_clients(shared: &Shared, out: &mut BytesMut) {
+    let rows: Vec<Vec<Option<String>>> = shared
+        .stats
+        .clients
+        .list()
+        .iter()
+        .map(|c| {
+            let since = c
+                .connected_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            vec![
+                some(c.id.to_string()),
+                some(c.user.clone()),
+                some(c.database.clone()),
+                some(c.state().label().into()),
+                some(c.peer.to_string()),
+                some(since.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["id", "user", "database", "state", "addr", "connect_time"],
+        &rows,
+    );
+}
+
+/// SHOW STATS: routing counters and latency percentiles.
+fn show_stats(s: &Status, out: &mut BytesMut) {
+    let mut rows: Vec<Vec<Option<String>>> = s
+        .routing
+        .routed
+        .iter()
+        .map(|r| {
+            vec![
+                some(r.destination.into()),
+                some(r.reason.into()),
+                some(r.count.to_string()),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        some("primary".into()),
+        some("transaction_pinned".into()),
+        some(s.routing.pinned_primary.to_string()),
+    ]);
+    rows.push(vec![
+        some("replica".into()),
+        some("transaction_pinned".into()),
+        some(s.routing.pinned_replica.to_string()),
+    ]);
+    for p in &s.routing.primary_reads {
+        rows.push(vec![
+            some("primary".into()),
+            some(format!("read_fallback:{}", p.reason)),
+            some(p.count.to_string()),
+        ]);
+    }
+    rows.push(vec![
+        some("none".into()),
+        some("read_refused".into()),
+        some(s.routing.refused_reads.to_string()),
+    ]);
+    for (dest, l) in [
+        ("primary", &s.latency.primary),
+        ("replica", &s.latency.replica),
+    ] {
+        rows.push(vec![
+            some(dest.into()),
+            some("latency_p50_ms".into()),
+            some(format!("{:.3}", l.p50_ms)),
+        ]);
+        rows.push(vec![
+            some(dest.into()),
+            some("latency_p99_ms".into()),
+            some(format!("{:.3}", l.p99_ms)),
+        ]);
+    }
+    table(out, &["destination", "counter", "value"], &rows);
+}
+
+/// SHOW CONFIG: the effective configuration, one setting a row.
+fn show_config(shared: &Shared, out: &mut BytesMut) {
+    let rows: Vec<Vec<Option<String>>> = shared
+        .config
+        .effective_toml()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| vec![some(l.to_string())])
+        .collect();
+    table(out, &["setting"], &rows);
+}
+
+/// SHOW HELP: the console's commands.
+fn show_help(out: &mut BytesMut) {
+    let rows: Vec<Vec<Option<String>>> = [
+        "SHOW SERVERS",
+        "SHOW POOLS",
+        "SHOW CLIENTS",
+        "SHOW STATS",
+        "SHOW LAG",
+        "SHOW CONFIG",
+        "SHOW VERSION",
+        "RELOAD",
+        "PAUSE",
+        "RESUME",
+    ]
+    .iter()
+    .map(|c| vec![some((*c).to_string())])
+    .collect();
+    table(out, &["command"], &rows);
 }

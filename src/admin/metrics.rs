@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::classify::Reason;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use crate::stats::{ClientState, Destination, PrimaryRead};
 
 type Labels = Vec<(&'static str, String)>;
@@ -31,30 +31,32 @@ fn counter_family(registry: &mut Registry, name: &str, help: &str) -> CounterFam
 /// Renders every metric.
 pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("pgsplit");
+    servers(&mut r, shared);
+    pools(&mut r, shared);
+    clients(&mut r, shared);
+    routing(&mut r, shared);
+    let mut out = String::new();
+    encode(&mut out, &r)?;
+    Ok(out)
+}
 
+/// Every server: lag, health, role, probe age.
+fn servers(r: &mut Registry, shared: &Shared) {
     let lag_seconds = gauge_family(
-        &mut r,
+        r,
         "replica_lag_seconds",
         "Replica lag on pgsplit's clock (absent when unknown)",
     );
     let lag_bytes = gauge_family(
-        &mut r,
+        r,
         "replica_lag_bytes",
         "Replica lag in bytes of WAL (absent when unknown)",
     );
-    let up = gauge_family(&mut r, "server_up", "1 when the server answers probes");
-    let eligible = gauge_family(
-        &mut r,
-        "server_eligible",
-        "1 when the server may take reads",
-    );
-    let is_primary = gauge_family(
-        &mut r,
-        "server_primary",
-        "1 for the server that takes writes",
-    );
+    let up = gauge_family(r, "server_up", "1 when the server answers probes");
+    let eligible = gauge_family(r, "server_eligible", "1 when the server may take reads");
+    let is_primary = gauge_family(r, "server_primary", "1 for the server that takes writes");
     let probe_age = gauge_family(
-        &mut r,
+        r,
         "server_probe_age_seconds",
         "Age of the last successful probe",
     );
@@ -78,14 +80,17 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             probe_age.get_or_create(&l).set(t.elapsed().as_secs_f64());
         }
     }
+}
 
+/// Every pool: connections by state, waiting clients.
+fn pools(r: &mut Registry, shared: &Shared) {
     let pool_conns = gauge_family(
-        &mut r,
+        r,
         "pool_connections",
         "Server connections by pool and state",
     );
     let pool_waiting = gauge_family(
-        &mut r,
+        r,
         "pool_waiting_clients",
         "Clients waiting for a connection, by pool",
     );
@@ -113,8 +118,11 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             }
         }
     }
+}
 
-    let clients = gauge_family(&mut r, "clients", "Client connections by state");
+/// Clients by state.
+fn clients(r: &mut Registry, shared: &Shared) {
+    let clients = gauge_family(r, "clients", "Client connections by state");
     let list = shared.stats.clients.list();
     clients
         .get_or_create(&vec![("state", "connected".into())])
@@ -125,10 +133,13 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             .get_or_create(&vec![("state", s.label().into())])
             .set(n as f64);
     }
+}
 
+/// Routing counters, latency, errors by class, classifier cache.
+fn routing(r: &mut Registry, shared: &Shared) {
     let stats = &shared.stats;
     let routed = counter_family(
-        &mut r,
+        r,
         "statements_routed",
         "Units of work routed, by destination and reason",
     );
@@ -153,7 +164,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             .inc_by(stats.pinned_count(dest));
     }
     let primary_reads = counter_family(
-        &mut r,
+        r,
         "reads_on_primary",
         "Reads that ran on the primary, by why",
     );
@@ -177,7 +188,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     );
 
     let errors = counter_family(
-        &mut r,
+        r,
         "errors",
         "ErrorResponses sent to clients, by SQLSTATE class",
     );
@@ -185,21 +196,13 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         errors.get_or_create(&vec![("class", class)]).inc_by(n);
     }
     let (hits, misses) = shared.classifier.cache_counts();
-    let cache = counter_family(
-        &mut r,
-        "classifier_cache",
-        "Classifier decision cache lookups",
-    );
+    let cache = counter_family(r, "classifier_cache", "Classifier decision cache lookups");
     cache
         .get_or_create(&vec![("result", "hit".into())])
         .inc_by(hits);
     cache
         .get_or_create(&vec![("result", "miss".into())])
         .inc_by(misses);
-
-    let mut out = String::new();
-    encode(&mut out, &r)?;
-    Ok(out)
 }
 
 fn router_primary(shared: &Shared) -> Option<usize> {

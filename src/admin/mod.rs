@@ -16,7 +16,8 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::proxy::Shared;
+use crate::auth::constant_time_eq;
+use crate::state::Shared;
 
 /// The dashboard page (self-contained: no CDN).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -89,10 +90,6 @@ async fn require_token(
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// 200 when pgsplit can serve writes (a primary is known and up), 503 otherwise, with the checks as JSON.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let primary = shared.router.primary();
@@ -106,7 +103,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
             "ok": primary_ok,
             "detail": match &primary {
                 Ok(i) => servers.get(*i).map_or_else(String::new, |s| format!("{} ({})", s.name, s.address)),
-                Err(reason) => reason.clone(),
+                Err(reason) => reason.to_string(),
             },
         },
         { "name": "accepting_clients", "ok": !shared.is_paused(), "detail": if shared.is_paused() { "paused" } else { "running" } },

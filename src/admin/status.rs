@@ -1,12 +1,12 @@
 //! The JSON document `/status` serves (and the dashboard charts): servers, pools, clients, routing counters,
 //! latency percentiles.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
 use crate::classify::Reason;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use crate::stats::{ClientState, Destination, Percentiles, PrimaryRead};
 
 /// The whole status document.
@@ -135,7 +135,53 @@ pub fn status(shared: &Shared) -> Status {
     let router = &shared.router;
     let lag = &shared.config.lag;
     let primary = router.primary();
-    let servers = shared
+    let clients = shared.stats.clients.list();
+    let count = |s: ClientState| clients.iter().filter(|c| c.state() == s).count();
+    let (cache_hits, cache_misses) = shared.classifier.cache_counts();
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: shared.started.elapsed().as_secs_f64(),
+        primary: primary
+            .as_ref()
+            .ok()
+            .and_then(|&i| router.servers.get(i))
+            .map(|b| b.name.clone()),
+        primary_error: primary.err().map(|e| e.to_string()),
+        max_lag_seconds: lag.max_lag.as_secs_f64(),
+        max_lag_bytes: lag.max_lag_bytes,
+        readmit_lag_seconds: lag.readmit_lag().as_secs_f64(),
+        paused: shared.is_paused(),
+        servers: servers(shared),
+        pools: pools(shared),
+        clients: ClientsView {
+            connected: clients.len(),
+            active: count(ClientState::Active),
+            waiting: count(ClientState::Waiting),
+            idle: count(ClientState::Idle),
+        },
+        routing: routing(shared),
+        latency: LatencyView {
+            primary: shared.stats.latency.percentiles(Destination::Primary),
+            replica: shared.stats.latency.percentiles(Destination::Replica),
+        },
+        classifier: ClassifierView {
+            cache_hits,
+            cache_misses,
+        },
+        errors: shared
+            .stats
+            .errors
+            .snapshot()
+            .into_iter()
+            .map(|(class, count)| ErrorView { class, count })
+            .collect(),
+    }
+}
+
+/// Every server as the monitor sees it, with its units in flight.
+fn servers(shared: &Shared) -> Vec<ServerView> {
+    let router = &shared.router;
+    shared
         .monitor
         .snapshot()
         .into_iter()
@@ -165,7 +211,12 @@ pub fn status(shared: &Shared) -> Status {
             name: s.name,
             address: s.address,
         })
-        .collect();
+        .collect()
+}
+
+/// Every pool of every (user, database), write pools then read pools, by server.
+fn pools(shared: &Shared) -> Vec<PoolView> {
+    let router = &shared.router;
     let mut pools = Vec::new();
     for ((user, database), set) in shared.all_pools() {
         for (kind, list) in [("write", &set.write), ("read", &set.read)] {
@@ -187,8 +238,11 @@ pub fn status(shared: &Shared) -> Status {
             }
         }
     }
-    let clients = shared.stats.clients.list();
-    let count = |s: ClientState| clients.iter().filter(|c| c.state() == s).count();
+    pools
+}
+
+/// Units by destination and reason, reads on the primary by why, pinned units and refused reads.
+fn routing(shared: &Shared) -> RoutingView {
     let stats = &shared.stats;
     let mut routed = Vec::new();
     let (mut total_primary, mut total_replica) = (
@@ -214,63 +268,19 @@ pub fn status(shared: &Shared) -> Status {
             }
         }
     }
-    let (cache_hits, cache_misses) = shared.classifier.cache_counts();
-    Status {
-        version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: shared.started.elapsed().as_secs_f64(),
-        primary: primary
-            .as_ref()
-            .ok()
-            .and_then(|&i| router.servers.get(i))
-            .map(|b| b.name.clone()),
-        primary_error: primary.err(),
-        max_lag_seconds: lag.max_lag.as_secs_f64(),
-        max_lag_bytes: lag.max_lag_bytes,
-        readmit_lag_seconds: lag.readmit_lag().as_secs_f64(),
-        paused: shared.is_paused(),
-        servers,
-        pools,
-        clients: ClientsView {
-            connected: clients.len(),
-            active: count(ClientState::Active),
-            waiting: count(ClientState::Waiting),
-            idle: count(ClientState::Idle),
-        },
-        routing: RoutingView {
-            routed,
-            primary_reads: PrimaryRead::ALL
-                .iter()
-                .map(|&w| CountView {
-                    reason: w.label(),
-                    count: stats.primary_reads(w),
-                })
-                .collect(),
-            pinned_primary: stats.pinned_count(Destination::Primary),
-            pinned_replica: stats.pinned_count(Destination::Replica),
-            refused_reads: stats.refused_reads(),
-            total_primary,
-            total_replica,
-        },
-        latency: LatencyView {
-            primary: stats.latency.percentiles(Destination::Primary),
-            replica: stats.latency.percentiles(Destination::Replica),
-        },
-        classifier: ClassifierView {
-            cache_hits,
-            cache_misses,
-        },
-        errors: stats
-            .errors
-            .snapshot()
-            .into_iter()
-            .map(|(class, count)| ErrorView { class, count })
+    RoutingView {
+        routed,
+        primary_reads: PrimaryRead::ALL
+            .iter()
+            .map(|&w| CountView {
+                reason: w.label(),
+                count: stats.primary_reads(w),
+            })
             .collect(),
+        pinned_primary: stats.pinned_count(Destination::Primary),
+        pinned_replica: stats.pinned_count(Destination::Replica),
+        refused_reads: stats.refused_reads(),
+        total_primary,
+        total_replica,
     }
-}
-
-/// Milliseconds since the Unix epoch (for the dashboard's clock).
-pub fn now_unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }

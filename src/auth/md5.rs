@@ -39,7 +39,7 @@ pub fn verify_hashed(stored: &str, salt: [u8; 4], response: &[u8]) -> bool {
     h.update(inner.to_ascii_lowercase().as_bytes());
     h.update(salt);
     let expected = format!("md5{}", hex(&h.finalize()));
-    ct_eq(expected.as_bytes(), response)
+    super::constant_time_eq(expected.as_bytes(), response)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -50,18 +50,6 @@ fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
     s
-}
-
-/// Constant-time equality; only the (public) lengths leak.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= std::hint::black_box(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]

@@ -5,14 +5,14 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::auth::{md5, ScramServer};
+use crate::auth::{md5, AuthError, ScramServer};
 use crate::config::AuthMethod;
-use crate::protocol::frame::read_cstr;
+use crate::protocol::frame::{read_cstr, read_frame, ReadError};
+use crate::protocol::frontend;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupError};
-use crate::protocol::Frame;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// Largest message accepted during authentication.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -197,17 +197,18 @@ pub async fn authenticate(
     }
 }
 
-fn auth_error(e: crate::auth::AuthError, user: &str) -> LoginError {
+fn auth_error(e: AuthError, user: &str) -> LoginError {
+    let code = e.sqlstate();
     match e {
-        crate::auth::AuthError::Failed => LoginError::new(
-            sqlstate::INVALID_PASSWORD,
+        AuthError::Failed => LoginError::new(
+            code,
             format!("password authentication failed for user \"{user}\""),
         ),
-        crate::auth::AuthError::UnsupportedMechanism(m) => LoginError::new(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+        AuthError::UnsupportedMechanism(m) => LoginError::new(
+            code,
             format!("client selected an invalid SASL authentication mechanism \"{m}\""),
         ),
-        crate::auth::AuthError::Protocol(m) => LoginError::new(sqlstate::PROTOCOL_VIOLATION, m),
+        AuthError::Protocol(m) => LoginError::new(code, m),
     }
 }
 
@@ -225,30 +226,22 @@ async fn read_password(
     socket: &mut TcpStream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, LoginError> {
-    loop {
-        match Frame::split(buf, MAX_AUTH_MESSAGE) {
-            Ok(Some(f)) if f.tag == b'p' => return Ok(f.body),
-            Ok(Some(f)) => {
-                return Err(LoginError::new(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!(
-                        "expected password response, got message type '{}'",
-                        printable(f.tag)
-                    ),
-                ))
-            }
-            Ok(None) => {}
-            Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+    match read_frame(socket, buf, MAX_AUTH_MESSAGE).await {
+        Ok(f) if f.tag == frontend::PASSWORD => Ok(f.body),
+        Ok(f) => Err(LoginError::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "expected password response, got message type '{}'",
+                printable(f.tag)
+            ),
+        )),
+        Err(ReadError::Frame(e)) => {
+            Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))
         }
-        match socket.read_buf(buf).await {
-            Ok(0) | Err(_) => {
-                return Err(LoginError::new(
-                    sqlstate::CONNECTION_FAILURE,
-                    "client closed the connection during authentication",
-                ))
-            }
-            Ok(_) => {}
-        }
+        Err(ReadError::Closed | ReadError::Io(_)) => Err(LoginError::new(
+            sqlstate::CONNECTION_FAILURE,
+            "client closed the connection during authentication",
+        )),
     }
 }
 

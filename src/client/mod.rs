@@ -15,12 +15,52 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::sqlstate;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 pub use login::printable;
 
-/// Serves one client connection to the end. `login` is its place among the connections logging in, given back
-/// once it has logged in; it then takes one of the client `slots` for the rest of its session.
+/// What a client connection turned out to be, once its login is done.
+pub enum Opened {
+    /// An application client, logged in: run its session.
+    Session(Session),
+    /// An admin user logged in to the virtual database `pgsplit`: the caller serves the admin console.
+    Console(ConsoleRequest),
+    /// Nothing more to do: a cancel request (forwarded), a client that went away, or a refused login (already
+    /// answered).
+    Nothing,
+}
+
+/// An application client's session, holding one of the client slots until it ends.
+pub struct Session {
+    session: Box<session::Session>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Session {
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        self.session.run().await;
+    }
+}
+
+/// An authenticated admin console client: the socket, and what it sent after its login. It holds one of the
+/// client slots while it lives, as a session does.
+pub struct ConsoleRequest {
+    socket: TcpStream,
+    buf: BytesMut,
+    slot: OwnedSemaphorePermit,
+}
+
+impl ConsoleRequest {
+    /// The socket, the bytes read, and the client slot to keep for as long as the console runs.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, OwnedSemaphorePermit) {
+        (self.socket, self.buf, self.slot)
+    }
+}
+
+/// Opens one client connection: reads its startup packet, authenticates it and checks its database. `login` is
+/// its place among the connections logging in, given back once it has logged in; a session then takes one of
+/// the client `slots` for as long as it runs.
 pub async fn serve(
     shared: Arc<Shared>,
     socket: TcpStream,
@@ -28,17 +68,21 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     login: OwnedSemaphorePermit,
     slots: Arc<Semaphore>,
-) {
+) -> Opened {
     // The login is boxed: its state is freed once it is done instead of sizing every client's task.
-    if let Some((mut session, _slot)) =
-        Box::pin(open(shared, socket, peer, stop, login, slots)).await
-    {
-        session.run().await;
-    }
+    Box::pin(open(shared, socket, peer, stop, login, slots)).await
 }
 
-/// Reads the startup packet, authenticates and checks the database: the session for an application client
-/// (the admin console and cancel requests are served here, and give `None`).
+/// A client that logged in: who, to what, and the client slot it took.
+struct LoggedIn {
+    user: String,
+    database: String,
+    params: Vec<(String, String)>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Logs a client in within `timeouts.client_login`, then opens what it asked for: a session, or the admin
+/// console.
 async fn open(
     shared: Arc<Shared>,
     mut socket: TcpStream,
@@ -46,77 +90,25 @@ async fn open(
     stop: watch::Receiver<bool>,
     login: OwnedSemaphorePermit,
     slots: Arc<Semaphore>,
-) -> Option<(Box<session::Session>, OwnedSemaphorePermit)> {
+) -> Opened {
     // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = shared.config.timeouts.client_login;
-    let opened = tokio::time::timeout(login_timeout, async {
-        let opening = login::read_opening(&mut socket, &mut buf).await?;
-        let params = match opening {
-            login::Opening::Startup { params } => params,
-            login::Opening::Cancel { pid, secret } => {
-                shared
-                    .cancels
-                    .cancel(pid, secret, shared.config.timeouts.server_connect)
-                    .await;
-                return Ok(None);
-            }
-            login::Opening::Gone => return Ok(None),
-        };
-        // A client slot, taken once the startup packet is in (as PostgreSQL checks its connection limit).
-        let slot = slots.try_acquire_owned().map_err(|_| login::LoginError {
-            code: sqlstate::TOO_MANY_CONNECTIONS,
-            message: "sorry, too many clients already".into(),
-        })?;
-        let user = params
-            .iter()
-            .find(|(k, _)| k == "user")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        if user.is_empty() {
-            return Err(login::LoginError {
-                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                message: "no PostgreSQL user name specified in startup packet".into(),
-            });
-        }
-        let database = params
-            .iter()
-            .find(|(k, _)| k == "database")
-            .map(|(_, v)| v.clone())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| user.clone());
-        // Authenticate first, as Postgres does, so that database names do not leak to strangers.
-        login::authenticate(&shared, &mut socket, &mut buf, &user).await?;
-        if database == crate::config::ADMIN_DATABASE {
-            if shared.config.user(&user).is_some_and(|u| u.admin) {
-                return Ok(Some((user, database, params, slot)));
-            }
-            return Err(login::LoginError {
-                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                message: format!(
-                    "user \"{user}\" may not use the pgsplit admin console (set admin = true)"
-                ),
-            });
-        }
-        if shared.config.database(&database).is_none() {
-            return Err(login::LoginError {
-                code: sqlstate::INVALID_CATALOG_NAME,
-                message: format!("database \"{database}\" does not exist"),
-            });
-        }
-        Ok(Some((user, database, params, slot)))
-    })
+    let opened = tokio::time::timeout(
+        login_timeout,
+        log_in(&shared, &mut socket, &mut buf, &slots),
+    )
     .await;
     // Logged in (or not): no longer among the connections logging in.
     drop(login);
-    let (user, database, params, slot) = match opened {
-        Ok(Ok(Some(x))) => x,
-        Ok(Ok(None)) => return None,
+    let client = match opened {
+        Ok(Ok(Some(client))) => client,
+        Ok(Ok(None)) => return Opened::Nothing,
         Ok(Err(e)) => {
             tracing::debug!(%peer, code = e.code, message = %e.message, "login refused");
             login::fatal(&mut socket, e.code, &e.message).await;
-            return None;
+            return Opened::Nothing;
         }
         Err(_) => {
             login::fatal(
@@ -125,12 +117,17 @@ async fn open(
                 "client did not finish logging in in time",
             )
             .await;
-            return None;
+            return Opened::Nothing;
         }
     };
+    let LoggedIn {
+        user,
+        database,
+        params,
+        slot,
+    } = client;
     if database == crate::config::ADMIN_DATABASE {
-        Box::pin(crate::admin::console::serve(shared, socket, buf)).await;
-        return None;
+        return Opened::Console(ConsoleRequest { socket, buf, slot });
     }
     let Some(pools) = shared.pools(&user, &database) else {
         login::fatal(
@@ -139,10 +136,82 @@ async fn open(
             "unknown user or database",
         )
         .await;
-        return None;
+        return Opened::Nothing;
     };
     let session = Box::new(session::Session::new(
         shared, socket, peer, buf, user, database, params, pools, stop,
     ));
-    Some((session, slot))
+    Opened::Session(Session {
+        session,
+        _slot: slot,
+    })
+}
+
+/// Reads the startup packet, takes a client slot, authenticates and checks the database. `None`: nothing to
+/// open (a cancel request, forwarded here, or a client that went away).
+async fn log_in(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    slots: &Arc<Semaphore>,
+) -> Result<Option<LoggedIn>, login::LoginError> {
+    let params = match login::read_opening(socket, buf).await? {
+        login::Opening::Startup { params } => params,
+        login::Opening::Cancel { pid, secret } => {
+            shared
+                .cancels
+                .cancel(pid, secret, shared.config.timeouts.server_connect)
+                .await;
+            return Ok(None);
+        }
+        login::Opening::Gone => return Ok(None),
+    };
+    // A client slot, taken once the startup packet is in (as PostgreSQL checks its connection limit).
+    let slot = slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| login::LoginError {
+            code: sqlstate::TOO_MANY_CONNECTIONS,
+            message: "sorry, too many clients already".into(),
+        })?;
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    if user.is_empty() {
+        return Err(login::LoginError {
+            code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            message: "no PostgreSQL user name specified in startup packet".into(),
+        });
+    }
+    let database = params
+        .iter()
+        .find(|(k, _)| k == "database")
+        .map(|(_, v)| v.clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    // Authenticate first, as Postgres does, so that database names do not leak to strangers.
+    login::authenticate(shared, socket, buf, &user).await?;
+    if database == crate::config::ADMIN_DATABASE {
+        if !shared.config.user(&user).is_some_and(|u| u.admin) {
+            return Err(login::LoginError {
+                code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                message: format!(
+                    "user \"{user}\" may not use the pgsplit admin console (set admin = true)"
+                ),
+            });
+        }
+    } else if shared.config.database(&database).is_none() {
+        return Err(login::LoginError {
+            code: sqlstate::INVALID_CATALOG_NAME,
+            message: format!("database \"{database}\" does not exist"),
+        });
+    }
+    Ok(Some(LoggedIn {
+        user,
+        database,
+        params,
+        slot,
+    }))
 }

@@ -24,6 +24,8 @@ pub const ROW_DESCRIPTION: u8 = b'T';
 pub const DATA_ROW: u8 = b'D';
 /// CommandComplete.
 pub const COMMAND_COMPLETE: u8 = b'C';
+/// EmptyQueryResponse.
+pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
 /// ErrorResponse.
 pub const ERROR_RESPONSE: u8 = b'E';
 /// NoticeResponse.

@@ -1,9 +1,11 @@
 //! Framing: a 1-byte tag, a 4-byte big-endian length (counting itself) and a body kept as `Bytes`.
 //!
 //! Reading is two steps, as in mini-redis: [`check`] says whether a whole frame is buffered (without copying),
-//! then [`Frame::split`] takes it out of the buffer as zero-copy `Bytes`.
+//! then [`Frame::split`] takes it out of the buffer as zero-copy `Bytes`. Outside the data path (logins, the
+//! admin console, pgsplit's own statements), [`read_frame`] reads a socket until one whole frame is in.
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Size of a tagged message header: tag + length.
 pub const HEADER_LEN: usize = 5;
@@ -75,6 +77,37 @@ impl Frame {
     }
 }
 
+/// Why [`read_frame`] returned no frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The buffered header cannot be valid (the caller answers 08P01).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The peer closed the connection before a whole frame came in.
+    #[error("connection closed")]
+    Closed,
+    /// Reading the socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads from `socket` into `buf` until `buf` starts with a whole frame of at most `max` bytes, and takes it out
+/// (bytes after it stay in `buf`). A frame already buffered is returned without reading.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    socket: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Frame, ReadError> {
+    loop {
+        if let Some(frame) = Frame::split(buf, max)? {
+            return Ok(frame);
+        }
+        if socket.read_buf(buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+}
+
 /// Reads a NUL-terminated string at the start of `buf`; returns it and the rest after the NUL.
 pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = buf.iter().position(|&b| b == 0)?;
@@ -107,6 +140,25 @@ mod tests {
         assert!(matches!(
             check(b"Q\x7f\xff\xff\xff", 1024),
             Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_frame_reads_whole_frames_and_tells_eof_from_bad_lengths() {
+        let mut socket: &[u8] = b"Q\0\0\0\x09SEL1\0X\0\0\0\x04S\0";
+        let mut buf = BytesMut::new();
+        let f = read_frame(&mut socket, &mut buf, 1024).await.unwrap();
+        assert_eq!((f.tag, &f.body[..]), (b'Q', &b"SEL1\0"[..]));
+        let f = read_frame(&mut socket, &mut buf, 1024).await.unwrap();
+        assert_eq!((f.tag, f.body.len()), (b'X', 0));
+        assert!(matches!(
+            read_frame(&mut socket, &mut buf, 1024).await,
+            Err(ReadError::Closed)
+        ));
+        let mut socket: &[u8] = b"Q\0\0\x10\0";
+        assert!(matches!(
+            read_frame(&mut socket, &mut BytesMut::new(), 1024).await,
+            Err(ReadError::Frame(FrameError::TooLong { .. }))
         ));
     }
 

@@ -9,4 +9,4 @@ pub mod messages;
 pub mod sqlstate;
 pub mod startup;
 
-pub use frame::{Frame, FrameError};
+pub use frame::{read_frame, Frame, FrameError};

@@ -22,8 +22,6 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// 57014: a statement or wait was cancelled by a timeout.
 pub const QUERY_CANCELED: &str = "57014";
-/// 58000: an internal pgsplit failure.
-pub const SYSTEM_ERROR: &str = "58000";
 /// 25006: a write reached a read-only transaction (Postgres sends it; tests look for it).
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 /// 25P02: a statement inside a transaction that already failed.
@@ -36,3 +34,7 @@ pub const RESERVED_NAME: &str = "42939";
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 /// 42P05: a prepared statement of that name exists already.
 pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+/// 42601: a syntax error (an admin console command pgsplit does not know).
+pub const SYNTAX_ERROR: &str = "42601";
+/// XX000: an internal error (what an ErrorResponse without a SQLSTATE is counted as).
+pub const INTERNAL_ERROR: &str = "XX000";

@@ -104,7 +104,7 @@ pub fn decode(packet: &[u8]) -> Result<Startup, StartupError> {
 
 /// Appends NegotiateProtocolVersion: we speak 3.0 and none of the listed `_pq_` options.
 pub fn negotiate_protocol_version(out: &mut BytesMut, unrecognized: &[String]) {
-    out.put_u8(b'v');
+    out.put_u8(super::backend::NEGOTIATE_PROTOCOL_VERSION);
     let at = out.len();
     out.put_u32(0);
     // The newest minor version supported, as the whole version number (3.0), as PostgreSQL sends it.

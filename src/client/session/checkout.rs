@@ -277,7 +277,7 @@ impl Session {
             }
             ReadTarget::Refused(message) => {
                 stats.refused_read();
-                Err(Checkout::Failed(Error::Unavailable(message)))
+                Err(Checkout::Failed(Error::Unavailable(message.to_string())))
             }
         };
         let mut target = match route {

@@ -38,10 +38,10 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::Decoded;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{sqlstate, Frame};
-use crate::proxy::Shared;
 use crate::router::PoolSet;
 use crate::server::ServerConn;
 use crate::sql::SessionEvent;
+use crate::state::Shared;
 use crate::stats::ClientInfo;
 
 /// Stop reading from one side while this much is waiting to be written to the other.

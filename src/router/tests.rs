@@ -1,0 +1,211 @@
+//! The read balancers, without servers: the monitor's verdicts are set by hand and `choose_read` is asked.
+
+use super::*;
+
+/// A router over a primary and replicas of the given weights, every replica eligible.
+fn router(routing: &str, weights: &[u32]) -> Router {
+    let mut toml =
+        String::from("listen = \"127.0.0.1:0\"\n[primary]\nhost = \"127.0.0.1\"\nport = 5432\n");
+    for (i, w) in weights.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[replicas]]\nhost = \"127.0.0.1\"\nport = {}\nweight = {w}\n",
+            5433 + i
+        ));
+    }
+    toml.push_str(
+        "[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\npassword = \"secret\"\n",
+    );
+    toml.push_str(&format!("[routing]\n{routing}\n"));
+    let config = Config::from_toml_str(&toml, "<test>").expect("config");
+    let router = Router::new(&config);
+    for b in &router.servers[1..] {
+        b.set_eligible(true);
+    }
+    router
+}
+
+/// How many of `n` reads each server takes (index 0: the primary).
+fn spread(router: &Router, n: usize) -> Vec<usize> {
+    let mut counts = vec![0; router.servers.len()];
+    for _ in 0..n {
+        match router.choose_read(None) {
+            ReadTarget::Replica(i) => counts[i] += 1,
+            ReadTarget::Primary(_) => counts[0] += 1,
+            ReadTarget::Refused(m) => panic!("refused: {m}"),
+        }
+    }
+    counts
+}
+
+#[test]
+fn round_robin_alternates_between_equal_replicas() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    let picks: Vec<ReadTarget> = (0..6).map(|_| r.choose_read(None)).collect();
+    for pair in picks.windows(2) {
+        assert_ne!(pair[0], pair[1], "equal weights alternate: {picks:?}");
+    }
+    assert_eq!(spread(&r, 100), vec![0, 50, 50]);
+}
+
+#[test]
+fn round_robin_honours_weights_smoothly() {
+    let r = router("balancer = \"round_robin\"", &[1, 3]);
+    assert_eq!(spread(&r, 400), vec![0, 100, 300]);
+    // Smooth: the light replica is never starved for more than one cycle of 4.
+    let picks: Vec<ReadTarget> = (0..16).map(|_| r.choose_read(None)).collect();
+    for cycle in picks.chunks(4) {
+        assert_eq!(
+            cycle
+                .iter()
+                .filter(|t| **t == ReadTarget::Replica(1))
+                .count(),
+            1,
+            "{picks:?}"
+        );
+    }
+}
+
+#[test]
+fn round_robin_skips_ineligible_failed_and_excluded_replicas() {
+    let r = router("balancer = \"round_robin\"", &[1, 1, 1]);
+    r.servers[2].set_eligible(false);
+    assert_eq!(spread(&r, 60), vec![0, 30, 0, 30]);
+    r.servers[3].mark_failed();
+    assert_eq!(spread(&r, 10), vec![0, 10, 0, 0]);
+    r.servers[3].mark_ok();
+    for _ in 0..10 {
+        assert_eq!(r.choose_read(Some(1)), ReadTarget::Replica(3));
+    }
+}
+
+#[test]
+fn least_connections_picks_the_least_loaded_per_weight() {
+    let r = router("balancer = \"least_connections\"", &[1, 1]);
+    let _busy = Load::new(&r.servers[1]);
+    for _ in 0..20 {
+        assert_eq!(r.choose_read(None), ReadTarget::Replica(2));
+    }
+    // Weight 2 with two in flight is as loaded as weight 1 with one: ties.
+    let r = router("balancer = \"least_connections\"", &[1, 2]);
+    let _a = Load::new(&r.servers[1]);
+    let _b = Load::new(&r.servers[2]);
+    assert_eq!(r.choose_read(None), ReadTarget::Replica(2), "1/2 < 1/1");
+    let _c = Load::new(&r.servers[2]);
+    let counts = spread(&r, 400);
+    assert!(
+        counts[1] > 100 && counts[2] > 100,
+        "ties spread: {counts:?}"
+    );
+}
+
+#[test]
+fn least_connections_spreads_ties_and_counts_only_live_loads() {
+    let r = router("balancer = \"least_connections\"", &[1, 1, 1]);
+    let counts = spread(&r, 900);
+    assert!(counts[1..].iter().all(|&n| n > 200), "{counts:?}");
+    {
+        let _a = Load::new(&r.servers[1]);
+        let _b = Load::new(&r.servers[2]);
+        assert_eq!(r.choose_read(None), ReadTarget::Replica(3));
+    }
+    assert!(r
+        .servers
+        .iter()
+        .all(|b| b.outstanding.load(Ordering::Relaxed) == 0));
+    r.servers[3].set_eligible(false);
+    let counts = spread(&r, 400);
+    assert_eq!(
+        counts[3], 0,
+        "an ineligible replica takes nothing: {counts:?}"
+    );
+}
+
+#[test]
+fn random_honours_weights_and_skips_ineligible_replicas() {
+    let r = router("balancer = \"random\"", &[1, 3]);
+    let counts = spread(&r, 4000);
+    assert!(
+        (700..1300).contains(&counts[1]) && (2700..3300).contains(&counts[2]),
+        "{counts:?}"
+    );
+    r.servers[2].set_eligible(false);
+    assert_eq!(spread(&r, 100), vec![0, 100, 0]);
+}
+
+#[test]
+fn the_primary_is_never_read_as_a_replica() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    // After a failover replica 1 takes writes; a stale eligibility flag must not send it reads as a replica.
+    r.set_primary(Ok(1));
+    assert_eq!(spread(&r, 10), vec![0, 0, 10]);
+}
+
+#[test]
+fn without_an_eligible_replica_reads_fall_back_or_are_refused() {
+    let r = router("", &[1]);
+    r.servers[1].set_eligible(false);
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Primary(PrimaryRead::NoEligibleReplica)
+    );
+    let r = router("fallback = \"error\"", &[1]);
+    r.servers[1].set_eligible(false);
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Refused(NoReadServer::NoneEligible(vec!["replica1".into()]))
+    );
+    let r = router("primary_reads = \"never\"", &[]);
+    let refused = r.choose_read(None);
+    assert_eq!(
+        refused,
+        ReadTarget::Refused(NoReadServer::NoReplicaConfigured)
+    );
+    let ReadTarget::Refused(e) = refused else {
+        unreachable!()
+    };
+    assert_eq!(
+        e.to_string(),
+        "pgsplit cannot serve this read: no replica is configured, and reads may not fall back to the primary"
+    );
+    let r = router("", &[]);
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Primary(PrimaryRead::NoReplicas)
+    );
+}
+
+#[test]
+fn included_primary_takes_its_weighted_share_and_split_off_sends_all_to_it() {
+    let r = router(
+        "balancer = \"round_robin\"\nprimary_reads = \"include\"",
+        &[1],
+    );
+    let picks: Vec<ReadTarget> = (0..4).map(|_| r.choose_read(None)).collect();
+    assert_eq!(
+        picks
+            .iter()
+            .filter(|t| **t == ReadTarget::Primary(PrimaryRead::Included))
+            .count(),
+        2,
+        "{picks:?}"
+    );
+    let r = router("read_write_split = false", &[1]);
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Primary(PrimaryRead::SplitOff)
+    );
+}
+
+#[test]
+fn no_primary_says_why() {
+    let r = router("", &[1]);
+    assert_eq!(r.primary(), Ok(0));
+    r.set_primary(Err(NoPrimary::SplitBrain(vec!["a".into(), "b".into()])));
+    let e = r.primary().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "split brain: a and b are all out of recovery; writes are refused until only one is"
+    );
+    r.set_primary(Ok(1));
+    assert_eq!(r.primary(), Ok(1));
+}

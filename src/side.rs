@@ -1,0 +1,83 @@
+//! Side connections: the tokio-postgres connections pgsplit opens for itself, never on behalf of a client —
+//! the monitor's probes and the catalog reads.
+//!
+//! The rule they follow: **a side connection logs in as the first configured user (`[[users]]`, the first
+//! entry), with that user's server-side name and password** (`server_user`, `server_password`), to the server
+//! and database it is given. So that user must be able to log in to every served database on every server
+//! and to read `pg_catalog`; its connections are not counted in any pool.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use crate::config::{Config, DatabaseConfig, ServerConfig};
+
+/// A side connection that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SideError {
+    /// The configuration has no user to log in as.
+    #[error("no user configured")]
+    NoUser,
+    /// Connecting or logging in failed.
+    #[error("{0}")]
+    Connect(#[from] tokio_postgres::Error),
+}
+
+impl SideError {
+    /// Whether the server refused the TCP connection (nothing listens: it is down at once).
+    pub fn refused(&self) -> bool {
+        match self {
+            SideError::NoUser => false,
+            SideError::Connect(e) => refused(e),
+        }
+    }
+}
+
+/// An open side connection: the client, and the task driving its socket (it ends when the client is dropped).
+pub struct SideConnection {
+    /// The client to query through.
+    pub client: tokio_postgres::Client,
+    /// The connection's task.
+    pub task: JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+/// Opens a side connection to `database` on `server`, named `application_name` in `pg_stat_activity`, within
+/// `timeout`. It logs in as `config.users.first()` — the first `[[users]]` entry, by its `server_user` and
+/// `server_password` — whoever the clients are: that is the rule every side connection follows.
+pub async fn connect(
+    config: &Config,
+    server: &ServerConfig,
+    database: &DatabaseConfig,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<SideConnection, SideError> {
+    let user = config.users.first().ok_or(SideError::NoUser)?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&server.host)
+        .port(server.port)
+        .user(user.server_user())
+        .dbname(database.server_database())
+        .application_name(application_name)
+        .connect_timeout(timeout);
+    if let Some(p) = user.server_password() {
+        pg.password(p);
+    }
+    let (client, conn) = pg.connect(NoTls).await?;
+    Ok(SideConnection {
+        client,
+        task: tokio::spawn(conn),
+    })
+}
+
+/// Whether an I/O error behind `e` is a refused connection.
+fn refused(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = s.source();
+    }
+    false
+}
