@@ -2,7 +2,16 @@
 //!
 //! Clients speak the Postgres v3 protocol to pgsplit; pgsplit classifies each statement, sends writes and
 //! write transactions to the primary and spreads reads over replicas, pooling server connections.
-//! `../shared/DESIGN.md` (in the repository's parent) is the map of the modules below.
+//!
+//! The modules, each above the ones it uses: [`proxy`] (the listener) → [`client`] (one session per client)
+//! and [`admin`] → [`state`] (what sessions share) → [`monitor`], [`catalog`] → [`router`], [`pool`],
+//! [`server`], [`side`], [`cancel`] → [`classify`], [`config`], [`stats`], [`auth`] → [`sql`], [`protocol`].
+//!
+//! The data path: a client frame is split off the socket buffer as raw `Bytes` ([`protocol::Frame`]), decoded once
+//! into [`protocol::frontend::Decoded`], answered locally or classified ([`classify::Classifier`]), placed on a
+//! server connection the router picks ([`router::Router`], [`pool`]), rewritten only where statement names differ,
+//! and sent. Server frames go back byte for byte; only their headers and the few messages bookkeeping needs are
+//! read, through the held connection's lease. `docs/ARCHITECTURE.md` has the map and the rules.
 
 pub mod admin;
 pub mod auth;

@@ -1,6 +1,6 @@
 //! Probes every server on its own side connection each `lag_check_interval`: its role (in recovery or not), its
 //! WAL positions, whether replay is paused and whether its WAL receiver runs. From that it decides which server
-//! takes writes, each replica's lag in bytes and in time, and which replicas may take reads (DESIGN.md §5).
+//! takes writes, each replica's lag in bytes and in time, and which replicas may take reads (docs/ARCHITECTURE.md §5).
 //!
 //! Time lag is measured on pgsplit's own clock: the monitor keeps recent (time, primary LSN) samples, and a
 //! replica's lag is how long ago the primary was first seen past the position the replica has replayed — zero

@@ -1,4 +1,4 @@
-//! The admin endpoint (DESIGN.md §6): `/health`, `/ready/read`, `/status`, `/metrics` and `/dashboard` over HTTP,
+//! The admin endpoint (docs/ARCHITECTURE.md §6): `/health`, `/ready/read`, `/status`, `/metrics` and `/dashboard` over HTTP,
 //! and the SQL console on the virtual database `pgsplit`.
 
 pub mod console;

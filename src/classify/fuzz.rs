@@ -113,8 +113,8 @@ fn random_client_input_never_panics_and_classifies_deterministically() {
         // Message decoders, on the same bytes as a message body.
         let _ = messages::query_bytes(&bytes);
         let _ = messages::query_text(&bytes);
-        let _ = messages::ParseView::decode(&bytes);
-        let _ = messages::BindView::decode(&bytes);
+        let _ = crate::protocol::frontend::ParseView::decode(&bytes);
+        let _ = crate::protocol::frontend::BindView::decode(&bytes);
         let _ = crate::protocol::frontend::target(&bytes);
         for tag in *b"QPBDECSHFdcfXp?" {
             let body = bytes::Bytes::copy_from_slice(&bytes);

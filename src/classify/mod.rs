@@ -1,5 +1,5 @@
 //! SQL text → where it may run. Fail closed: a statement is a read only when pgsplit is sure it writes nothing
-//! and takes no lock (DESIGN.md §3); everything else, including anything the parser cannot read, is a write.
+//! and takes no lock (docs/ARCHITECTURE.md §3); everything else, including anything the parser cannot read, is a write.
 //!
 //! [`Classifier::classify`] answers the statements it can from their first words (`fast_path`), and parses the
 //! rest (`visit`), looking functions and tables up in what it knows of the primary's catalog (`functions`).

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 
 use crate::classify::Decision;
-use crate::protocol::frontend::Parse;
-use crate::protocol::messages::{self, ParseView};
+use crate::protocol::frontend::{Parse, ParseView};
+use crate::protocol::messages;
 use crate::sql::lexer::{Lexer, Tok};
 
 /// One statement the client prepared.

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 
 use super::frame::read_cstr;
-use super::messages::{BindView, ParseView};
 use super::Frame;
 
 /// Query (simple protocol).
@@ -178,6 +177,61 @@ pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {
     let (&kind, rest) = body.split_first()?;
     let (name, tail) = read_cstr(rest)?;
     (matches!(kind, KIND_STATEMENT | KIND_PORTAL) && tail.is_empty()).then_some((kind, name))
+}
+
+/// A view of a Parse body.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseView<'a> {
+    /// Statement name (empty: the unnamed statement).
+    pub name: &'a [u8],
+    /// Statement text.
+    pub query: &'a [u8],
+    /// The parameter-type section, raw (count + OIDs).
+    pub param_types: &'a [u8],
+}
+
+impl<'a> ParseView<'a> {
+    /// Decodes a Parse body; `None` when malformed.
+    pub fn decode(body: &'a [u8]) -> Option<Self> {
+        let (name, rest) = read_cstr(body)?;
+        let (query, param_types) = read_cstr(rest)?;
+        if param_types.len() < 2 {
+            return None;
+        }
+        let n = u16::from_be_bytes([param_types[0], param_types[1]]) as usize;
+        if param_types.len() != 2 + 4 * n {
+            return None;
+        }
+        Some(ParseView {
+            name,
+            query,
+            param_types,
+        })
+    }
+}
+
+/// A view of a Bind body: the portal and statement names, and the rest raw.
+#[derive(Debug, Clone, Copy)]
+pub struct BindView<'a> {
+    /// Destination portal name.
+    pub portal: &'a [u8],
+    /// Source prepared statement name.
+    pub statement: &'a [u8],
+    /// Everything after the statement name, raw.
+    pub rest: &'a [u8],
+}
+
+impl<'a> BindView<'a> {
+    /// Decodes the names at the start of a Bind body; `None` when malformed.
+    pub fn decode(body: &'a [u8]) -> Option<Self> {
+        let (portal, rest) = read_cstr(body)?;
+        let (statement, rest) = read_cstr(rest)?;
+        Some(BindView {
+            portal,
+            statement,
+            rest,
+        })
+    }
 }
 
 #[cfg(test)]

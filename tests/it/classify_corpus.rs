@@ -1,7 +1,7 @@
 //! The classifier against SQL as real applications send it (Django, Rails, Hibernate over JDBC, Prisma, pg_dump,
-//! psql's backslash commands, pgbench, drivers and job queues) plus the edge cases of every rule in DESIGN.md §3.
+//! psql's backslash commands, pgbench, drivers and job queues) plus the edge cases of every rule in docs/ARCHITECTURE.md §3.
 //!
-//! Expected routes follow DESIGN.md's intent, fail closed: a statement is a read only when it surely writes nothing,
+//! Expected routes follow docs/ARCHITECTURE.md's intent, fail closed: a statement is a read only when it surely writes nothing,
 //! takes no lock and can run on a replica; everything else, including anything in doubt, is a write. Where the
 //! classifier disagrees, the expectation here is kept and the classifier is what must change.
 //!
@@ -189,7 +189,7 @@ fn corpus_routes_as_designed() {
 
     if !mismatches.is_empty() {
         eprintln!(
-            "{} of {} statements routed against DESIGN.md §3:",
+            "{} of {} statements routed against docs/ARCHITECTURE.md §3:",
             mismatches.len(),
             cases.len()
         );

@@ -1,4 +1,4 @@
-//! Replica health and lag, and following a failover (DESIGN.md §5). Each test stops, pauses or promotes servers,
+//! Replica health and lag, and following a failover (docs/ARCHITECTURE.md §5). Each test stops, pauses or promotes servers,
 //! so each starts its own cluster and pgsplit.
 
 use std::collections::HashMap;

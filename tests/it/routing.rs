@@ -1,4 +1,4 @@
-//! Routing rules end to end (DESIGN.md §3–§4): writes never reach a replica, read-only transactions run on
+//! Routing rules end to end (docs/ARCHITECTURE.md §3–§4): writes never reach a replica, read-only transactions run on
 //! replicas, session settings follow the client across pooled servers, hints, balancers and fallback.
 
 use std::collections::{HashMap, HashSet};
