@@ -72,8 +72,15 @@ pub fn effects(sql: &[u8]) -> Effects {
 
 fn statement_effects(s: &[Tok<'_>]) -> Effects {
     let mut e = Effects::default();
+    word_effects(s, &mut e);
+    command_effects(s, &mut e);
+    e
+}
+
+/// Effects of words anywhere in the statement: temporary objects, session advisory locks, `set_config`,
+/// sequence functions.
+fn word_effects(s: &[Tok<'_>], e: &mut Effects) {
     let is = |i: usize, w: &str| s.get(i).is_some_and(|t| t.is(w));
-    // Anywhere in the statement: temporary objects, session advisory locks, set_config.
     let mut buf = [0u8; 32];
     for (i, t) in s.iter().enumerate() {
         // Quoted names count too (`"pg_temp".t`, `"set_config"(…)`), case folded to fail towards doing more; a
@@ -124,7 +131,13 @@ fn statement_effects(s: &[Tok<'_>]) -> Effects {
             _ => {}
         }
     }
-    let Some(first) = s.first() else { return e };
+}
+
+/// Effects of the command the statement's first word names.
+fn command_effects(s: &[Tok<'_>], e: &mut Effects) {
+    let is = |i: usize, w: &str| s.get(i).is_some_and(|t| t.is(w));
+    let mut buf = [0u8; 32];
+    let Some(first) = s.first() else { return };
     match lower(first.text(), &mut buf) {
         "select" | "values" | "table" | "with" => {
             if writes_data(s) {
@@ -201,7 +214,6 @@ fn statement_effects(s: &[Tok<'_>]) -> Effects {
         // anything unknown.
         _ => e.dirty = true,
     }
-    e
 }
 
 /// A word in lower case, in `buf` (no allocation); words longer than it, or not UTF-8, come back empty (no
