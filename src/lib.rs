@@ -17,12 +17,14 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod catalog;
+pub mod causal;
 pub mod classify;
 pub mod client;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
+pub mod freshness;
 pub mod monitor;
 pub mod net;
 pub mod pool;

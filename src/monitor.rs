@@ -168,6 +168,12 @@ impl LsnHistory {
         self.samples.back().copied()
     }
 
+    /// The position of the first sample taken at or after `at`: at or past where the primary was then.
+    fn since(&self, at: Instant) -> Option<u64> {
+        let k = self.samples.partition_point(|(t, _)| *t < at);
+        self.samples.get(k).map(|(_, lsn)| *lsn)
+    }
+
     /// How long ago the primary was first seen past `replayed` (zero when it never was).
     fn lag(&self, replayed: u64, now: Instant) -> Duration {
         let k = self.samples.partition_point(|(_, lsn)| *lsn <= replayed);
@@ -193,6 +199,12 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// A WAL position at or past where the primary was at `at` (from the probes' samples), if one was taken since.
+    /// A replica that has replayed it is at most `now - at` behind.
+    pub fn primary_position_since(&self, at: Instant) -> Option<u64> {
+        self.lock().history.since(at)
+    }
+
     /// A monitor for the configured servers (nothing probed yet).
     pub fn new(config: &Config) -> Monitor {
         let servers = config
@@ -560,6 +572,16 @@ async fn probe_loop(
         if failed {
             client = None;
         }
+        if let Ok(p) = &result {
+            let position = if p.in_recovery {
+                p.replay_lsn
+            } else {
+                p.current_lsn
+            };
+            if let Some(lsn) = position {
+                crate::freshness::observed(&router, index, p.in_recovery, lsn, started);
+            }
+        }
         if monitor.record(index, result, started.elapsed(), &router) {
             on_down(index);
         }
@@ -604,7 +626,7 @@ async fn probe(
 }
 
 /// The probe's side connection to server `index`, to the first configured database.
-async fn connect(config: &Config, index: usize) -> Result<tokio_postgres::Client, ProbeError> {
+pub(crate) async fn connect(config: &Config, index: usize) -> Result<tokio_postgres::Client, ProbeError> {
     let server = config
         .servers()
         .nth(index)

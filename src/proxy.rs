@@ -179,8 +179,12 @@ impl Background {
         while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let checkers = tokio::spawn(crate::freshness::run_checkers(
+            shared.config.clone(),
+            shared.router.clone(),
+        ));
         Background {
-            tasks: vec![reaper, catalog, monitor, admin],
+            tasks: vec![reaper, catalog, monitor, checkers, admin],
         }
     }
 

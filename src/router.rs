@@ -34,6 +34,15 @@ pub struct Backend {
     eligible: AtomicBool,
     down_until_ms: AtomicU64,
     epoch: Instant,
+    /// The highest WAL position it is known to have replayed (a replica) or written (the primary): from the
+    /// monitor's probes and on-demand checks (`freshness`).
+    position: AtomicU64,
+    /// In which role that position was read: 0 not yet, 1 primary, 2 replica. A change of role starts afresh.
+    position_role: std::sync::atomic::AtomicU8,
+    /// When the query that read the newest position was sent (µs since `epoch`).
+    position_us: AtomicU64,
+    /// Asks its on-demand checker for a fresh position (coalesced: one check at a time).
+    pub check: tokio::sync::Notify,
 }
 
 impl Backend {
@@ -47,6 +56,10 @@ impl Backend {
             eligible: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             epoch,
+            position: AtomicU64::new(0),
+            position_role: std::sync::atomic::AtomicU8::new(0),
+            position_us: AtomicU64::new(0),
+            check: tokio::sync::Notify::new(),
         }
     }
 
@@ -73,6 +86,33 @@ impl Backend {
     pub fn mark_failed(&self) {
         let until = self.now_ms() + DOWN_BACKOFF.as_millis() as u64;
         self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// The highest WAL position it is known to have replayed (or, the primary, written).
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Records the position it reported: replayed (`in_recovery`) or written. Positions only grow within a role;
+    /// a server that changed role (promoted, or rejoined as a replica, maybe on another timeline) starts afresh.
+    /// Returns whether the position grew.
+    pub fn note_position(&self, in_recovery: bool, lsn: u64, asked_at: Instant) -> bool {
+        let role = if in_recovery { 2 } else { 1 };
+        let grew = if self.position_role.swap(role, Ordering::AcqRel) == role {
+            self.position.fetch_max(lsn, Ordering::AcqRel) < lsn
+        } else {
+            self.position.store(lsn, Ordering::Release);
+            true
+        };
+        let asked_us = asked_at.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.position_us.fetch_max(asked_us.max(1), Ordering::AcqRel);
+        grew
+    }
+
+    /// Whether its position was read by a query sent after `at` (so it covers everything committed before `at`).
+    pub fn position_read_since(&self, at: Instant) -> bool {
+        let read = self.position_us.load(Ordering::Acquire);
+        read > 0 && self.epoch + Duration::from_micros(read) > at
     }
 
     /// Marks it usable again (a connection succeeded).
@@ -128,6 +168,8 @@ pub enum ReadTarget {
     Primary(PrimaryRead),
     /// Nowhere, and why (the client's error message).
     Refused(NoReadServer),
+    /// Replicas could take it, but none is known to have replayed the read's floor yet.
+    Behind,
 }
 
 /// Why a read can go nowhere: no replica can take it and it may not fall back to the primary.
@@ -177,6 +219,8 @@ pub struct Router {
     split: bool,
     /// Round-robin credit per server.
     credit: Mutex<Vec<i64>>,
+    /// Woken whenever a server's known position grows (readers waiting for a replica to reach their floor).
+    pub positions: tokio::sync::Notify,
 }
 
 impl Router {
@@ -198,6 +242,7 @@ impl Router {
             primary_reads: config.routing.primary_reads,
             fallback: config.routing.fallback,
             split: config.routing.read_write_split,
+            positions: tokio::sync::Notify::new(),
         }
     }
 
@@ -232,13 +277,20 @@ impl Router {
 
     /// Chooses the server for a read, skipping server `exclude` (one that just failed).
     pub fn choose_read(&self, exclude: Option<usize>) -> ReadTarget {
+        self.choose_read_from(exclude, 0)
+    }
+
+    /// A read that must see WAL position `floor` (0: any): only replicas known to have replayed it are members.
+    /// [`ReadTarget::Behind`] when a replica could take the read but none is known to be there yet.
+    pub fn choose_read_from(&self, exclude: Option<usize>, floor: u64) -> ReadTarget {
         if !self.split {
             return ReadTarget::Primary(PrimaryRead::SplitOff);
         }
         let primary = self.primary.load(Ordering::Relaxed);
         let usable = |i: usize| i != primary && Some(i) != exclude && self.servers[i].is_usable();
+        let fresh = |i: usize| usable(i) && self.servers[i].position() >= floor;
         let include_primary = self.primary_reads == PrimaryReads::Include && primary != NO_PRIMARY;
-        let member = |i: usize| usable(i) || (include_primary && i == primary);
+        let member = |i: usize| fresh(i) || (include_primary && i == primary);
         let pick = match self.balancer {
             Balancer::RoundRobin => self.pick_round_robin(&member),
             Balancer::LeastConnections => self.pick_least_loaded(&member),
@@ -247,6 +299,7 @@ impl Router {
         match pick {
             Some(i) if i == primary => ReadTarget::Primary(PrimaryRead::Included),
             Some(i) => ReadTarget::Replica(i),
+            None if floor > 0 && (0..self.servers.len()).any(usable) => ReadTarget::Behind,
             None => self.no_replica(primary),
         }
     }

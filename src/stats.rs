@@ -16,15 +16,18 @@ pub enum PrimaryRead {
     Included,
     /// `read_write_split = false`.
     SplitOff,
+    /// No replica had replayed the client's own writes (its floor) within `causal_wait`.
+    NotCaughtUp,
 }
 
 impl PrimaryRead {
     /// Every variant, in counter order.
-    pub const ALL: [PrimaryRead; 4] = [
+    pub const ALL: [PrimaryRead; 5] = [
         PrimaryRead::NoReplicas,
         PrimaryRead::NoEligibleReplica,
         PrimaryRead::Included,
         PrimaryRead::SplitOff,
+        PrimaryRead::NotCaughtUp,
     ];
 
     /// A stable label for metrics and logs.
@@ -34,6 +37,7 @@ impl PrimaryRead {
             PrimaryRead::NoEligibleReplica => "no_eligible_replica",
             PrimaryRead::Included => "primary_included",
             PrimaryRead::SplitOff => "split_off",
+            PrimaryRead::NotCaughtUp => "not_caught_up",
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct RoutingStats {
     pub errors: ErrorCounts,
     /// Connected clients.
     pub clients: Clients,
+    /// Reads that had to see a WAL position (read-your-writes), by outcome.
+    pub causal: CausalReads,
     by_reason: [[AtomicU64; Reason::ALL.len()]; 2],
     primary_reads: [AtomicU64; PrimaryRead::ALL.len()],
     pinned: [AtomicU64; 2],
@@ -108,6 +114,83 @@ impl RoutingStats {
     /// Reads refused.
     pub fn refused_reads(&self) -> u64 {
         self.refused_reads.load(Ordering::Relaxed)
+    }
+}
+
+/// How a read that had to see a WAL position (its floor) was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CausalOutcome {
+    /// A replica was already known to be at the floor.
+    CaughtUp,
+    /// A replica got there while the read waited (up to `causal_wait`).
+    Waited,
+    /// None got there in time: the primary served it.
+    Primary,
+}
+
+impl CausalOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [CausalOutcome; 3] = [
+        CausalOutcome::CaughtUp,
+        CausalOutcome::Waited,
+        CausalOutcome::Primary,
+    ];
+
+    /// A stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CausalOutcome::CaughtUp => "replica_caught_up",
+            CausalOutcome::Waited => "replica_after_wait",
+            CausalOutcome::Primary => "primary_fallback",
+        }
+    }
+}
+
+/// Reads with a floor, by outcome, and how long they waited for a replica (µs).
+pub struct CausalReads {
+    outcomes: [AtomicU64; CausalOutcome::ALL.len()],
+    waits_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// The Prometheus histogram of waits (seconds).
+    pub waits: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for CausalReads {
+    fn default() -> Self {
+        let hdr = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
+            hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable!("valid bounds"))
+        });
+        CausalReads {
+            outcomes: Default::default(),
+            waits_us: std::sync::Mutex::new(hdr),
+            waits: duration_histogram(),
+        }
+    }
+}
+
+impl CausalReads {
+    /// A read with a floor was placed; `waited` is how long it waited for a replica (zero when it did not).
+    pub fn record(&self, outcome: CausalOutcome, waited: std::time::Duration) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if outcome != CausalOutcome::CaughtUp {
+            let us = (waited.as_micros() as u64).max(1);
+            if let Ok(mut h) = self.waits_us.lock() {
+                let _ = h.record(us);
+            }
+            self.waits.observe(waited.as_secs_f64());
+        }
+    }
+
+    /// Reads with this outcome so far.
+    pub fn count(&self, outcome: CausalOutcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// A percentile (0–100) of the waits, in µs (0 when none).
+    pub fn wait_percentile_us(&self, p: f64) -> u64 {
+        self.waits_us
+            .lock()
+            .map(|h| h.value_at_percentile(p))
+            .unwrap_or(0)
     }
 }
 

@@ -312,6 +312,18 @@ fn show_stats(s: &Status, out: &mut BytesMut) {
         some("read_refused".into()),
         some(s.routing.refused_reads.to_string()),
     ]);
+    for o in &s.routing.causal_reads.outcomes {
+        let dest = if o.reason == "primary_fallback" {
+            "primary"
+        } else {
+            "replica"
+        };
+        rows.push(vec![
+            some(dest.into()),
+            some(format!("causal:{}", o.reason)),
+            some(o.count.to_string()),
+        ]);
+    }
     for (dest, l) in [
         ("primary", &s.latency.primary),
         ("replica", &s.latency.replica),

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::classify::Reason;
 use crate::state::Shared;
-use crate::stats::{ClientState, Destination, PrimaryRead};
+use crate::stats::{CausalOutcome, ClientState, Destination, PrimaryRead};
 
 type Labels = Vec<(&'static str, String)>;
 type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
@@ -179,6 +179,22 @@ fn routing(r: &mut Registry, shared: &Shared) {
         "reads_refused",
         "Reads refused because no server could take them",
         refused,
+    );
+
+    let causal = counter_family(
+        r,
+        "causal_reads",
+        "Reads that had to see the client's own writes (or a given LSN), by how they were served",
+    );
+    for o in CausalOutcome::ALL {
+        causal
+            .get_or_create(&vec![("outcome", o.label().into())])
+            .inc_by(stats.causal.count(o));
+    }
+    r.register(
+        "causal_wait_seconds",
+        "How long reads waited for a replica to reach their floor (those that waited)",
+        stats.causal.waits.clone(),
     );
 
     r.register(

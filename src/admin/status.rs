@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::classify::Reason;
 use crate::state::Shared;
-use crate::stats::{ClientState, Destination, Percentiles, PrimaryRead};
+use crate::stats::{CausalOutcome, ClientState, Destination, Percentiles, PrimaryRead};
 
 /// The whole status document.
 #[derive(Debug, Serialize)]
@@ -89,9 +89,20 @@ pub struct RoutingView {
     pub pinned_replica: u64,
     /// Reads refused (no server could take them).
     pub refused_reads: u64,
+    /// Reads that had to see a WAL position (read-your-writes), by outcome, and their waits for a replica.
+    pub causal_reads: CausalView,
     /// All units by destination (routed + pinned).
     pub total_primary: u64,
     pub total_replica: u64,
+}
+
+/// Reads with a floor, by outcome (`replica_caught_up`, `replica_after_wait`, `primary_fallback`), and the
+/// waits of those that waited (µs).
+#[derive(Debug, Serialize)]
+pub struct CausalView {
+    pub outcomes: Vec<CountView>,
+    pub wait_p50_us: u64,
+    pub wait_p99_us: u64,
 }
 
 /// One counter by destination and reason.
@@ -280,6 +291,17 @@ fn routing(shared: &Shared) -> RoutingView {
         pinned_primary: stats.pinned_count(Destination::Primary),
         pinned_replica: stats.pinned_count(Destination::Replica),
         refused_reads: stats.refused_reads(),
+        causal_reads: CausalView {
+            outcomes: CausalOutcome::ALL
+                .iter()
+                .map(|&o| CountView {
+                    reason: o.label(),
+                    count: stats.causal.count(o),
+                })
+                .collect(),
+            wait_p50_us: stats.causal.wait_percentile_us(50.0),
+            wait_p99_us: stats.causal.wait_percentile_us(99.0),
+        },
         total_primary,
         total_replica,
     }

@@ -28,6 +28,9 @@ enum Expect {
     Close { swallow: bool },
     /// A simple Query pgsplit sent on the client's behalf; everything up to its ReadyForQuery is swallowed.
     Hidden,
+    /// pgsplit's own query of the primary's WAL position after the client's writes (read-your-writes): every
+    /// reply is swallowed, errors included; its DataRow is the position.
+    Position,
     /// A Sync pgsplit sent to end a batch on a replica before a write moves to the primary; its
     /// ReadyForQuery is swallowed.
     SyncHidden,
@@ -76,6 +79,8 @@ pub(super) enum Received<'a> {
         fatal: bool,
         message: &'a str,
     },
+    /// The WAL position pgsplit asked for (swallowed).
+    Position(u64),
     /// A ParameterStatus: the session decides whether the client sees it.
     Parameter { name: &'a str, value: &'a str },
     /// DISCARD ALL or DEALLOCATE ALL completed: every prepared statement on the connection is gone.
@@ -177,6 +182,17 @@ impl Lease {
         self.expect.push_back(Expect::Hidden);
     }
 
+    /// pgsplit's query of the WAL position (see `Expect::Position`).
+    pub(super) fn expect_position(&mut self) {
+        self.pending += 1;
+        self.expect.push_back(Expect::Position);
+    }
+
+    /// Nothing is in flight but pgsplit's own WAL position query.
+    pub(super) fn only_position_pending(&self) -> bool {
+        self.pending == 1 && !self.unsynced && matches!(self.expect.front(), Some(Expect::Position))
+    }
+
     /// A Sync pgsplit sent to end the replica's part of a batch: its ReadyForQuery is swallowed.
     pub(super) fn expect_sync_hidden(&mut self) {
         self.pending += 1;
@@ -209,6 +225,24 @@ impl Lease {
 
     /// Reads one complete server message (`tag` from [`backend`], `body` after the length word).
     pub(super) fn received<'a>(&mut self, tag: u8, body: &'a [u8]) -> Received<'a> {
+        if matches!(self.expect.front(), Some(Expect::Position)) {
+            return match tag {
+                backend::READY_FOR_QUERY => {
+                    self.pending = self.pending.saturating_sub(1);
+                    self.expect.pop_front();
+                    Received::Ready(Ready {
+                        status: status_of(body),
+                        swallow: true,
+                        ..Ready::default()
+                    })
+                }
+                backend::DATA_ROW => match first_column(body).and_then(parse_lsn) {
+                    Some(lsn) => Received::Position(lsn),
+                    None => Received::Swallow,
+                },
+                _ => Received::Swallow,
+            };
+        }
         if matches!(self.expect.front(), Some(Expect::Hidden)) {
             // Everything answering a statement pgsplit sent on the client's behalf is swallowed; an error of it
             // reaches the client as its statement's error.
@@ -317,6 +351,22 @@ impl Lease {
         }
         ready
     }
+}
+
+/// The first column of a DataRow body, as text (`None` when NULL or malformed).
+fn first_column(body: &[u8]) -> Option<&str> {
+    let count = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    if count == 0 || len < 0 {
+        return None;
+    }
+    std::str::from_utf8(body.get(6..6 + len as usize)?).ok()
+}
+
+/// An LSN as PostgreSQL prints it (`X/Y`, hex).
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// The status byte of a ReadyForQuery body.
@@ -579,6 +629,26 @@ mod tests {
                 value: "UTC"
             }
         );
+    }
+
+    #[test]
+    fn the_position_query_is_read_and_swallowed_errors_included() {
+        let mut lease = Lease::default();
+        lease.expect_position();
+        assert!(lease.only_position_pending());
+        assert_eq!(lease.received(b'T', b"whatever"), Received::Swallow);
+        let mut row = vec![0, 1];
+        row.extend_from_slice(&9i32.to_be_bytes());
+        row.extend_from_slice(b"1/16B6C50");
+        assert_eq!(
+            lease.received(backend::DATA_ROW, &row),
+            Received::Position((1 << 32) | 0x16B6C50)
+        );
+        let body = error("55000", "recovery is in progress", Severity::Error);
+        assert_eq!(lease.received(backend::ERROR_RESPONSE, &body), Received::Swallow);
+        let r = ready(&mut lease, backend::IDLE);
+        assert!(r.swallow);
+        assert!(lease.is_quiet() && !lease.unit_failed());
     }
 
     #[test]

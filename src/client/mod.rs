@@ -1,6 +1,7 @@
 //! The per-client session: startup, authentication, then the message loop that routes each unit of work to a
 //! pooled server connection and relays raw frames both ways.
 
+mod causal;
 mod lease;
 mod login;
 mod session;

@@ -13,7 +13,9 @@ use crate::protocol::messages::{self, Severity};
 use crate::protocol::{backend, frontend, sqlstate, Frame};
 use crate::router::{Load, ReadTarget, Target};
 use crate::server::ServerConn;
-use crate::stats::{ClientState, Destination};
+use crate::client::causal::ReadFloor;
+use crate::freshness;
+use crate::stats::{CausalOutcome, ClientState, Destination, PrimaryRead};
 
 /// A server connection the client is using.
 pub(super) struct Held {
@@ -27,6 +29,8 @@ pub(super) struct Held {
     pub lease: Lease,
     /// Bytes of a large server frame still to relay as they come.
     pub pass: usize,
+    /// A unit that may have written ran on it (the primary) since the last WAL position query.
+    pub wrote: bool,
 }
 
 impl Held {
@@ -44,6 +48,10 @@ impl Held {
         !self.busy() && !self.in_transaction()
     }
 }
+
+/// The primary's WAL position: at or past the end of every commit it has acknowledged (the insert position, so
+/// it holds with `synchronous_commit = off` too).
+const POSITION_QUERY: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 /// Where a new unit of work can go right now.
 enum Placement {
@@ -123,6 +131,15 @@ impl Session {
             if decision.effects.poisons {
                 h.conn.broken = true;
             }
+            // Read-your-writes: the position after this unit is the client's floor (see `maybe_release`).
+            let may_write = decision.route == Route::Write
+                && !matches!(
+                    decision.reason,
+                    Reason::SessionState | Reason::TransactionControl
+                );
+            if may_write && matches!(h.target, Target::Primary(_)) {
+                h.wrote = true;
+            }
         }
         Ok(Placed::Send)
     }
@@ -178,6 +195,10 @@ impl Session {
         }
         if h.lease.pending() == 0 && h.in_transaction() {
             return Placement::Held;
+        }
+        if route == Route::Read && h.lease.only_position_pending() {
+            // The floor of the client's last write is on its way: the read waits for it, then routes afresh.
+            return Placement::Wait;
         }
         match (h.target, route) {
             // A write must not follow reads onto a replica outside a transaction: wait to learn whether the
@@ -260,34 +281,22 @@ impl Session {
     /// A server for `route`: a parked one of this session for the same kind of server, or one from the pool of
     /// the balancer's choice (a replica that cannot be reached is skipped and the read tried once elsewhere).
     pub(super) async fn checkout(&mut self, route: Route) -> Result<Box<Held>, Checkout> {
-        let router = &self.shared.router;
-        let stats = &self.shared.stats;
-        let primary_target = || {
-            router.primary().map(Target::Primary).map_err(|reason| {
-                Checkout::Failed(Error::Unavailable(format!(
-                    "no primary to take this statement: {reason}"
-                )))
-            })
-        };
-        let read_target = |exclude: Option<usize>| match router.choose_read(exclude) {
-            ReadTarget::Replica(i) => Ok(Target::Replica(i)),
-            ReadTarget::Primary(why) => {
-                stats.primary_read(why);
-                primary_target()
-            }
-            ReadTarget::Refused(message) => {
-                stats.refused_read();
-                Err(Checkout::Failed(Error::Unavailable(message.to_string())))
-            }
+        let floor = match route {
+            Route::Write => 0,
+            Route::Read => self.read_floor().await,
         };
         let mut target = match route {
-            Route::Write => primary_target()?,
-            Route::Read => read_target(None)?,
+            Route::Write => self.primary_target()?,
+            Route::Read => self.read_target(None, floor).await?,
         };
-        // A session that keeps its connections reuses one it holds for the same kind of server.
+        // A session that keeps its connections reuses one it holds for the same kind of server (a replica only
+        // if it is known to be at the read's floor).
+        let router = &self.shared.router;
         let parked = self.parked.iter().position(|h| match (h.target, target) {
             (Target::Primary(a), Target::Primary(b)) => a == b,
-            (Target::Replica(a), Target::Replica(_)) => router.servers[a].is_usable(),
+            (Target::Replica(a), Target::Replica(_)) => {
+                router.servers[a].is_usable() && router.servers[a].position() >= floor
+            }
             _ => false,
         });
         if let Some(i) = parked {
@@ -314,7 +323,7 @@ impl Session {
                             return Err(Checkout::Failed(e));
                         }
                         tried_replica = true;
-                        target = read_target(Some(i))?;
+                        target = self.read_target(Some(i), floor).await?;
                     }
                     _ => {
                         tracing::warn!(server = %router.backend(target).name, error = %e, "server unavailable");
@@ -328,6 +337,92 @@ impl Session {
         Ok(held)
     }
 
+    fn primary_target(&self) -> Result<Target, Checkout> {
+        self.shared
+            .router
+            .primary()
+            .map(Target::Primary)
+            .map_err(|reason| {
+                Checkout::Failed(Error::Unavailable(format!(
+                    "no primary to take this statement: {reason}"
+                )))
+            })
+    }
+
+    /// The WAL position a read must see (0: any), per the client's consistency mode; `strict` asks the primary
+    /// (coalesced with other reads asking at the same time).
+    async fn read_floor(&mut self) -> u64 {
+        let statement_floor = std::mem::take(&mut self.statement_floor);
+        let floor = match self.causal.read_floor(&self.shared.router, statement_floor) {
+            ReadFloor::Any => 0,
+            ReadFloor::At(lsn) => lsn,
+            ReadFloor::PrimaryNow => self.primary_now().await.max(statement_floor),
+        };
+        // `/* pgsplit:max_lag=… */`: a replica at most that far behind has replayed where the primary was that
+        // long ago (a probe's sample taken since then is at or past it).
+        match self.statement_max_lag.take() {
+            Some(max_lag) => {
+                let since = std::time::Instant::now().checked_sub(max_lag);
+                let then = since.and_then(|t| self.shared.monitor.primary_position_since(t));
+                let bound = match then {
+                    Some(lsn) => lsn,
+                    None => self.primary_now().await,
+                };
+                floor.max(bound)
+            }
+            None => floor,
+        }
+    }
+
+    /// The primary's position now; without it no replica can be shown to be fresh (the primary serves the read).
+    async fn primary_now(&self) -> u64 {
+        let wait = self.shared.config.lag.probe_timeout;
+        freshness::primary_position(&self.shared.router, wait)
+            .await
+            .unwrap_or(u64::MAX)
+    }
+
+    /// A server for a read that must see `floor`: a replica known to be there, one that gets there within
+    /// `causal_wait`, or the primary.
+    async fn read_target(&self, exclude: Option<usize>, floor: u64) -> Result<Target, Checkout> {
+        let router = &self.shared.router;
+        let stats = &self.shared.stats;
+        let asked = std::time::Instant::now();
+        let mut choice = router.choose_read_from(exclude, floor);
+        let mut waited = false;
+        if choice == ReadTarget::Behind && floor != u64::MAX {
+            let wait = self.shared.config.routing.causal_wait;
+            choice = freshness::wait_for_replica(router, exclude, floor, wait).await;
+            waited = true;
+        }
+        match choice {
+            ReadTarget::Replica(i) => {
+                if floor > 0 {
+                    let outcome = if waited {
+                        CausalOutcome::Waited
+                    } else {
+                        CausalOutcome::CaughtUp
+                    };
+                    stats.causal.record(outcome, asked.elapsed());
+                }
+                Ok(Target::Replica(i))
+            }
+            ReadTarget::Behind => {
+                stats.causal.record(CausalOutcome::Primary, asked.elapsed());
+                stats.primary_read(PrimaryRead::NotCaughtUp);
+                self.primary_target()
+            }
+            ReadTarget::Primary(why) => {
+                stats.primary_read(why);
+                self.primary_target()
+            }
+            ReadTarget::Refused(message) => {
+                stats.refused_read();
+                Err(Checkout::Failed(Error::Unavailable(message.to_string())))
+            }
+        }
+    }
+
     pub(super) fn new_held(&self, conn: PooledConn, target: Target) -> Box<Held> {
         Box::new(Held {
             _load: Load::new(self.shared.router.backend(target)),
@@ -336,6 +431,7 @@ impl Session {
             target,
             lease: Lease::default(),
             pass: 0,
+            wrote: false,
         })
     }
 
@@ -382,6 +478,16 @@ impl Session {
             return;
         }
         if self.listening && matches!(h.target, Target::Primary(_)) {
+            return;
+        }
+        if h.wrote && self.causal.learns_floor() {
+            // Before the primary connection goes back: where its WAL is now, at or past the client's last commit,
+            // becomes the client's floor. The client already has its ReadyForQuery: this is off its path.
+            if let Some(h) = self.held.as_mut() {
+                h.wrote = false;
+                messages::query(&mut self.sout, POSITION_QUERY);
+                h.lease.expect_position();
+            }
             return;
         }
         let Some(mut h) = self.held.take() else {

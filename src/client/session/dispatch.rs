@@ -181,6 +181,7 @@ impl Session {
             Local::Wait => return Step::Wait,
             Local::NotMine => {}
         }
+        self.note_statement_hints(&text);
         if statements::names_reserved_statement(&text) {
             self.refuse(
                 frontend::QUERY,
@@ -205,6 +206,7 @@ impl Session {
 
     async fn parse_step(&mut self, parse: &Parse, body: &Bytes) -> Step {
         let text = String::from_utf8_lossy(&parse.query);
+        self.note_statement_hints(&text);
         if statements::names_reserved_statement(&text) {
             self.refuse(
                 frontend::PARSE,
@@ -294,6 +296,13 @@ impl Session {
             return Step::Done;
         }
         let decision = self.statement_decision(&bind.statement);
+        let hints = self
+            .statements
+            .get(&bind.statement)
+            .and_then(|s| s.query_text())
+            .map(|text| crate::sql::leading_hints(text).0)
+            .unwrap_or_default();
+        self.set_statement_hints(hints);
         if decision.effects.session {
             let text = self
                 .statements
@@ -476,6 +485,16 @@ impl Session {
                 self.keep_servers = true;
             }
         }
+    }
+
+    /// `/* pgsplit:min_lsn=… */` and `/* pgsplit:max_lag=… */` for the statement about to be routed.
+    fn note_statement_hints(&mut self, text: &str) {
+        self.set_statement_hints(crate::sql::leading_hints(text).0);
+    }
+
+    fn set_statement_hints(&mut self, hints: crate::sql::StatementHints) {
+        self.statement_floor = hints.min_lsn.map_or(0, |lsn| lsn.0);
+        self.statement_max_lag = hints.max_lag;
     }
 
     /// The decision for a message that uses a prepared statement: the statement's, or the primary when unknown.

@@ -4,7 +4,9 @@
 use super::Session;
 use crate::protocol::messages;
 use crate::protocol::{backend, frontend, Frame};
-use crate::sql::{self, first_word_is, RouteSetting};
+use crate::causal::Lsn;
+use crate::protocol::messages::Severity;
+use crate::sql::{self, PgsplitCommand, PgsplitParam, Route};
 
 /// Whether pgsplit answers a statement itself.
 pub(super) enum Local {
@@ -22,15 +24,18 @@ impl Session {
     /// Returns whether it answered.
     pub(super) fn answer_locally(&mut self, text: &str) -> Local {
         let busy = self.held.is_some() || self.stalled.is_some();
-        if first_word_is(text, "set") && sql::route_setting(text).is_some() {
-            // Answered in order only when nothing is in flight (a transaction may be open).
+        if let Some(command) = sql::pgsplit_command(text) {
+            // Answered in order only when nothing is in flight (a transaction may be open; the floor of the
+            // client's last write may be on its way).
             let in_flight =
                 self.stalled.is_some() || self.held.as_ref().is_some_and(|h| !h.lease.is_quiet());
             if in_flight {
                 return Local::Wait;
             }
-            self.route_override = sql::route_setting(text).and_then(RouteSetting::route);
-            messages::command_complete(&mut self.cout, "SET");
+            match command {
+                Ok(command) => self.run_pgsplit_command(command),
+                Err(e) => self.queue_error(Severity::Error, e.sqlstate, &e.message),
+            }
             let status = match &self.held {
                 Some(h) => h.conn.status,
                 None if self.deferred_begin.is_some() => backend::IN_TRANSACTION,
@@ -66,6 +71,49 @@ impl Session {
         messages::command_complete(&mut self.cout, tag);
         messages::ready_for_query(&mut self.cout, backend::IDLE);
         Local::Answered
+    }
+
+    /// `SET`, `RESET` or `SHOW` of a `pgsplit.*` parameter.
+    fn run_pgsplit_command(&mut self, command: PgsplitCommand) {
+        let configured = self.shared.config.routing.consistency;
+        let tag = match command {
+            PgsplitCommand::SetRoute(setting) => {
+                self.route_override = setting.route();
+                "SET"
+            }
+            PgsplitCommand::SetConsistency(mode) => {
+                self.causal.set_mode(mode.unwrap_or(configured));
+                "SET"
+            }
+            PgsplitCommand::SetMinLsn(lsn) => {
+                self.causal.raise_floor(lsn.0);
+                "SET"
+            }
+            PgsplitCommand::Reset(param) => {
+                match param {
+                    PgsplitParam::Route => self.route_override = None,
+                    PgsplitParam::Consistency => self.causal.set_mode(configured),
+                    // The floor is never lowered.
+                    PgsplitParam::Lsn | PgsplitParam::MinLsn => {}
+                }
+                "RESET"
+            }
+            PgsplitCommand::Show(param) => {
+                let value = match param {
+                    PgsplitParam::Route => match self.route_override {
+                        Some(Route::Write) => "primary".to_string(),
+                        Some(Route::Read) => "replica".to_string(),
+                        None => "auto".to_string(),
+                    },
+                    PgsplitParam::Consistency => self.causal.mode().as_str().to_string(),
+                    PgsplitParam::Lsn | PgsplitParam::MinLsn => Lsn(self.causal.floor()).to_string(),
+                };
+                messages::row_description(&mut self.cout, &[param.name()]);
+                messages::data_row(&mut self.cout, &[Some(&value)]);
+                "SHOW"
+            }
+        };
+        messages::command_complete(&mut self.cout, tag);
     }
 }
 

@@ -20,6 +20,7 @@ mod rewrite;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 
 use self::checkout::Held;
 use self::idle::{Due, IdleClock};
+use super::causal::Causal;
 use super::settings::Settings;
 use super::statements::Statements;
 use crate::cancel::CancelSlot;
@@ -104,6 +106,12 @@ pub struct Session {
     deferred_begin: Option<Frame>,
     /// `SET pgsplit.route`: every unit goes to the primary (`Write`) or a replica (`Read`).
     route_override: Option<Route>,
+    /// Read-your-writes: the consistency mode and the floor.
+    causal: Causal,
+    /// `/* pgsplit:min_lsn=… */` of the statement being routed.
+    statement_floor: u64,
+    /// `/* pgsplit:max_lag=… */` of the statement being routed.
+    statement_max_lag: Option<Duration>,
     /// Session settings carried to every server connection.
     settings: Settings,
     /// Setting and savepoint events of the unit being sent, recorded once the server accepts them.
@@ -148,6 +156,7 @@ impl Session {
         let keep_servers = shared.config.pool_mode == PoolMode::Session;
         let max_message = shared.config.max_message_bytes;
         let shared_idle = shared.config.timeouts.client_idle;
+        let causal_mode = shared.config.routing.consistency;
         Session {
             id,
             info,
@@ -170,6 +179,9 @@ impl Session {
             statements: Statements::default(),
             deferred_begin: None,
             route_override: None,
+            causal: Causal::new(causal_mode, 0),
+            statement_floor: 0,
+            statement_max_lag: None,
             settings: Settings::from_startup(&startup),
             unit_changes: Vec::new(),
             stalled: None,

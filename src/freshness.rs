@@ -1,0 +1,131 @@
+//! What each server is known to have replayed (a replica) or written (the primary), for reads that must see a
+//! WAL position (read-your-writes, docs/ARCHITECTURE.md §4). The monitor's probes keep it current every
+//! `lag_check_interval`; in between, a reader that needs a replica at its floor asks for an on-demand check. Checks
+//! are coalesced: one in flight per server, and every reader waiting on it is served by its answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::router::{ReadTarget, Router};
+
+/// The shortest time between two on-demand checks of one server: a reader waiting for a replica polls it, and
+/// this bounds the poll's rate.
+const MIN_CHECK_GAP: Duration = Duration::from_micros(500);
+
+/// What a check reads: the replay position of a replica, the write position of a primary.
+const CHECK: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+
+/// Records a position read from server `index` by a query sent at `asked_at`, and wakes the readers waiting for
+/// one.
+pub fn observed(router: &Router, index: usize, in_recovery: bool, lsn: u64, asked_at: Instant) {
+    if let Some(b) = router.servers.get(index) {
+        if b.note_position(in_recovery, lsn, asked_at) {
+            router.positions.notify_waiters();
+        }
+    }
+}
+
+/// Runs the on-demand checkers, one per server, for as long as pgsplit runs.
+pub async fn run_checkers(config: Arc<Config>, router: Arc<Router>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..router.servers.len() {
+        tasks.spawn(check_loop(config.clone(), router.clone(), index));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn check_loop(config: Arc<Config>, router: Arc<Router>, index: usize) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        router.servers[index].check.notified().await;
+        let started = Instant::now();
+        let timeout = config.lag.probe_timeout;
+        match tokio::time::timeout(timeout, check(&config, index, &mut client)).await {
+            Ok(Ok(Some((in_recovery, lsn)))) => {
+                observed(&router, index, in_recovery, lsn, started)
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(server = %router.servers[index].name, error = %e, "on-demand position check failed");
+                client = None;
+            }
+            Err(_) => client = None,
+        }
+        // Wake the waiters either way: they decide whether to ask again or give up.
+        router.positions.notify_waiters();
+        if let Some(rest) = MIN_CHECK_GAP.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+}
+
+async fn check(
+    config: &Config,
+    index: usize,
+    client: &mut Option<tokio_postgres::Client>,
+) -> Result<Option<(bool, u64)>, crate::monitor::ProbeError> {
+    let c = match client {
+        Some(c) if !c.is_closed() => c,
+        _ => client.insert(crate::monitor::connect(config, index).await?),
+    };
+    let row = c
+        .query_one(CHECK, &[])
+        .await
+        .map_err(crate::monitor::ProbeError::Query)?;
+    let in_recovery: bool = row.try_get(0).map_err(crate::monitor::ProbeError::Query)?;
+    let lsn: Option<String> = row.try_get(1).map_err(crate::monitor::ProbeError::Query)?;
+    Ok(lsn
+        .as_deref()
+        .and_then(crate::monitor::parse_lsn)
+        .map(|l| (in_recovery, l)))
+}
+
+/// Waits up to `wait` for a replica that may take reads to be known at `floor`, asking the replicas below it for
+/// fresh positions; returns where the read can go then ([`ReadTarget::Behind`] if none got there in time).
+pub async fn wait_for_replica(
+    router: &Router,
+    exclude: Option<usize>,
+    floor: u64,
+    wait: Duration,
+) -> ReadTarget {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let changed = router.positions.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let target = router.choose_read_from(exclude, floor);
+        if target != ReadTarget::Behind {
+            return target;
+        }
+        for b in &router.servers {
+            if b.is_usable() && b.position() < floor {
+                b.check.notify_one();
+            }
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return ReadTarget::Behind;
+        }
+    }
+}
+
+/// The primary's write position now, read by a check that started after this call (coalesced with other readers
+/// asking at the same time); `None` when it cannot be had within `wait`.
+pub async fn primary_position(router: &Router, wait: Duration) -> Option<u64> {
+    let primary = router.servers.get(router.primary().ok()?)?;
+    let asked = Instant::now();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let changed = router.positions.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if primary.position_read_since(asked) {
+            return Some(primary.position());
+        }
+        primary.check.notify_one();
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return None;
+        }
+    }
+}
