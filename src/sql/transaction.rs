@@ -122,6 +122,8 @@ mod tests {
             "BEGIN , READ WRITE",
             "START",
             "/* pgsplit:primary */ BEGIN",
+            "/* pgsplit:min_lsn=0/16B6C50 */ BEGIN",
+            "/* pgsplit:max_lag=200ms */ BEGIN",
         ] {
             assert!(!is_plain_begin(sql), "{sql}");
         }
