@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::causal::Lsn;
 use crate::config::Config;
 use crate::router::{ReadTarget, Router};
 
@@ -43,9 +44,7 @@ async fn check_loop(config: Arc<Config>, router: Arc<Router>, index: usize) {
         let started = Instant::now();
         let timeout = config.lag.probe_timeout;
         match tokio::time::timeout(timeout, check(&config, index, &mut client)).await {
-            Ok(Ok(Some((in_recovery, lsn)))) => {
-                observed(&router, index, in_recovery, lsn, started)
-            }
+            Ok(Ok(Some((in_recovery, lsn)))) => observed(&router, index, in_recovery, lsn, started),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 tracing::debug!(server = %router.servers[index].name, error = %e, "on-demand position check failed");
@@ -78,8 +77,8 @@ async fn check(
     let lsn: Option<String> = row.try_get(1).map_err(crate::monitor::ProbeError::Query)?;
     Ok(lsn
         .as_deref()
-        .and_then(crate::monitor::parse_lsn)
-        .map(|l| (in_recovery, l)))
+        .and_then(Lsn::parse)
+        .map(|l| (in_recovery, l.0)))
 }
 
 /// Waits up to `wait` for a replica that may take reads to be known at `floor`, asking the replicas below it for

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::causal::Lsn;
 use crate::config::{Config, LagConfig, PrimaryUnknown};
 use crate::router::{NoPrimary, Router};
 use crate::side::SideError;
@@ -613,7 +614,8 @@ async fn probe(
     let lsn = |i: usize| {
         row.get::<_, Option<String>>(i)
             .as_deref()
-            .and_then(parse_lsn)
+            .and_then(Lsn::parse)
+            .map(|l| l.0)
     };
     Ok(Probe {
         in_recovery: row.get(0),
@@ -626,7 +628,10 @@ async fn probe(
 }
 
 /// The probe's side connection to server `index`, to the first configured database.
-pub(crate) async fn connect(config: &Config, index: usize) -> Result<tokio_postgres::Client, ProbeError> {
+pub(crate) async fn connect(
+    config: &Config,
+    index: usize,
+) -> Result<tokio_postgres::Client, ProbeError> {
     let server = config
         .servers()
         .nth(index)
@@ -643,12 +648,6 @@ pub(crate) async fn connect(config: &Config, index: usize) -> Result<tokio_postg
     // The connection task runs on its own until the client is dropped.
     drop(side.task);
     Ok(side.client)
-}
-
-/// Parses an LSN written as `X/Y` (hex).
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 #[cfg(test)]

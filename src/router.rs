@@ -105,7 +105,8 @@ impl Backend {
             true
         };
         let asked_us = asked_at.saturating_duration_since(self.epoch).as_micros() as u64;
-        self.position_us.fetch_max(asked_us.max(1), Ordering::AcqRel);
+        self.position_us
+            .fetch_max(asked_us.max(1), Ordering::AcqRel);
         grew
     }
 

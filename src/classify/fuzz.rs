@@ -1,5 +1,6 @@
 //! A fuzz test for the code that reads client input before any server does: the lexer, the session-effect
-//! readers, the classifier and the decoders of Query, Parse, Bind, Describe/Close and startup packets, fed random
+//! readers, pgsplit's own readers (hint comments, `SET`/`RESET`/`SHOW pgsplit.*`, startup parameters, LSNs),
+//! the classifier and the decoders of Query, Parse, Bind, Describe/Close and startup packets, fed random
 //! bytes and random SQL-shaped text with multi-byte and invalid UTF-8. It only asserts that nothing panics and
 //! that classification is deterministic; it runs as an ordinary unit test (deterministic seed), so CI runs it.
 
@@ -76,6 +77,28 @@ const PIECES: &[&[u8]] = &[
     b"unlogged",
     b"nextval(",
     b"/* pgsplit:replica */",
+    b"SHOW",
+    b"LOCAL",
+    b"SESSION",
+    b"DEFAULT",
+    b"pgsplit.",
+    b"pgsplit.consistency",
+    b"pgsplit.min_lsn",
+    b"pgsplit.lsn",
+    b"pgsplit.route",
+    b"strict",
+    b"'0/16B6C50'",
+    b"0/16B6C50",
+    b"FFFFFFFF/",
+    b"/",
+    b"pgsplit:",
+    b"pgsplit:min_lsn=",
+    b"pgsplit:max_lag=",
+    b"200ms",
+    b"1.5",
+    b"min",
+    b"U&'",
+    b"B'",
 ];
 
 fn input(rng: &mut Rng) -> Vec<u8> {
@@ -107,6 +130,15 @@ fn random_client_input_never_panics_and_classifies_deterministically() {
         let _ = sql::transaction_end(&text);
         let _ = sql::route_setting(&text);
         let _ = sql::leading_hint(&text);
+        let (hints, rest) = sql::leading_hints(&text);
+        assert_eq!(sql::leading_hint(&text), (hints.route, rest), "{text:?}");
+        let _ = sql::pgsplit_command(&text);
+        let (name, value) = text.split_once('=').unwrap_or((&text, ""));
+        let _ = sql::pgsplit_parameter(name, value);
+        if let Some(lsn) = crate::causal::Lsn::parse(&text) {
+            assert_eq!(crate::causal::Lsn::parse(&lsn.to_string()), Some(lsn));
+        }
+        let _ = text.parse::<crate::causal::Consistency>();
         let _ = sql::first_word_is(&text, "set");
         let _ = sql::normalize_literals(&text);
         let _ = sql::is_set_transaction_read_only(&text);

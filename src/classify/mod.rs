@@ -127,10 +127,15 @@ impl Classifier {
             };
         }
         // Keyed by the text with literals blanked out: `… WHERE id = 17` and `… = 18` share one entry (no routing
-        // rule depends on a literal's value). Long texts, and texts whose literals or comments do not close, are
-        // not cached.
+        // rule depends on a literal's value). Leading comments are left out of the key too: hints are read
+        // before the cache (`classify`), and a per-request one (`/* pgsplit:min_lsn=… */`) must not make every
+        // statement new. Long texts, and texts whose literals or comments do not close, are not cached.
         let key = if sql.len() <= MAX_CACHED_BYTES {
-            normalize_literals(sql)
+            match crate::sql::leading_hints(sql).1 {
+                // Nothing after the comments (or an unclosed one): the whole text, which keys only what it is.
+                "" => normalize_literals(sql),
+                body => normalize_literals(body),
+            }
         } else {
             None
         };

@@ -171,6 +171,26 @@ fn texts_that_differ_in_literals_share_a_cache_entry() {
 }
 
 #[test]
+fn a_per_request_floor_in_a_leading_comment_does_not_make_a_new_cache_entry() {
+    let c = Classifier::new(&[]);
+    let plain = c.classify("SELECT * FROM t WHERE id = 17");
+    for lsn in ["0/16B6C50", "0/16B6C58", "1/0"] {
+        let hinted = c.classify(&format!(
+            "/* pgsplit:min_lsn={lsn} */ SELECT * FROM t WHERE id = 17"
+        ));
+        assert_eq!(hinted, plain);
+        let routed = c.classify(&format!(
+            "/* pgsplit:primary, pgsplit:min_lsn={lsn} */ SELECT * FROM t WHERE id = 18"
+        ));
+        assert_eq!(routed.route, Route::Write);
+    }
+    assert_eq!(c.cache.read().map(|m| m.len()).unwrap_or(0), 1);
+    // An unclosed comment keys only itself.
+    c.classify("/* SELECT * FROM t WHERE id = 17");
+    assert_eq!(c.cache.read().map(|m| m.len()).unwrap_or(0), 1);
+}
+
+#[test]
 fn cache_gives_same_answer() {
     let c = Classifier::new(&[]);
     let a = c.classify("SELECT * FROM t WHERE id = 1");

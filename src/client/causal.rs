@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::causal::Consistency;
+use crate::causal::{Consistency, Lsn};
 use crate::router::Router;
 
 /// A client's consistency mode and floor.
@@ -93,17 +93,12 @@ impl Causal {
             if !self.capped {
                 self.capped = true;
                 tracing::warn!(
-                    floor = %format_lsn(self.floor),
-                    primary = %format_lsn(written),
+                    floor = %Lsn(self.floor),
+                    primary = %Lsn(written),
                     "a client's read-your-writes floor is past what the primary has written (writes lost in a failover?): lowered to the primary's position"
                 );
             }
             self.floor = written;
         }
     }
-}
-
-/// An LSN as PostgreSQL prints it.
-pub(super) fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }

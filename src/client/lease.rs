@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::settings::{Outcome, TxnLog};
 use super::statements::NEVER_PREPARED;
+use crate::causal::Lsn;
 use crate::protocol::backend;
 use crate::protocol::frontend;
 use crate::protocol::messages;
@@ -236,8 +237,8 @@ impl Lease {
                         ..Ready::default()
                     })
                 }
-                backend::DATA_ROW => match first_column(body).and_then(parse_lsn) {
-                    Some(lsn) => Received::Position(lsn),
+                backend::DATA_ROW => match first_column(body).and_then(Lsn::parse) {
+                    Some(lsn) => Received::Position(lsn.0),
                     None => Received::Swallow,
                 },
                 _ => Received::Swallow,
@@ -361,12 +362,6 @@ fn first_column(body: &[u8]) -> Option<&str> {
         return None;
     }
     std::str::from_utf8(body.get(6..6 + len as usize)?).ok()
-}
-
-/// An LSN as PostgreSQL prints it (`X/Y`, hex).
-fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// The status byte of a ReadyForQuery body.
@@ -645,7 +640,10 @@ mod tests {
             Received::Position((1 << 32) | 0x16B6C50)
         );
         let body = error("55000", "recovery is in progress", Severity::Error);
-        assert_eq!(lease.received(backend::ERROR_RESPONSE, &body), Received::Swallow);
+        assert_eq!(
+            lease.received(backend::ERROR_RESPONSE, &body),
+            Received::Swallow
+        );
         let r = ready(&mut lease, backend::IDLE);
         assert!(r.swallow);
         assert!(lease.is_quiet() && !lease.unit_failed());

@@ -1,12 +1,17 @@
 //! A client's session settings in transaction pooling: what its startup packet asked for and what its own SET,
 //! RESET, DISCARD ALL and `set_config(…, false)` changed. They are re-applied on every server connection the
 //! client is given (skipped where that connection already has them), and settings other clients left on a
-//! connection are reset first.
+//! connection are reset first. pgsplit's own startup parameters (`pgsplit.*`, plain or in `options`) are kept
+//! apart and never sent to a server.
 
 use std::collections::HashMap;
 
+use crate::causal::{Consistency, Lsn};
 use crate::server::ServerConn;
-use crate::sql::{is_plain_name, quote_literal, set_statement, SessionChange, SessionEvent};
+use crate::sql::{
+    is_plain_name, pgsplit_parameter, quote_literal, set_statement, PgsplitCommand, PgsplitError,
+    RouteSetting, SessionChange, SessionEvent,
+};
 
 /// Settings the server reports (ParameterStatus) that a client may set and pgsplit therefore follows. Others
 /// (`is_superuser`, `session_authorization`, `in_hot_standby`, `server_version`, …) are the server's or the
@@ -44,6 +49,33 @@ pub struct Settings {
     greeted: std::sync::Arc<HashMap<String, String>>,
     /// Values the client has seen change since.
     seen: HashMap<String, String>,
+    /// pgsplit's own startup parameters.
+    pgsplit: PgsplitStartup,
+}
+
+/// What the startup packet asked of pgsplit itself (`pgsplit.consistency`, `pgsplit.min_lsn`,
+/// `pgsplit.route`), and the first of them PostgreSQL would have refused.
+#[derive(Debug, Default)]
+struct PgsplitStartup {
+    consistency: Option<Consistency>,
+    min_lsn: Option<Lsn>,
+    route: Option<RouteSetting>,
+    error: Option<PgsplitError>,
+}
+
+impl PgsplitStartup {
+    fn read(&mut self, read: Result<PgsplitCommand, PgsplitError>) {
+        match read {
+            Ok(PgsplitCommand::SetConsistency(c)) => self.consistency = c,
+            Ok(PgsplitCommand::SetMinLsn(lsn)) => self.min_lsn = Some(lsn),
+            Ok(PgsplitCommand::SetRoute(route)) => self.route = Some(route),
+            // A startup value is never DEFAULT, nor a RESET or SHOW.
+            Ok(PgsplitCommand::Reset(_) | PgsplitCommand::Show(_)) => {}
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
 }
 
 impl Settings {
@@ -51,6 +83,10 @@ impl Settings {
     pub fn from_startup(startup: &[(String, String)]) -> Settings {
         let mut s = Settings::default();
         for (name, value) in startup_settings(startup) {
+            if let Some(read) = pgsplit_parameter(&name, &value) {
+                s.pgsplit.read(read);
+                continue;
+            }
             s.set(Setting {
                 sql: quote_literal(&value),
                 raw: Some(value),
@@ -244,6 +280,21 @@ impl Settings {
             .filter_map(|s| Some((s.name.as_str(), s.raw.as_deref()?)))
     }
 
+    /// The startup parameters `pgsplit.consistency` and `pgsplit.min_lsn` (plain, or `-c` in `options`), or
+    /// the error PostgreSQL would give for the first bad `pgsplit.*` one (an unknown name, a bad value; the
+    /// login is refused with it, as PostgreSQL refuses a bad startup setting).
+    pub fn startup_causal(&self) -> Result<(Option<Consistency>, Option<Lsn>), PgsplitError> {
+        match &self.pgsplit.error {
+            Some(e) => Err(e.clone()),
+            None => Ok((self.pgsplit.consistency, self.pgsplit.min_lsn)),
+        }
+    }
+
+    /// The startup parameter `pgsplit.route`, when given (and valid: see [`Settings::startup_causal`]).
+    pub fn startup_route(&self) -> Option<RouteSetting> {
+        self.pgsplit.route
+    }
+
     /// The ParameterStatus values the client saw at login.
     pub fn greeted(&mut self, params: &std::sync::Arc<HashMap<String, String>>) {
         self.greeted = params.clone();
@@ -405,6 +456,62 @@ mod tests {
                 ("work_mem".into(), "4MB".into()),
             ]
         );
+    }
+
+    #[test]
+    fn pgsplit_startup_parameters_are_read_and_never_forwarded() {
+        let s = Settings::from_startup(&[
+            ("user".into(), "u".into()),
+            ("application_name".into(), "app".into()),
+            ("pgsplit.consistency".into(), "STRICT".into()),
+            (
+                "options".into(),
+                "-c pgsplit.min_lsn=0/16B6C50 --pgsplit.route=replica -c work_mem=4MB".into(),
+            ),
+        ]);
+        assert_eq!(
+            s.startup_causal(),
+            Ok((Some(Consistency::Strict), Some(Lsn(0x16B_6C50))))
+        );
+        assert_eq!(
+            s.startup_route(),
+            Some(RouteSetting::Fixed(crate::sql::Route::Read))
+        );
+        let names: Vec<&str> = s.current.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["application_name", "work_mem"]);
+        assert_eq!(s.startup, s.current);
+        assert!(s
+            .startup_values()
+            .all(|(name, _)| !name.starts_with("pgsplit")));
+
+        // The options win over a plain parameter given before them, as for any setting; names in any case.
+        let s = Settings::from_startup(&[
+            ("PgSplit.Consistency".into(), "strict".into()),
+            ("options".into(), "-cpgsplit.consistency=eventual".into()),
+        ]);
+        assert_eq!(s.startup_causal(), Ok((Some(Consistency::Eventual), None)));
+        assert!(s.current.is_empty());
+
+        let s = Settings::from_startup(&[("application_name".into(), "app".into())]);
+        assert_eq!(s.startup_causal(), Ok((None, None)));
+        assert_eq!(s.startup_route(), None);
+
+        // A bad one is the login's error, and is not forwarded either.
+        for (name, value, code) in [
+            ("pgsplit.consistency", "causal", "22023"),
+            ("pgsplit.min_lsn", "latest", "22023"),
+            ("pgsplit.lsn", "0/1", "55P02"),
+            ("pgsplit.colour", "blue", "42704"),
+        ] {
+            let s = Settings::from_startup(&[
+                (name.into(), value.into()),
+                ("pgsplit.route".into(), "primary".into()),
+            ]);
+            let e = s.startup_causal().unwrap_err();
+            assert_eq!(e.sqlstate, code, "{name}={value}: {e}");
+            assert!(e.message.contains(name), "{e}");
+            assert!(s.current.is_empty(), "{name}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::{duration_serde, opt_duration_serde};
 use super::REDACTED;
+use crate::causal::Consistency;
 
 /// How long a client holds a server connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +55,18 @@ pub struct RoutingConfig {
     /// `catalog` (default): calls of non-built-in VOLATILE functions, read from the primary's `pg_proc`, go to
     /// the primary; `list`: only the built-in list and `write_functions`.
     pub volatile_functions: VolatileFunctions,
+    /// What a read may miss: `session` (default: the session's own writes are always seen), `eventual` (no
+    /// floor) or `strict` (every write committed before the read began). A session may change it with
+    /// `SET pgsplit.consistency`.
+    pub consistency: Consistency,
+    /// How long a read waits for a replica to replay up to the session's floor before it goes to the primary.
+    /// Default 20ms; 0: do not wait. At most 10s.
+    #[serde(with = "duration_serde")]
+    pub causal_wait: Duration,
 }
+
+/// Largest accepted `routing.causal_wait`: a read waits at most this long before it runs anywhere.
+pub const MAX_CAUSAL_WAIT: Duration = Duration::from_secs(10);
 
 impl Default for RoutingConfig {
     fn default() -> Self {
@@ -64,6 +76,8 @@ impl Default for RoutingConfig {
             primary_reads: PrimaryReads::default(),
             fallback: Fallback::default(),
             volatile_functions: VolatileFunctions::default(),
+            consistency: Consistency::default(),
+            causal_wait: Duration::from_millis(20),
         }
     }
 }

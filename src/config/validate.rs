@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use super::load::{FieldPath, Locator};
+use super::sections::MAX_CAUSAL_WAIT;
 use super::{
-    AuthMethod, Config, ConfigError, ServerConfig, ADMIN_DATABASE, MAX_MESSAGE_BYTES,
-    MIN_MESSAGE_BYTES,
+    format_duration, AuthMethod, Config, ConfigError, ServerConfig, ADMIN_DATABASE,
+    MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES,
 };
 
 impl Config {
@@ -123,6 +124,19 @@ impl Config {
             if value.is_zero() {
                 return Err(loc.error(&timeouts.key(key), "must be greater than 0"));
             }
+        }
+
+        // Routing.
+        if self.routing.causal_wait > MAX_CAUSAL_WAIT {
+            return Err(loc.error(
+                &root.key("routing").key("causal_wait"),
+                format!(
+                    "must be at most {} (a read waits this long for a replica that has replayed the \
+                     session's writes, then goes to the primary), got {}",
+                    format_duration(MAX_CAUSAL_WAIT),
+                    format_duration(self.routing.causal_wait)
+                ),
+            ));
         }
 
         // Lag.

@@ -1,14 +1,7 @@
-//! The monitor's decisions from made-up probe results: LSN parsing, time lag, eligibility with hysteresis,
+//! The monitor's decisions from made-up probe results: time lag, eligibility with hysteresis,
 //! the primary's election (down, split brain, failover).
 
 use super::*;
-
-#[test]
-fn lsn_parses() {
-    assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-    assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-    assert_eq!(parse_lsn("bogus"), None);
-}
 
 #[test]
 fn time_lag_is_zero_when_caught_up_and_grows_from_when_the_primary_moved_on() {

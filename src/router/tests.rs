@@ -32,6 +32,7 @@ fn spread(router: &Router, n: usize) -> Vec<usize> {
             ReadTarget::Replica(i) => counts[i] += 1,
             ReadTarget::Primary(_) => counts[0] += 1,
             ReadTarget::Refused(m) => panic!("refused: {m}"),
+            ReadTarget::Behind => panic!("no floor was asked for"),
         }
     }
     counts
@@ -208,4 +209,43 @@ fn no_primary_says_why() {
     );
     r.set_primary(Ok(1));
     assert_eq!(r.primary(), Ok(1));
+}
+
+#[test]
+fn a_read_with_a_floor_goes_only_to_replicas_known_to_have_replayed_it() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    let at = Instant::now();
+    r.servers[1].note_position(true, 100, at);
+    r.servers[2].note_position(true, 300, at);
+    for _ in 0..4 {
+        assert_eq!(r.choose_read_from(None, 200), ReadTarget::Replica(2));
+    }
+    // None there yet: behind (the caller may wait); an excluded or failed one does not count.
+    assert_eq!(r.choose_read_from(None, 400), ReadTarget::Behind);
+    assert_eq!(r.choose_read_from(Some(2), 200), ReadTarget::Behind);
+    r.servers[1].set_eligible(false);
+    r.servers[2].set_eligible(false);
+    assert_eq!(
+        r.choose_read_from(None, 200),
+        ReadTarget::Primary(PrimaryRead::NoEligibleReplica)
+    );
+}
+
+#[test]
+fn positions_grow_within_a_role_and_start_afresh_when_it_changes() {
+    let r = router("", &[1]);
+    let b = &r.servers[1];
+    let before = Instant::now();
+    assert!(!b.position_read_since(before));
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(b.note_position(true, 500, Instant::now()));
+    assert!(
+        !b.note_position(true, 400, Instant::now()),
+        "an older answer does not lower it"
+    );
+    assert_eq!(b.position(), 500);
+    assert!(b.position_read_since(before));
+    // Promoted (or rebuilt as a replica of another timeline): its own WAL position from now on.
+    assert!(b.note_position(false, 450, Instant::now()));
+    assert_eq!(b.position(), 450);
 }

@@ -1,7 +1,7 @@
 //! Transaction control read from SQL text: a BEGIN pgsplit may defer, a COMMIT or ROLLBACK it may answer, and
 //! `SET TRANSACTION … READ ONLY`.
 
-use super::hint::leading_hint;
+use super::hint::{leading_hint, leading_hints};
 use super::lexer::{Lexer, Tok};
 
 /// Whether `sql` is one BEGIN / START TRANSACTION that pgsplit may answer itself and send later with the
@@ -11,7 +11,7 @@ use super::lexer::{Lexer, Tok};
 /// picks a replica at once), SERIALIZABLE or DEFERRABLE (a hot standby refuses them), a hint, or anything
 /// PostgreSQL would reject (`BEGIN DEFERRED`): those go to a server as they are.
 pub fn is_plain_begin(sql: &str) -> bool {
-    if leading_hint(sql).0.is_some() {
+    if !leading_hints(sql).0.is_empty() {
         return false;
     }
     let mut toks: Vec<Tok<'_>> = Lexer::new(sql.as_bytes()).collect();
@@ -122,6 +122,8 @@ mod tests {
             "BEGIN , READ WRITE",
             "START",
             "/* pgsplit:primary */ BEGIN",
+            "/* pgsplit:min_lsn=0/16B6C50 */ BEGIN",
+            "/* pgsplit:max_lag=200ms */ BEGIN",
         ] {
             assert!(!is_plain_begin(sql), "{sql}");
         }

@@ -6,15 +6,15 @@ use std::time::{Duration, Instant};
 
 use super::{End, Session};
 use crate::classify::{Decision, Reason, Route};
+use crate::client::causal::ReadFloor;
 use crate::client::lease::Lease;
 use crate::error::Error;
+use crate::freshness;
 use crate::pool::PooledConn;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{backend, frontend, sqlstate, Frame};
 use crate::router::{Load, ReadTarget, Target};
 use crate::server::ServerConn;
-use crate::client::causal::ReadFloor;
-use crate::freshness;
 use crate::stats::{CausalOutcome, ClientState, Destination, PrimaryRead};
 
 /// A server connection the client is using.

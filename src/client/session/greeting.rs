@@ -18,6 +18,7 @@ impl Session {
     /// Sends AuthenticationOk, the server's parameters (as a server connection with this client's settings
     /// reports them), BackendKeyData and ReadyForQuery.
     pub(super) async fn greet(&mut self) -> Result<(), End> {
+        self.apply_startup_pgsplit()?;
         let params = self.greeting_params().await?;
         let mut out = BytesMut::with_capacity(512);
         messages::authentication(&mut out, messages::AUTH_OK, &[]);
@@ -109,6 +110,29 @@ impl Session {
         self.cancel.clear();
         h.conn.release();
         Ok(params)
+    }
+
+    /// The `pgsplit.*` startup parameters (`options=-c pgsplit.min_lsn=…`): a bad value refuses the login, as
+    /// PostgreSQL refuses a bad startup setting.
+    fn apply_startup_pgsplit(&mut self) -> Result<(), End> {
+        match self.settings.startup_causal() {
+            Ok((mode, floor)) => {
+                if let Some(mode) = mode {
+                    self.causal.set_mode(mode);
+                }
+                if let Some(floor) = floor {
+                    self.causal.raise_floor(floor.0);
+                }
+            }
+            Err(e) => {
+                self.queue_error(Severity::Fatal, e.sqlstate, &e.message);
+                return Err(End::Fatal);
+            }
+        }
+        if let Some(route) = self.settings.startup_route() {
+            self.route_override = route.route();
+        }
+        Ok(())
     }
 
     /// Refuses the login after a server rejected this client's settings (e.g. a bad client_encoding).

@@ -2,10 +2,10 @@
 //! statement shows where the transaction may run (with COMMIT/ROLLBACK of such a BEGIN that ran nothing).
 
 use super::Session;
-use crate::protocol::messages;
-use crate::protocol::{backend, frontend, Frame};
 use crate::causal::Lsn;
+use crate::protocol::messages;
 use crate::protocol::messages::Severity;
+use crate::protocol::{backend, frontend, Frame};
 use crate::sql::{self, PgsplitCommand, PgsplitParam, Route};
 
 /// Whether pgsplit answers a statement itself.
@@ -106,7 +106,9 @@ impl Session {
                         None => "auto".to_string(),
                     },
                     PgsplitParam::Consistency => self.causal.mode().as_str().to_string(),
-                    PgsplitParam::Lsn | PgsplitParam::MinLsn => Lsn(self.causal.floor()).to_string(),
+                    PgsplitParam::Lsn | PgsplitParam::MinLsn => {
+                        Lsn(self.causal.floor()).to_string()
+                    }
                 };
                 messages::row_description(&mut self.cout, &[param.name()]);
                 messages::data_row(&mut self.cout, &[Some(&value)]);

@@ -70,6 +70,24 @@ fn syntax_and_type_errors_name_line_and_field() {
         Some("users[0].auth"),
         "unknown variant `sha`",
     );
+    expect_err(
+        &format!("{MINIMAL}\n[routing]\nconsistency = \"causal\"\n"),
+        Some(12),
+        Some("routing.consistency"),
+        "unknown variant `causal`, expected one of `session`, `eventual`, `strict`",
+    );
+    expect_err(
+        &format!("{MINIMAL}\n[routing]\ncausal_wait = 20\n"),
+        Some(12),
+        Some("routing.causal_wait"),
+        "needs a unit",
+    );
+    expect_err(
+        &format!("{MINIMAL}\n[routing]\ncausal_wait = \"11s\"\n"),
+        Some(12),
+        Some("routing.causal_wait"),
+        "must be at most 10s",
+    );
     // Durations.
     expect_err(
         &format!("{MINIMAL}\n[timeouts]\nshutdown = \"soon\"\n"),

@@ -74,6 +74,8 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.limits.max_prepared_statements_per_client, 10_000);
     assert_eq!(c.limits.max_batch_messages, 100_000);
     assert_eq!(c.limits.max_logins_in_progress, 1000);
+    assert_eq!(c.routing.consistency, crate::causal::Consistency::Session);
+    assert_eq!(c.routing.causal_wait, Duration::from_millis(20));
     let t = &c.timeouts;
     assert_eq!(t.server_connect, Duration::from_secs(5));
     assert_eq!(t.pool_wait, Duration::from_secs(5));
@@ -92,6 +94,25 @@ fn minimal_file_gets_defaults() {
     assert!(c.user("nobody").is_none());
     assert!(c.database("nope").is_none());
     assert_eq!(c.servers().count(), 1);
+}
+
+#[test]
+fn consistency_and_causal_wait_are_read() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[routing]\nconsistency = \"strict\"\ncausal_wait = \"0\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.routing.consistency, crate::causal::Consistency::Strict);
+    assert_eq!(c.routing.causal_wait, Duration::ZERO);
+    let c = parse(&format!(
+        "{MINIMAL}\n[routing]\nconsistency = \"eventual\"\ncausal_wait = \"10s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.routing.consistency, crate::causal::Consistency::Eventual);
+    assert_eq!(c.routing.causal_wait, Duration::from_secs(10));
+    let shown = c.effective_toml();
+    assert!(shown.contains("consistency = \"eventual\""), "{shown}");
+    assert!(shown.contains("causal_wait = \"10s\""), "{shown}");
 }
 
 #[test]
