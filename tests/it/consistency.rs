@@ -1,6 +1,7 @@
 //! Read-your-writes (issue 14): the drills. A client that writes and then reads must see its write (`consistency
 //! = "session"`, the default) while most such reads still run on replicas; `"eventual"` is the old behaviour, and
-//! the same drill run in it finds stale reads, which proves the drill can see them. The token (`SHOW pgsplit.lsn`,
+//! the same drill run in it finds stale reads, which proves the drill can see them. Session pooling, where a
+//! client keeps its replica connection, must not read stale either. The token (`SHOW pgsplit.lsn`,
 //! `SET pgsplit.min_lsn`, the startup option and the leading comment) carries a floor to other connections and to
 //! another pgsplit in front of the same cluster. A replica whose replay is delayed by 300 ms never serves a read
 //! right after a write, and a floor lost in a failover does not stop a session.
@@ -304,6 +305,30 @@ async fn with_asynchronous_commit_reads_right_after_writes_are_still_never_stale
         &[Mode::AutocommitSimple, Mode::TxnThenReadOnlyTxn],
         250,
         "session mode, asynchronous commit",
+    )
+    .await;
+    for (mode, out) in &outcomes {
+        assert_eq!(out.stale, 0, "{mode:?}: {out:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_session_pooling_reads_right_after_writes_are_never_stale() {
+    // A client that keeps its server connections (one on the primary, one on a replica) must not read from its
+    // replica connection before that replica has replayed the client's write.
+    shared_table().await;
+    let proxy = spawn_proxy(config(
+        &env().cluster,
+        8,
+        8,
+        "pool_mode = \"session\"\n[routing]\nbalancer = \"round_robin\"",
+    ));
+    let outcomes = drills(
+        proxy,
+        SYNC_COMMIT,
+        &[Mode::AutocommitSimple, Mode::TxnThenReadOnlyTxn],
+        N,
+        "session mode, session pooling",
     )
     .await;
     for (mode, out) in &outcomes {
