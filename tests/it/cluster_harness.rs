@@ -146,6 +146,7 @@ fn options_hba_conf_and_setup_sql() {
             "CREATE ROLE alice LOGIN PASSWORD 'secret'".into(),
             "CREATE DATABASE app OWNER alice".into(),
         ],
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(c.servers().len(), 2);
@@ -189,6 +190,163 @@ fn options_hba_conf_and_setup_sql() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "wrong password is refused");
+}
+
+/// Polls `sql` on `name` until it prints `want`; returns how long that took.
+fn until(c: &Cluster, name: &str, sql: &str, want: &str, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if c.psql(name, sql).ok().as_deref() == Some(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{name}: `{sql}` did not return {want} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn one_replica_can_be_started_with_its_own_settings_such_as_a_replay_delay() {
+    let c = Cluster::start(ClusterOptions {
+        replica_conf: [(
+            "replica2".to_string(),
+            vec![
+                "recovery_min_apply_delay = '300ms'".to_string(),
+                "work_mem = '5MB'".to_string(),
+            ],
+        )]
+        .into(),
+        conf: vec!["work_mem = '7MB'".into()],
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    assert_eq!(
+        c.psql("replica2", "SHOW recovery_min_apply_delay").unwrap(),
+        "300ms"
+    );
+    assert_eq!(
+        c.psql("replica2", "SHOW work_mem").unwrap(),
+        "5MB",
+        "replica_conf wins over conf"
+    );
+    for name in ["primary", "replica1"] {
+        assert_eq!(
+            c.psql(name, "SHOW recovery_min_apply_delay").unwrap(),
+            "0",
+            "{name}"
+        );
+        assert_eq!(c.psql(name, "SHOW work_mem").unwrap(), "7MB", "{name}");
+    }
+    c.psql("primary", "CREATE TABLE t (id int)").unwrap();
+    for r in ["replica1", "replica2"] {
+        c.wait_replayed(r, T).unwrap();
+    }
+    // A commit becomes visible on the delayed replica no sooner than 300 ms after it was made, and later than
+    // on the other one.
+    let written = Instant::now();
+    c.psql(
+        "primary",
+        "SET synchronous_commit = on; INSERT INTO t VALUES (1);",
+    )
+    .unwrap();
+    let seen = |name: &str| {
+        until(&c, name, "SELECT count(*) FROM t", "1", T);
+        written.elapsed()
+    };
+    let (fast, slow) = std::thread::scope(|s| {
+        let fast = s.spawn(|| seen("replica1"));
+        let slow = s.spawn(|| seen("replica2"));
+        (fast.join().unwrap(), slow.join().unwrap())
+    });
+    eprintln!(
+        "the row became visible on replica1 after {fast:?}, on the delayed replica2 after {slow:?}"
+    );
+    assert!(slow >= Duration::from_millis(300), "{slow:?}");
+    assert!(fast < slow, "replica1 {fast:?}, replica2 {slow:?}");
+
+    // A name that is not a replica is refused before anything starts.
+    let err = Cluster::start(ClusterOptions {
+        replicas: 1,
+        replica_conf: [("replica2".to_string(), vec!["work_mem = '5MB'".to_string()])].into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClusterError::UnknownServer { name, .. } if name == "replica2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_setting_can_be_changed_and_reloaded_on_a_running_server() {
+    let c = Cluster::start(ClusterOptions {
+        replicas: 1,
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    c.psql("primary", "CREATE TABLE t (id int)").unwrap();
+    c.wait_replayed("replica1", T).unwrap();
+
+    c.set_config("replica1", "recovery_min_apply_delay", Some("300ms"))
+        .unwrap();
+    assert_eq!(
+        c.psql("replica1", "SHOW recovery_min_apply_delay").unwrap(),
+        "300ms"
+    );
+    let written = Instant::now();
+    c.psql(
+        "primary",
+        "SET synchronous_commit = on; INSERT INTO t VALUES (1);",
+    )
+    .unwrap();
+    until(&c, "replica1", "SELECT count(*) FROM t", "1", T);
+    let delayed = written.elapsed();
+    assert!(delayed >= Duration::from_millis(300), "{delayed:?}");
+    c.set_config("replica1", "recovery_min_apply_delay", None)
+        .unwrap();
+    assert_eq!(
+        c.psql("replica1", "SHOW recovery_min_apply_delay").unwrap(),
+        "0"
+    );
+
+    // An empty primary_conninfo stops the WAL receiver: nothing written from then on arrives...
+    c.set_config("replica1", "primary_conninfo", Some(""))
+        .unwrap();
+    until(
+        &c,
+        "replica1",
+        "SELECT count(*) FROM pg_stat_wal_receiver",
+        "0",
+        T,
+    );
+    c.psql("primary", "INSERT INTO t VALUES (2)").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&c, "replica1"),
+        "1",
+        "a detached replica receives nothing"
+    );
+    // ...until `follow` points it at a primary again.
+    c.follow("replica1", "primary").unwrap();
+    c.wait_replayed("replica1", T).unwrap();
+    assert_eq!(count(&c, "replica1"), "2");
+
+    // A parameter that needs a restart, and names that are not parameters, are errors.
+    let err = c
+        .set_config("primary", "max_connections", Some("301"))
+        .unwrap_err();
+    assert!(err.to_string().contains("restart"), "{err}");
+    c.set_config("primary", "max_connections", None).unwrap();
+    assert!(c
+        .set_config("primary", "no_such_setting", Some("1"))
+        .is_err());
+    assert!(c.set_config("primary", "x; DROP", Some("1")).is_err());
+    assert!(matches!(
+        c.set_config("nope", "work_mem", Some("1MB")),
+        Err(ClusterError::UnknownServer { .. })
+    ));
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod classify_corpus;
 mod cli;
 mod cluster_harness;
 mod common;
+mod consistency;
 mod drivers;
 mod extended;
 mod failover;

@@ -170,6 +170,63 @@ impl Cluster {
         self.psql(name, "SELECT pg_wal_replay_resume()").map(|_| ())
     }
 
+    /// Sets one of a running server's parameters with `ALTER SYSTEM` (kept in its `postgresql.auto.conf`, so it
+    /// survives restarts) and reloads its configuration; returns once new sessions on it run with the new file
+    /// (`pg_conf_load_time()` moved). `value` is written as in `postgresql.conf`, without quotes (`"300ms"`,
+    /// `"on"`, `""`); `None` removes the parameter from `postgresql.auto.conf` (`ALTER SYSTEM RESET`). E.g.
+    /// `set_config("replica2", "recovery_min_apply_delay", Some("300ms"))` delays a replica's replay, and
+    /// `set_config("replica1", "primary_conninfo", Some(""))` stops its WAL receiver (until [`Cluster::follow`]).
+    /// A parameter that only a restart changes is an error that says so (the file keeps the new value: call
+    /// [`Cluster::restart`]).
+    pub fn set_config(&self, name: &str, parameter: &str, value: Option<&str>) -> Result<()> {
+        self.get(name)?;
+        if parameter.is_empty()
+            || !parameter
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return Err(ClusterError::Sql {
+                server: name.into(),
+                message: format!("not a parameter name: {parameter:?}"),
+            });
+        }
+        let before = self.psql(name, "SELECT pg_conf_load_time()")?;
+        let set = match value {
+            Some(v) => format!("ALTER SYSTEM SET {parameter} = '{}'", v.replace('\'', "''")),
+            None => format!("ALTER SYSTEM RESET {parameter}"),
+        };
+        self.psql(name, &format!("{set};\nSELECT pg_reload_conf();"))?;
+        let reloaded = format!(
+            "SELECT pg_conf_load_time() > '{before}'::timestamptz, \
+             coalesce((SELECT pending_restart FROM pg_settings WHERE name = '{parameter}'), false)"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.psql(name, &reloaded)?;
+            match out.split_once('|') {
+                Some(("t", "t")) => {
+                    return Err(ClusterError::Sql {
+                        server: name.into(),
+                        message: format!(
+                            "{parameter} changes only at a restart: postgresql.auto.conf has the new value, \
+                             restart `{name}` to apply it"
+                        ),
+                    })
+                }
+                Some(("t", _)) => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: format!("`{name}` to reload its configuration"),
+                    waited: Duration::from_secs(30),
+                    details: String::new(),
+                });
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Whether the named server's postmaster is alive (false for unknown names).
     pub fn is_running(&self, name: &str) -> bool {
         self.get(name)

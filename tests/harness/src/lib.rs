@@ -27,7 +27,7 @@ mod os;
 mod runner;
 mod watchdog;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
@@ -81,6 +81,11 @@ pub struct ClusterOptions {
     pub conf: Vec<String>,
     /// SQL run on the primary (as `postgres`, database `postgres`) before the replicas are created.
     pub setup_sql: Vec<String>,
+    /// Extra `postgresql.conf` lines for one replica, by name (`replica1`, `replica2`, …), appended after `conf`
+    /// and the harness's own lines for that replica (so they win there), e.g. `replica2` →
+    /// `recovery_min_apply_delay = '300ms'`. A name that is not one of the replicas is refused
+    /// ([`ClusterError::UnknownServer`]) before anything starts.
+    pub replica_conf: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for ClusterOptions {
@@ -90,6 +95,7 @@ impl Default for ClusterOptions {
             hba: Vec::new(),
             conf: Vec::new(),
             setup_sql: Vec::new(),
+            replica_conf: BTreeMap::new(),
         }
     }
 }
@@ -196,6 +202,13 @@ impl Cluster {
     /// Returns once every replica is streaming.
     pub fn start(opts: ClusterOptions) -> Result<Cluster> {
         let started = Instant::now();
+        let names: Vec<String> = (1..=opts.replicas).map(|i| format!("replica{i}")).collect();
+        if let Some(unknown) = opts.replica_conf.keys().find(|k| !names.contains(k)) {
+            return Err(ClusterError::UnknownServer {
+                name: unknown.clone(),
+                known: names.join(", "),
+            });
+        }
         let bindir = Self::find_bindir()?;
         for tool in ["postgres", "pg_basebackup", "pg_ctl", "psql"] {
             if !is_executable(&bindir.join(tool)) {
@@ -243,7 +256,7 @@ impl Cluster {
         for sql in &opts.setup_sql {
             cluster.psql("primary", sql)?;
         }
-        cluster.create_replicas()?;
+        cluster.create_replicas(&opts.replica_conf)?;
         cluster.wait_streaming(STREAM_TIMEOUT)?;
         tracing::info!(
             dir = %cluster.run.dir.display(),
@@ -319,7 +332,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn create_replicas(&mut self) -> Result<()> {
+    fn create_replicas(&mut self, extra: &BTreeMap<String, Vec<String>>) -> Result<()> {
         let primary_port = self.servers[0].port;
         let run = &self.run;
         let replicas: Vec<PgServer> = self.servers[1..].to_vec();
@@ -327,8 +340,9 @@ impl Cluster {
             let handles: Vec<_> = replicas
                 .into_iter()
                 .map(|mut replica| {
+                    let conf = extra.get(&replica.name).map_or(&[][..], Vec::as_slice);
                     scope.spawn(move || {
-                        run.make_replica(&replica, primary_port)?;
+                        run.make_replica(&replica, primary_port, conf)?;
                         let child = run.launch_fresh(&mut replica)?;
                         Ok((replica, child))
                     })

@@ -77,8 +77,13 @@ impl Runner {
         Ok(())
     }
 
-    /// pg_basebackup from the primary, then the replica's own settings.
-    pub(crate) fn make_replica(&self, replica: &PgServer, primary_port: u16) -> Result<()> {
+    /// pg_basebackup from the primary, then the replica's own settings (`extra`: lines appended last).
+    pub(crate) fn make_replica(
+        &self,
+        replica: &PgServer,
+        primary_port: u16,
+        extra: &[String],
+    ) -> Result<()> {
         let mut cmd = self.command("pg_basebackup");
         cmd.args([
             "-h",
@@ -98,11 +103,15 @@ impl Runner {
         )?;
         // The copied log belongs to the primary.
         let _ = fs::remove_file(replica.log_path());
-        let conf = format!(
+        let mut conf = format!(
             "\n# --- pgsplit cluster harness: {name} ---\nport = {port}\ncluster_name = '{name}'\n",
             name = replica.name,
             port = replica.port
         );
+        for line in extra {
+            conf.push_str(line);
+            conf.push('\n');
+        }
         self.write_file(
             &replica.data_dir.join("postgresql.conf"),
             conf.as_bytes(),

@@ -57,20 +57,23 @@ pub fn env() -> &'static Env {
 
 /// A new cluster (primary + 2 streaming replicas) with the test users; for tests that stop, kill or promote.
 pub fn start_cluster() -> Cluster {
-    Cluster::start(ClusterOptions {
-            replicas: 2,
-            hba: vec![
-                "host all app 127.0.0.1/32 scram-sha-256".into(),
-                "host all md5user 127.0.0.1/32 md5".into(),
-            ],
-            setup_sql: vec![
-                "CREATE ROLE app LOGIN PASSWORD 'app-secret'".into(),
-                "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5-server-secret'".into(),
-                "CREATE DATABASE app OWNER app".into(),
-            ],
-            ..ClusterOptions::default()
-        })
-        .expect("start the local cluster")
+    start_cluster_with(ClusterOptions::default())
+}
+
+/// [`start_cluster`] with other options (e.g. a replica's own settings); the test users, their `pg_hba.conf`
+/// lines and the `app` database are added to what `opts` holds.
+pub fn start_cluster_with(mut opts: ClusterOptions) -> Cluster {
+    opts.hba.extend([
+        "host all app 127.0.0.1/32 scram-sha-256".into(),
+        "host all md5user 127.0.0.1/32 md5".into(),
+    ]);
+    opts.setup_sql.extend([
+        "CREATE ROLE app LOGIN PASSWORD 'app-secret'".into(),
+        "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5-server-secret'"
+            .into(),
+        "CREATE DATABASE app OWNER app".into(),
+    ]);
+    Cluster::start(opts).expect("start the local cluster")
 }
 
 /// A pgsplit configuration in front of the cluster; `extra` is appended at top level (before tables).

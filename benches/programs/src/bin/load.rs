@@ -11,7 +11,16 @@
 //!    from round to round), and prints per-run rows, medians over rounds and the pgsplit/PgBouncer and
 //!    pgsplit/direct ratios. The same goes to `target/bench/load.json` under the repository's directory.
 //!
+//! The `write-read` workload (read-your-writes, issue 14) is a pgbench script in its own database `ryw` (which has
+//! `synchronous_commit = on`, PostgreSQL's default; the harness turns it off cluster-wide, and an asynchronous
+//! commit reaches the replicas only when the WAL writer flushes it, up to 200 ms later): insert a row, then select
+//! it; a select that does not find the row inserts its id into `ryw_stale`, counted after the run. It runs, 16
+//! clients, against pgsplit (default consistency, `session`), a third pgsplit with `consistency = "eventual"` and
+//! pgsplit with `read_write_split = false` (everything on the primary); its "to replica" is the share of the
+//! SELECTs (one per transaction) that ran on a replica.
+//!
 //! Environment: `PGSPLIT_BENCH_ROUNDS` (default 3), `PGSPLIT_BENCH_SECONDS` (pgbench `-T`, default 10),
+//! `PGSPLIT_BENCH_WORKLOADS` (comma-separated workload names to run, default all: e.g. `write-read`),
 //! `PGSPLIT_BENCH_WORKERS` (pgsplit runtime threads, default 1: like PgBouncer's one thread, and what a 2-core
 //! machine that also runs the servers and pgbench does best with — `workers = 1` in a configuration),
 //! `PGSPLIT_LOG` (pgsplit's log filter, default `warn`).
@@ -68,6 +77,8 @@ enum Target {
     Pgsplit,
     /// pgsplit with `read_write_split = false` (classification off: everything goes to the primary).
     PgsplitNoSplit,
+    /// pgsplit with `[routing] consistency = "eventual"` (no read-your-writes: the behaviour before issue 14).
+    PgsplitEventual,
 }
 
 impl Target {
@@ -77,6 +88,7 @@ impl Target {
             Target::PgBouncer => "pgbouncer",
             Target::Pgsplit => "pgsplit",
             Target::PgsplitNoSplit => "pgsplit-nosplit",
+            Target::PgsplitEventual => "pgsplit-eventual",
         }
     }
 }
@@ -85,10 +97,14 @@ struct Workload {
     name: &'static str,
     /// pgbench arguments besides connection, -T and logging.
     args: &'static [&'static str],
+    /// A pgbench script (`-f`), written to a file for the run; `None` for the built-in scripts.
+    script: Option<&'static str>,
+    /// The database it runs in.
+    db: &'static str,
+    /// The targets it runs against, in this order (rotated from round to round).
+    targets: &'static [Target],
     /// PgBouncer 1.18 in transaction mode cannot run it (protocol-level prepared statements).
     pgbouncer: bool,
-    /// Also run against pgsplit with classification off.
-    nosplit: bool,
     /// Runs `VACUUM` of branches/tellers and truncates history first, as pgbench does without `-n`.
     tpcb: bool,
 }
@@ -97,39 +113,86 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "select-simple",
         args: &["-S", "-M", "simple", "-c", "16", "-j", "2"],
+        script: None,
+        db: DB,
+        targets: &[
+            Target::Direct,
+            Target::PgBouncer,
+            Target::Pgsplit,
+            Target::PgsplitNoSplit,
+        ],
         pgbouncer: true,
-        nosplit: true,
         tpcb: false,
     },
     Workload {
         name: "select-extended",
         args: &["-S", "-M", "extended", "-c", "16", "-j", "2"],
+        script: None,
+        db: DB,
+        targets: &[Target::Direct, Target::PgBouncer, Target::Pgsplit],
         pgbouncer: true,
-        nosplit: false,
         tpcb: false,
     },
     Workload {
         name: "select-prepared",
         args: &["-S", "-M", "prepared", "-c", "16", "-j", "2"],
+        script: None,
+        db: DB,
+        targets: &[Target::Direct, Target::PgBouncer, Target::Pgsplit],
         pgbouncer: false,
-        nosplit: false,
         tpcb: false,
     },
     Workload {
         name: "tpcb-simple",
         args: &["-M", "simple", "-c", "16", "-j", "2"],
+        script: None,
+        db: DB,
+        targets: &[Target::Direct, Target::PgBouncer, Target::Pgsplit],
         pgbouncer: true,
-        nosplit: false,
         tpcb: true,
     },
     Workload {
         name: "select-1client",
         args: &["-S", "-M", "simple", "-c", "1", "-j", "1"],
+        script: None,
+        db: DB,
+        targets: &[Target::Direct, Target::PgBouncer, Target::Pgsplit],
         pgbouncer: true,
-        nosplit: false,
+        tpcb: false,
+    },
+    Workload {
+        name: "write-read",
+        args: &["-M", "simple", "-c", "16", "-j", "2"],
+        script: Some(WRITE_READ_SCRIPT),
+        db: RYW_DB,
+        targets: &[
+            Target::Pgsplit,
+            Target::PgsplitEventual,
+            Target::PgsplitNoSplit,
+        ],
+        pgbouncer: false,
         tpcb: false,
     },
 ];
+
+/// The database of the `write-read` workload, with `synchronous_commit = on`.
+const RYW_DB: &str = "ryw";
+
+/// Its setup, run on the primary before the replicas are made.
+const RYW_SETUP: &str = "CREATE DATABASE ryw;\n\
+     ALTER DATABASE ryw SET synchronous_commit = on;\n\
+     \\connect ryw\n\
+     CREATE TABLE ryw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, client int NOT NULL);\n\
+     CREATE TABLE ryw_stale (id bigint NOT NULL);";
+
+/// Insert a row, then select it; a select that does not see the row records it as stale.
+const WRITE_READ_SCRIPT: &str = "\
+INSERT INTO ryw (client) VALUES (:client_id) RETURNING id \\gset
+SELECT count(*) AS found FROM ryw WHERE id = :id \\gset
+\\if :found = 0
+INSERT INTO ryw_stale (id) VALUES (:id);
+\\endif
+";
 
 /// One pgbench run's result.
 #[derive(Debug, Clone, Default)]
@@ -141,8 +204,11 @@ struct RunResult {
     /// Busy CPU time of the whole machine (every process: pgbench, the servers, the proxy, the kernel) per
     /// transaction, from /proc/stat: what the proxy costs everything else too.
     machine_us_per_txn: Option<f64>,
-    /// pgsplit only: the share of units of work (statements or batches up to Sync) it sent to a replica.
+    /// pgsplit only: the share of units of work (statements or batches up to Sync) it sent to a replica; for
+    /// `write-read`, the share of its SELECTs (one per transaction) that ran on a replica.
     replica_share: Option<f64>,
+    /// `write-read` only: SELECTs that did not see the row their transaction had just inserted.
+    stale_reads: Option<u64>,
     transactions: u64,
     failed: u64,
     /// pgbench reported aborted clients or exited with an error.
@@ -182,16 +248,52 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// The workloads `PGSPLIT_BENCH_WORKLOADS` names (comma-separated), or all of them.
+fn selected_workloads() -> Result<Vec<&'static Workload>> {
+    let Ok(list) = std::env::var("PGSPLIT_BENCH_WORKLOADS") else {
+        return Ok(WORKLOADS.iter().collect());
+    };
+    let mut selected = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let w = WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| {
+            format!(
+                "PGSPLIT_BENCH_WORKLOADS: no workload {name:?}; the workloads are {}",
+                WORKLOADS
+                    .iter()
+                    .map(|w| w.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        if !selected.iter().any(|s: &&Workload| s.name == w.name) {
+            selected.push(w);
+        }
+    }
+    if selected.is_empty() {
+        return Err("PGSPLIT_BENCH_WORKLOADS names no workload".into());
+    }
+    // In the order of WORKLOADS.
+    selected.sort_by_key(|w| WORKLOADS.iter().position(|x| x.name == w.name));
+    Ok(selected)
+}
+
 fn run() -> Result<()> {
     let rounds = env_number("PGSPLIT_BENCH_ROUNDS", 3)? as usize;
     let seconds = env_number("PGSPLIT_BENCH_SECONDS", 10)?;
+    let workloads = selected_workloads()?;
+    let uses = |t: Target| workloads.iter().any(|w| w.targets.contains(&t));
     let bindir = Cluster::find_bindir()?;
     // The versioned bin directory first: /usr/bin/pgbench is Debian's Perl wrapper.
     let pgbench = find_program("pgbench", std::slice::from_ref(&bindir))
         .ok_or("pgbench not found on PATH nor in the PostgreSQL bin directory (install postgresql-contrib)")?;
-    let pgbouncer_bin = ensure_pgbouncer();
+    let pgbouncer_bin = if workloads.iter().any(|w| w.pgbouncer) {
+        ensure_pgbouncer()
+    } else {
+        None
+    };
     eprintln!(
-        "load bench: {rounds} round(s) of {seconds} s per run; pgbench {}; PostgreSQL binaries in {}",
+        "load bench: {rounds} round(s) of {seconds} s per run; workloads {}; pgbench {}; PostgreSQL binaries in {}",
+        workloads.iter().map(|w| w.name).collect::<Vec<_>>().join(", "),
         pgbench.display(),
         bindir.display()
     );
@@ -200,7 +302,7 @@ fn run() -> Result<()> {
     let started = Instant::now();
     let cluster = Cluster::start(ClusterOptions {
         replicas: 2,
-        setup_sql: vec![format!("CREATE DATABASE {DB}")],
+        setup_sql: vec![format!("CREATE DATABASE {DB}"), RYW_SETUP.to_string()],
         ..ClusterOptions::default()
     })?;
     eprintln!(
@@ -250,14 +352,34 @@ fn run() -> Result<()> {
             .enable_all()
             .build()?
     });
-    let start_proxy = |split: bool| -> Result<ProxyHandle> {
-        let config = proxy_config(&cluster, split)?;
+    let start_proxy = |split: bool, routing: &str| -> Result<ProxyHandle> {
+        let config = proxy_config(&cluster, split, routing)?;
         let handle = runtime.block_on(async { Proxy::bind(config).await?.spawn() })?;
         Ok(handle)
     };
-    let split = start_proxy(true).map_err(|e| format!("start pgsplit: {e}"))?;
-    let nosplit =
-        start_proxy(false).map_err(|e| format!("start pgsplit (read_write_split = false): {e}"))?;
+    let split = start_proxy(true, "").map_err(|e| format!("start pgsplit: {e}"))?;
+    let nosplit = start_proxy(false, "")
+        .map_err(|e| format!("start pgsplit (read_write_split = false): {e}"))?;
+    // A pgsplit that does not know `consistency` yet cannot run the eventual rows: they are skipped.
+    let eventual = if uses(Target::PgsplitEventual) {
+        match start_proxy(true, "consistency = \"eventual\"\n") {
+            Ok(p) => {
+                eprintln!(
+                    "load bench: pgsplit with consistency = \"eventual\" on {}",
+                    p.addr
+                );
+                Some(p)
+            }
+            Err(e) => {
+                eprintln!(
+                    "load bench: cannot start pgsplit with consistency = \"eventual\" ({e}): skipping its rows"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     eprintln!(
         "load bench: pgsplit on {} (split) and {} (read_write_split = false), {} worker thread(s)",
         split.addr,
@@ -295,6 +417,10 @@ fn run() -> Result<()> {
         (Target::PgBouncer, bouncer.as_ref().map(|b| b.port)),
         (Target::Pgsplit, Some(split.addr.port())),
         (Target::PgsplitNoSplit, Some(nosplit.addr.port())),
+        (
+            Target::PgsplitEventual,
+            eventual.as_ref().map(|p| p.addr.port()),
+        ),
     ]
     .into_iter()
     .filter_map(|(t, p)| p.map(|p| (t, p)))
@@ -302,15 +428,41 @@ fn run() -> Result<()> {
 
     // Warm-up: fill every pool and the caches, so that the first measured run is not the one that connects.
     eprintln!("load bench: warming up every target…");
+    let scripts = tempfile::Builder::new()
+        .prefix("pgsplit-load-scripts-")
+        .tempdir()?;
     for (&target, &port) in &ports {
         let r = pgbench_run(
             &pgbench,
             port,
+            DB,
             &["-S", "-M", "simple", "-c", "16", "-j", "2"],
             1,
         )?;
         if let Some(e) = r.error {
             eprintln!("load bench: warm-up against {}: {e}", target.label());
+        }
+    }
+    // Workloads with their own script and database: their pools too.
+    for w in &workloads {
+        let Some(script) = w.script else { continue };
+        let path = scripts.path().join(format!("{}.sql", w.name));
+        fs::write(&path, script)?;
+        for target in w.targets {
+            let Some(&port) = ports.get(target) else {
+                continue;
+            };
+            let mut args: Vec<&str> = w.args.to_vec();
+            let path = path.to_string_lossy();
+            args.extend(["-f", &path]);
+            let r = pgbench_run(&pgbench, port, w.db, &args, 1)?;
+            if let Some(e) = r.error {
+                eprintln!(
+                    "load bench: warm-up of {} against {}: {e}",
+                    w.name,
+                    target.label()
+                );
+            }
         }
     }
 
@@ -319,28 +471,24 @@ fn run() -> Result<()> {
         cluster: &cluster,
         ports: &ports,
         proxies: [
-            (Target::Pgsplit, split.shared.clone()),
-            (Target::PgsplitNoSplit, nosplit.shared.clone()),
+            (Target::Pgsplit, Some(split.shared.clone())),
+            (Target::PgsplitNoSplit, Some(nosplit.shared.clone())),
+            (
+                Target::PgsplitEventual,
+                eventual.as_ref().map(|p| p.shared.clone()),
+            ),
         ]
         .into_iter()
+        .filter_map(|(t, s)| s.map(|s| (t, s)))
         .collect(),
+        scripts: scripts.path(),
         bouncer_pid: bouncer.as_ref().map(|b| b.pid),
         seconds,
     };
     let mut rows = Vec::new();
-    let all_targets = [
-        Target::Direct,
-        Target::PgBouncer,
-        Target::Pgsplit,
-        Target::PgsplitNoSplit,
-    ];
     for round in 1..=rounds {
-        for w in WORKLOADS {
-            let mut targets: Vec<Target> = all_targets
-                .iter()
-                .copied()
-                .filter(|t| *t != Target::PgsplitNoSplit || w.nosplit)
-                .collect();
+        for &w in &workloads {
+            let mut targets: Vec<Target> = w.targets.to_vec();
             let shift = (round - 1) % targets.len();
             targets.rotate_left(shift);
             for target in targets {
@@ -370,6 +518,7 @@ fn run() -> Result<()> {
 
     let report = Report::new(
         &rows,
+        &workloads,
         rounds,
         seconds,
         bouncer.as_ref().map(|b| b.version.clone()),
@@ -391,6 +540,9 @@ fn run() -> Result<()> {
     runtime.block_on(async {
         split.shutdown().await;
         nosplit.shutdown().await;
+        if let Some(p) = eventual {
+            p.shutdown().await;
+        }
     });
     if let Ok(runtime) = Arc::try_unwrap(runtime) {
         runtime.shutdown_timeout(Duration::from_secs(5));
@@ -411,20 +563,25 @@ fn brief(r: &RunResult) -> String {
     if let Some(share) = r.replica_share {
         let _ = write!(s, "  to replica {:.1}%", share * 100.0);
     }
+    if let Some(stale) = r.stale_reads {
+        let _ = write!(s, "  stale reads {stale}");
+    }
     if let Some(e) = &r.error {
         let _ = write!(s, "  ERROR: {e}");
     }
     s
 }
 
-/// pgsplit's configuration: the local cluster's, with a trust user and the bench's pool and lag settings.
-fn proxy_config(cluster: &Cluster, split: bool) -> Result<Config> {
+/// pgsplit's configuration: the local cluster's, with a trust user and the bench's pool and lag settings;
+/// `routing` is added to `[routing]`.
+fn proxy_config(cluster: &Cluster, split: bool, routing: &str) -> Result<Config> {
     let extra = format!(
         "admin_listen = \"127.0.0.1:0\"\n\
-         [routing]\nread_write_split = {split}\n\
+         [routing]\nread_write_split = {split}\n{routing}\
          [pools]\nwrite_pool_size = {POOL_SIZE}\nread_pool_size = {POOL_SIZE}\n\
          [lag]\nmax_lag = \"60s\"\n\
          [[databases]]\nname = \"{DB}\"\n\
+         [[databases]]\nname = \"{RYW_DB}\"\n\
          [[users]]\nname = \"{USER}\"\nauth = \"trust\"\n"
     );
     Ok(local_config(cluster, 0, &extra, "<load bench>")?)
@@ -440,6 +597,8 @@ struct Bench<'a> {
     proxies: BTreeMap<Target, Arc<Shared>>,
     bouncer_pid: Option<u32>,
     seconds: u64,
+    /// Where the workloads' scripts are (`<name>.sql`, written at the warm-up).
+    scripts: &'a Path,
 }
 
 impl Bench<'_> {
@@ -454,11 +613,23 @@ impl Bench<'_> {
                 ),
             )?;
         }
+        if w.script.is_some() {
+            self.cluster.psql(
+                "primary",
+                &format!("\\connect {}\nTRUNCATE ryw_stale;", w.db),
+            )?;
+        }
+        let script = self.scripts.join(format!("{}.sql", w.name));
+        let script = script.to_string_lossy();
+        let mut args: Vec<&str> = w.args.to_vec();
+        if w.script.is_some() {
+            args.extend(["-f", &script]);
+        }
         let port = self.ports[&target];
         let units_before = self.proxies.get(&target).map(|s| units(s));
         let cpu_before = self.proxy_cpu(target);
         let machine_before = machine_busy_us();
-        let mut r = pgbench_run(self.pgbench, port, w.args, self.seconds)?;
+        let mut r = pgbench_run(self.pgbench, port, w.db, &args, self.seconds)?;
         let machine_after = machine_busy_us();
         let cpu_after = self.proxy_cpu(target);
         if let (Some(a), Some(b)) = (machine_before, machine_after) {
@@ -469,9 +640,26 @@ impl Bench<'_> {
         if let (Some((p0, r0)), Some(shared)) = (units_before, self.proxies.get(&target)) {
             let (p1, r1) = units(shared);
             let total = (p1 - p0) + (r1 - r0);
-            if total > 0 {
+            if w.script.is_some() {
+                // One SELECT per transaction, and only SELECTs can run on a replica.
+                if r.transactions > 0 {
+                    r.replica_share = Some(((r1 - r0) as f64 / r.transactions as f64).min(1.0));
+                }
+            } else if total > 0 {
                 r.replica_share = Some((r1 - r0) as f64 / total as f64);
             }
+        }
+        if w.script.is_some() {
+            let stale = self.cluster.psql(
+                "primary",
+                &format!("\\connect {}\nSELECT count(*) FROM ryw_stale;", w.db),
+            )?;
+            r.stale_reads = Some(
+                stale
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("count of ryw_stale: {stale:?}"))?,
+            );
         }
         if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
             if r.transactions > 0 {
@@ -486,7 +674,9 @@ impl Bench<'_> {
         match target {
             Target::Direct => None,
             Target::PgBouncer => self.bouncer_pid.and_then(process_cpu_us),
-            Target::Pgsplit | Target::PgsplitNoSplit => Some(self_cpu_us()),
+            Target::Pgsplit | Target::PgsplitNoSplit | Target::PgsplitEventual => {
+                Some(self_cpu_us())
+            }
         }
     }
 }
@@ -518,14 +708,20 @@ fn pgbench_command(pgbench: &Path, port: u16) -> Command {
 }
 
 /// Runs pgbench for `seconds` with per-transaction logs and parses what it reports.
-fn pgbench_run(pgbench: &Path, port: u16, args: &[&str], seconds: u64) -> Result<RunResult> {
+fn pgbench_run(
+    pgbench: &Path,
+    port: u16,
+    db: &str,
+    args: &[&str],
+    seconds: u64,
+) -> Result<RunResult> {
     let logs = tempfile::Builder::new().prefix("pgsplit-load-").tempdir()?;
     let prefix = logs.path().join("txn");
     let out = pgbench_command(pgbench, port)
         .args(["-n", "-T", &seconds.to_string(), "-l"])
         .arg(format!("--log-prefix={}", prefix.display()))
         .args(args)
-        .arg(DB)
+        .arg(db)
         .current_dir(logs.path())
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -872,12 +1068,15 @@ struct Summary {
     cpu_us_per_txn: Option<f64>,
     machine_us_per_txn: Option<f64>,
     replica_share: Option<f64>,
+    /// Stale reads over all rounds (`write-read` only).
+    stale_reads: Option<u64>,
     failed: u64,
     errors: usize,
 }
 
 struct Report<'a> {
     rows: &'a [Row],
+    workloads: &'a [&'static Workload],
     rounds: usize,
     seconds: u64,
     pgbouncer: Option<String>,
@@ -885,14 +1084,21 @@ struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
-    fn new(rows: &'a [Row], rounds: usize, seconds: u64, pgbouncer: Option<String>) -> Report<'a> {
+    fn new(
+        rows: &'a [Row],
+        workloads: &'a [&'static Workload],
+        rounds: usize,
+        seconds: u64,
+        pgbouncer: Option<String>,
+    ) -> Report<'a> {
         let mut summaries = Vec::new();
-        for w in WORKLOADS {
+        for w in workloads {
             for target in [
                 Target::Direct,
                 Target::PgBouncer,
                 Target::Pgsplit,
                 Target::PgsplitNoSplit,
+                Target::PgsplitEventual,
             ] {
                 let mine: Vec<&Row> = rows
                     .iter()
@@ -923,6 +1129,10 @@ impl<'a> Report<'a> {
                         cpu_us_per_txn: med(|r| r.cpu_us_per_txn),
                         machine_us_per_txn: med(|r| r.machine_us_per_txn),
                         replica_share: med(|r| r.replica_share),
+                        stale_reads: results
+                            .iter()
+                            .filter_map(|r| r.stale_reads)
+                            .reduce(|a, b| a + b),
                         failed: results.iter().map(|r| r.failed).sum(),
                         errors: results.len() - ok.len(),
                     },
@@ -931,6 +1141,7 @@ impl<'a> Report<'a> {
         }
         Report {
             rows,
+            workloads,
             rounds,
             seconds,
             pgbouncer,
@@ -1069,7 +1280,7 @@ impl<'a> Report<'a> {
                 Target::PgBouncer,
             ),
         ];
-        for w in WORKLOADS {
+        for w in self.workloads {
             for (label, a, b) in pairs {
                 let Some(r) = self.ratios(w.name, a, b) else {
                     continue;
@@ -1086,6 +1297,55 @@ impl<'a> Report<'a> {
                 );
             }
         }
+        if self.workloads.iter().any(|w| w.name == "write-read") {
+            out.push_str(&self.write_read_table());
+        }
+        out
+    }
+
+    /// The `write-read` workload: TPS, stale reads and where the reads ran, per consistency mode.
+    fn write_read_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nwrite-read (16 clients: insert a row, then select it; medians over {} round(s), stale reads summed)",
+            self.rounds
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>9} {:>12} {:>20}",
+            "target", "TPS", "stale reads", "SELECTs on replicas"
+        );
+        let _ = writeln!(out, "{}", "-".repeat(84));
+        for (target, label) in [
+            (Target::Pgsplit, "pgsplit, consistency = session (default)"),
+            (Target::PgsplitEventual, "pgsplit, consistency = eventual"),
+            (Target::PgsplitNoSplit, "pgsplit, read_write_split = false"),
+        ] {
+            let Some(s) = self.summary("write-read", target) else {
+                let _ = writeln!(out, "{label:<40} {:>9} {:>12} {:>20}", "n/a", "n/a", "n/a");
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{label:<40} {:>9} {:>12} {:>20}",
+                fmt_opt(s.tps, 0),
+                s.stale_reads.map_or_else(|| "-".into(), |n| n.to_string()),
+                fmt_pct(s.replica_share)
+            );
+        }
+        for (label, a, b) in [
+            ("session/eventual", Target::Pgsplit, Target::PgsplitEventual),
+            (
+                "session/everything on the primary",
+                Target::Pgsplit,
+                Target::PgsplitNoSplit,
+            ),
+        ] {
+            if let Some(r) = self.ratios("write-read", a, b) {
+                let _ = writeln!(out, "TPS {label}: {}", fmt_opt(r[0], 2));
+            }
+        }
         out
     }
 
@@ -1095,20 +1355,23 @@ impl<'a> Report<'a> {
             .rows
             .iter()
             .map(|r| match &r.result {
-                Some(x) => json!({
-                    "workload": r.workload,
-                    "target": r.target.label(),
-                    "round": r.round,
-                    "tps": opt(x.tps),
-                    "avg_ms": opt(x.avg_ms),
-                    "p99_ms": opt(x.p99_ms),
-                    "cpu_us_per_txn": opt(x.cpu_us_per_txn),
-                    "machine_us_per_txn": opt(x.machine_us_per_txn),
-                    "replica_share": opt(x.replica_share),
-                    "transactions": x.transactions,
-                    "failed": x.failed,
-                    "error": x.error,
-                }),
+                Some(x) => with_stale(
+                    x.stale_reads,
+                    json!({
+                        "workload": r.workload,
+                        "target": r.target.label(),
+                        "round": r.round,
+                        "tps": opt(x.tps),
+                        "avg_ms": opt(x.avg_ms),
+                        "p99_ms": opt(x.p99_ms),
+                        "cpu_us_per_txn": opt(x.cpu_us_per_txn),
+                        "machine_us_per_txn": opt(x.machine_us_per_txn),
+                        "replica_share": opt(x.replica_share),
+                        "transactions": x.transactions,
+                        "failed": x.failed,
+                        "error": x.error,
+                    }),
+                ),
                 None => json!({
                     "workload": r.workload,
                     "target": r.target.label(),
@@ -1121,19 +1384,22 @@ impl<'a> Report<'a> {
             .summaries
             .iter()
             .map(|(w, t, s)| {
-                json!({
-                    "workload": w,
-                    "target": t.label(),
-                    "not_applicable": !s.runnable,
-                    "median_tps": opt(s.tps),
-                    "median_avg_ms": opt(s.avg_ms),
-                    "median_p99_ms": opt(s.p99_ms),
-                    "median_cpu_us_per_txn": opt(s.cpu_us_per_txn),
-                    "median_machine_us_per_txn": opt(s.machine_us_per_txn),
-                    "median_replica_share": opt(s.replica_share),
-                    "failed": s.failed,
-                    "errored_runs": s.errors,
-                })
+                with_stale(
+                    s.stale_reads,
+                    json!({
+                        "workload": w,
+                        "target": t.label(),
+                        "not_applicable": !s.runnable,
+                        "median_tps": opt(s.tps),
+                        "median_avg_ms": opt(s.avg_ms),
+                        "median_p99_ms": opt(s.p99_ms),
+                        "median_cpu_us_per_txn": opt(s.cpu_us_per_txn),
+                        "median_machine_us_per_txn": opt(s.machine_us_per_txn),
+                        "median_replica_share": opt(s.replica_share),
+                        "failed": s.failed,
+                        "errored_runs": s.errors,
+                    }),
+                )
             })
             .collect();
         let ratio_json = |r: Option<[Option<f64>; 4]>| match r {
@@ -1142,8 +1408,10 @@ impl<'a> Report<'a> {
             }
             None => Value::Null,
         };
-        let ratios: Vec<Value> = WORKLOADS
+        let ratios: Vec<Value> = self
+            .workloads
             .iter()
+            .filter(|w| w.name != "write-read")
             .map(|w| {
                 json!({
                     "workload": w.name,
@@ -1163,7 +1431,29 @@ impl<'a> Report<'a> {
                 "median_avg_ms": opt(s.avg_ms), "median_p99_ms": opt(s.p99_ms)})),
             "on/off": ratio_json(self.ratios("select-simple", Target::Pgsplit, Target::PgsplitNoSplit)),
         });
-        json!({
+        let summary_json = |target: Target| {
+            self.summary("write-read", target).map(|s| {
+                json!({
+                    "median_tps": opt(s.tps),
+                    "stale_reads": s.stale_reads,
+                    "median_replica_share_of_selects": opt(s.replica_share),
+                })
+            })
+        };
+        let write_read = self
+            .workloads
+            .iter()
+            .any(|w| w.name == "write-read")
+            .then(|| {
+                json!({
+                    "session": summary_json(Target::Pgsplit),
+                    "eventual": summary_json(Target::PgsplitEventual),
+                    "all_on_primary": summary_json(Target::PgsplitNoSplit),
+                    "session/eventual": ratio_json(self.ratios("write-read", Target::Pgsplit, Target::PgsplitEventual)),
+                    "session/all_on_primary": ratio_json(self.ratios("write-read", Target::Pgsplit, Target::PgsplitNoSplit)),
+                })
+            });
+        let mut report = json!({
             "settings": {
                 "rounds": self.rounds,
                 "seconds": self.seconds,
@@ -1171,12 +1461,27 @@ impl<'a> Report<'a> {
                 "pool_size": POOL_SIZE,
                 "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                 "pgbouncer": self.pgbouncer,
-                "workloads": WORKLOADS.iter().map(|w| json!({"name": w.name, "pgbench": w.args.join(" ")})).collect::<Vec<_>>(),
+                "workloads": self.workloads.iter().map(|w| match w.script {
+                    None => json!({"name": w.name, "pgbench": w.args.join(" ")}),
+                    Some(script) => json!({"name": w.name, "pgbench": w.args.join(" "), "database": w.db, "script": script}),
+                }).collect::<Vec<_>>(),
             },
             "runs": runs,
             "summary": summary,
             "ratios": ratios,
             "classification": classification,
-        })
+        });
+        if let Some(w) = write_read {
+            report["write_read"] = w;
+        }
+        report
     }
+}
+
+/// `value` (an object) with `"stale_reads"` added when it is known (the `write-read` rows only).
+fn with_stale(stale: Option<u64>, mut value: Value) -> Value {
+    if let Some(n) = stale {
+        value["stale_reads"] = json!(n);
+    }
+    value
 }
