@@ -73,6 +73,9 @@ pub async fn run(
             format!("CREATE DATABASE {DEMO_DB} OWNER {DEMO_USER}"),
         ],
         hba: vec![format!("host all {DEMO_USER} 127.0.0.1/32 scram-sha-256")],
+        // PostgreSQL's default (the harness turns it off for speed): a commit is on disk, and streamed, when the
+        // client hears of it, so a read right after it can be served by a replica that has replayed it.
+        conf: vec!["synchronous_commit = on".into()],
         ..ClusterOptions::default()
     };
     let mut cluster = match tokio::task::spawn_blocking(move || Cluster::start(options)).await {
