@@ -56,9 +56,11 @@ pub(super) struct Lease {
     txn: TxnLog,
     /// A COMMIT or ROLLBACK command tag arrived since the last ReadyForQuery.
     unit_ended: bool,
-    /// `pending` right after the last Execute or Query: Syncs forwarded after it, before the client ends a
-    /// COPY FROM STDIN it started, are ignored by the server and get no ReadyForQuery.
-    pending_at_execute: usize,
+    /// Syncs forwarded since the last Execute or Query: if that started a COPY FROM STDIN, the server ignores
+    /// them (they get no ReadyForQuery) until the client ends the copy.
+    syncs_since_execute: usize,
+    /// The last statement started was an extended-protocol Execute (not a simple Query).
+    executed: bool,
 }
 
 /// What a server message means, for the relay to apply.
@@ -139,21 +141,32 @@ impl Lease {
                 self.expect
                     .push_back(Expect::Sync(std::mem::take(unit_events)));
                 self.unsynced = false;
+                self.syncs_since_execute = match tag {
+                    frontend::SYNC => self.syncs_since_execute + 1,
+                    _ => 0,
+                };
                 if tag == frontend::QUERY {
-                    self.pending_at_execute = self.pending;
+                    self.executed = false;
                 }
             }
             frontend::EXECUTE => {
                 self.unsynced = true;
-                self.pending_at_execute = self.pending;
+                self.syncs_since_execute = 0;
+                self.executed = true;
             }
             frontend::COPY_DONE | frontend::COPY_FAIL => {
                 // The client ends a COPY FROM STDIN: Syncs it sent during the copy were ignored by the server.
-                while self.pending > self.pending_at_execute
+                while self.syncs_since_execute > 0
                     && matches!(self.expect.back(), Some(Expect::Sync(_)))
                 {
                     self.expect.pop_back();
                     self.pending -= 1;
+                    self.syncs_since_execute -= 1;
+                }
+                self.syncs_since_execute = 0;
+                // A copy started by Execute is answered only once the client's next Sync arrives.
+                if self.executed {
+                    self.unsynced = true;
                 }
             }
             frontend::COPY_DATA => {}
@@ -647,6 +660,28 @@ mod tests {
         let r = ready(&mut lease, backend::IDLE);
         assert!(r.swallow);
         assert!(lease.is_quiet() && !lease.unit_failed());
+    }
+
+    #[test]
+    fn syncs_sent_during_an_extended_copy_expect_no_answer_even_behind_answered_statements() {
+        // pgsplit's own position query was in flight when the client's Execute of COPY FROM STDIN went out, and
+        // was answered during the copy.
+        let mut lease = Lease::default();
+        lease.expect_position();
+        send(&mut lease, frontend::BIND);
+        send(&mut lease, frontend::EXECUTE);
+        send(&mut lease, frontend::SYNC); // ignored by the server: it is in copy-in mode
+        ready(&mut lease, backend::IDLE); // the position query's
+        send(&mut lease, frontend::COPY_DATA);
+        send(&mut lease, frontend::COPY_DONE);
+        assert!(
+            !lease.is_quiet(),
+            "the copy's end waits for the client's Sync"
+        );
+        send(&mut lease, frontend::SYNC);
+        assert_eq!(lease.pending(), 1);
+        ready(&mut lease, backend::IDLE);
+        assert!(lease.is_quiet());
     }
 
     #[test]

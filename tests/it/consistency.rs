@@ -9,12 +9,11 @@
 //! Tests that only read and write their own rows use the shared cluster (their own pgsplit where they need another
 //! configuration); the delayed replica and the failover start their own clusters.
 //!
-//! Commit mode. The harness runs its servers with `synchronous_commit = off` (fast tests), where a commit reaches
-//! the replicas only when the WAL writer flushes it, up to `wal_writer_delay` (200 ms) later: no replica can be
-//! caught up within `causal_wait`, so reads right after a write rightly go to the primary. The drills that count
-//! where reads ran therefore connect with `options=-c synchronous_commit=on` (PostgreSQL's default); one drill keeps
-//! the harness's asynchronous commit and asserts only that nothing is stale (a floor below an asynchronous commit's
-//! LSN would show there).
+//! Commit mode. The test clusters run with `synchronous_commit = on` (PostgreSQL's default; the drills also ask for
+//! it in their startup options). With asynchronous commit a commit reaches the replicas only when the WAL writer
+//! flushes it, up to `wal_writer_delay` (200 ms) later: no replica can be caught up within `causal_wait`, so reads
+//! right after a write rightly go to the primary; one drill runs so and asserts only that nothing is stale (a
+//! floor below an asynchronous commit's LSN would show there).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -297,13 +296,19 @@ async fn reads_after_a_write_transaction_are_never_stale_and_mostly_run_on_repli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_asynchronous_commit_reads_right_after_writes_are_still_never_stale() {
     shared_table().await;
-    // The harness's synchronous_commit = off: the floor must be at or past the commit record even before the WAL
-    // writer has written it. Fewer rounds: most reads wait `causal_wait` and then go to the primary.
+    // Asynchronous commit: the floor must be at or past the commit record even before the WAL writer has written
+    // it. The default `causal_wait` (20 ms) and fewer rounds: most reads wait that long, then go to the primary.
+    let proxy = spawn_proxy(config(
+        &env().cluster,
+        8,
+        8,
+        "[routing]\nbalancer = \"round_robin\"\ncausal_wait = \"20ms\"",
+    ));
     let outcomes = drills(
-        env().proxy,
-        "",
+        proxy,
+        "-c synchronous_commit=off",
         &[Mode::AutocommitSimple, Mode::TxnThenReadOnlyTxn],
-        250,
+        150,
         "session mode, asynchronous commit",
     )
     .await;

@@ -63,6 +63,10 @@ pub fn start_cluster() -> Cluster {
 /// [`start_cluster`] with other options (e.g. a replica's own settings); the test users, their `pg_hba.conf`
 /// lines and the `app` database are added to what `opts` holds.
 pub fn start_cluster_with(mut opts: ClusterOptions) -> Cluster {
+    // PostgreSQL's default (the harness turns it off for speed): a commit is flushed, and streamed, when the
+    // client hears of it, so a read right after a write can be served by a replica (read-your-writes). Cheap with
+    // the harness's `fsync = off`. Listed first: a test's own `conf` lines win.
+    opts.conf.insert(0, "synchronous_commit = on".into());
     opts.hba.extend([
         "host all app 127.0.0.1/32 scram-sha-256".into(),
         "host all md5user 127.0.0.1/32 md5".into(),
@@ -83,6 +87,15 @@ pub fn config(cluster: &Cluster, write_pool: usize, read_pool: usize, extra: &st
         ""
     } else {
         "[lag]\nmax_lag = \"60s\"\n"
+    };
+    // Read-your-writes: reads right after a write wait for a replica up to 2 s (not the default 20 ms), so tests
+    // that expect such reads on replicas do not depend on how busy the machine is.
+    let extra = if extra.contains("causal_wait") {
+        extra.to_string()
+    } else if extra.contains("[routing]") {
+        extra.replacen("[routing]", "[routing]\ncausal_wait = \"2s\"", 1)
+    } else {
+        format!("{extra}\n[routing]\ncausal_wait = \"2s\"")
     };
     let rest = format!(
         "admin_listen = \"127.0.0.1:0\"\n{extra}\n\
