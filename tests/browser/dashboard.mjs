@@ -91,6 +91,15 @@ async function run() {
     return;
   }
 
+  // The routing card shows how reads that had to see a client's own writes were served.
+  const ryw = await page.evaluate(() => {
+    const kv = document.getElementById('routing-kv');
+    return kv ? kv.textContent : '';
+  });
+  if (!/read-your-writes.*replica at once.*after a wait.*primary/.test(ryw)) {
+    problems.push(`routing card: no read-your-writes line (${JSON.stringify(ryw.slice(0, 200))})`);
+  }
+
   const deadline = Date.now() + waitSeconds * 1000;
   let charted = [];
   for (;;) {
