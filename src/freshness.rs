@@ -14,9 +14,25 @@ use crate::router::{ReadTarget, Router};
 /// this bounds the poll's rate.
 const MIN_CHECK_GAP: Duration = Duration::from_micros(500);
 
-/// What a check reads: the replay position of a replica, the write position of a primary.
-const CHECK: &str = "SELECT pg_is_in_recovery(), \
-     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+/// What a check reads: the replay position of a replica; the insert position of a primary, at or past the end
+/// of every commit it has acknowledged (even with `synchronous_commit = off`).
+const CHECK: &str = "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() \
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text";
+
+/// A position the monitor's probe read. A replica's replay position counts; a primary's is its write position,
+/// which can lag behind an asynchronous commit: the primary's position comes from checks only.
+pub fn probed(router: &Router, index: usize, in_recovery: bool, lsn: u64, asked_at: Instant) {
+    if in_recovery {
+        observed(router, index, in_recovery, lsn, asked_at);
+    }
+}
+
+/// Asks the current primary's checker for its position (coalesced with any check already asked for).
+pub fn request_primary_check(router: &Router) {
+    if let Some(b) = router.primary().ok().and_then(|i| router.servers.get(i)) {
+        b.check.notify_one();
+    }
+}
 
 /// Records a position read from server `index` by a query sent at `asked_at`, and wakes the readers waiting for
 /// one.
@@ -81,6 +97,16 @@ async fn check(
         .map(|l| (in_recovery, l.0)))
 }
 
+/// Asks the replicas that may take reads but are not known to be at `floor` for fresh positions, without waiting:
+/// the reads that follow find them there (when a read went elsewhere meanwhile, e.g. to an included primary).
+pub fn refresh_behind(router: &Router, floor: u64) {
+    for b in &router.servers {
+        if b.is_usable() && b.position() < floor {
+            b.check.notify_one();
+        }
+    }
+}
+
 /// Waits up to `wait` for a replica that may take reads to be known at `floor`, asking the replicas below it for
 /// fresh positions; returns where the read can go then ([`ReadTarget::Behind`] if none got there in time).
 pub async fn wait_for_replica(
@@ -98,22 +124,21 @@ pub async fn wait_for_replica(
         if target != ReadTarget::Behind {
             return target;
         }
-        for b in &router.servers {
-            if b.is_usable() && b.position() < floor {
-                b.check.notify_one();
-            }
-        }
+        refresh_behind(router, floor);
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return ReadTarget::Behind;
         }
     }
 }
 
-/// The primary's write position now, read by a check that started after this call (coalesced with other readers
-/// asking at the same time); `None` when it cannot be had within `wait`.
-pub async fn primary_position(router: &Router, wait: Duration) -> Option<u64> {
+/// The primary's position read by a check sent after `asked` (coalesced: one check serves every reader asking
+/// meanwhile, and one already done since `asked` serves at once); `None` when it cannot be had within `wait`.
+pub async fn primary_position_since(
+    router: &Router,
+    asked: Instant,
+    wait: Duration,
+) -> Option<u64> {
     let primary = router.servers.get(router.primary().ok()?)?;
-    let asked = Instant::now();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let changed = router.positions.notified();

@@ -580,7 +580,7 @@ async fn probe_loop(
                 p.current_lsn
             };
             if let Some(lsn) = position {
-                crate::freshness::observed(&router, index, p.in_recovery, lsn, started);
+                crate::freshness::probed(&router, index, p.in_recovery, lsn, started);
             }
         }
         if monitor.record(index, result, started.elapsed(), &router) {

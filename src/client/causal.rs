@@ -16,6 +16,8 @@ pub(super) struct Causal {
     raised_at: Instant,
     /// The cap after a failover was logged.
     capped: bool,
+    /// When the client's last writes were committed, until the floor has been raised past them.
+    unsettled: Option<Instant>,
 }
 
 /// What a read must see.
@@ -36,6 +38,7 @@ impl Causal {
             floor,
             raised_at: Instant::now(),
             capped: false,
+            unsettled: None,
         }
     }
 
@@ -52,9 +55,35 @@ impl Causal {
         self.floor
     }
 
-    /// Whether the session learns a floor after its writes (`session` mode).
+    /// Whether the session keeps a floor after its writes (`session` mode).
     pub(super) fn learns_floor(&self) -> bool {
         self.mode == Consistency::Session
+    }
+
+    /// The client's writes so far are committed: its floor must reach the primary's position read from now on.
+    pub(super) fn wrote(&mut self) {
+        self.unsettled = Some(Instant::now());
+    }
+
+    /// When the writes the floor does not cover yet were committed.
+    pub(super) fn unsettled_write(&self) -> Option<Instant> {
+        self.unsettled
+    }
+
+    /// The primary's position read after the last commit: the floor covers the client's writes.
+    pub(super) fn settle(&mut self, lsn: u64) {
+        self.unsettled = None;
+        self.raise_floor(lsn);
+    }
+
+    /// When the floor is above the primary's known position and no check of the primary has been read since the
+    /// floor rose: the time to read one after (then `read_floor` caps it if the primary really is behind).
+    pub(super) fn floor_to_confirm(&self, router: &Router) -> Option<Instant> {
+        let primary = router.primary().ok().and_then(|i| router.servers.get(i))?;
+        (self.mode == Consistency::Session
+            && self.floor > primary.position()
+            && !primary.position_read_since(self.raised_at))
+        .then_some(self.raised_at)
     }
 
     /// Raises the floor (a commit's position, or a token); never lowers it.
@@ -74,6 +103,9 @@ impl Causal {
             Consistency::Eventual if statement_floor == 0 => ReadFloor::Any,
             Consistency::Eventual => ReadFloor::At(statement_floor),
             Consistency::Strict => ReadFloor::PrimaryNow,
+            // The client's last writes are not covered yet (the primary could not be asked): only the primary has
+            // them for sure.
+            Consistency::Session if self.unsettled.is_some() => ReadFloor::At(u64::MAX),
             Consistency::Session => {
                 self.cap(router);
                 match self.floor.max(statement_floor) {

@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use super::settings::{Outcome, TxnLog};
 use super::statements::NEVER_PREPARED;
-use crate::causal::Lsn;
 use crate::protocol::backend;
 use crate::protocol::frontend;
 use crate::protocol::messages;
@@ -29,9 +28,6 @@ enum Expect {
     Close { swallow: bool },
     /// A simple Query pgsplit sent on the client's behalf; everything up to its ReadyForQuery is swallowed.
     Hidden,
-    /// pgsplit's own query of the primary's WAL position after the client's writes (read-your-writes): every
-    /// reply is swallowed, errors included; its DataRow is the position.
-    Position,
     /// A Sync pgsplit sent to end a batch on a replica before a write moves to the primary; its
     /// ReadyForQuery is swallowed.
     SyncHidden,
@@ -82,8 +78,6 @@ pub(super) enum Received<'a> {
         fatal: bool,
         message: &'a str,
     },
-    /// The WAL position pgsplit asked for (swallowed).
-    Position(u64),
     /// A ParameterStatus: the session decides whether the client sees it.
     Parameter { name: &'a str, value: &'a str },
     /// DISCARD ALL or DEALLOCATE ALL completed: every prepared statement on the connection is gone.
@@ -196,17 +190,6 @@ impl Lease {
         self.expect.push_back(Expect::Hidden);
     }
 
-    /// pgsplit's query of the WAL position (see `Expect::Position`).
-    pub(super) fn expect_position(&mut self) {
-        self.pending += 1;
-        self.expect.push_back(Expect::Position);
-    }
-
-    /// Nothing is in flight but pgsplit's own WAL position query.
-    pub(super) fn only_position_pending(&self) -> bool {
-        self.pending == 1 && !self.unsynced && matches!(self.expect.front(), Some(Expect::Position))
-    }
-
     /// A Sync pgsplit sent to end the replica's part of a batch: its ReadyForQuery is swallowed.
     pub(super) fn expect_sync_hidden(&mut self) {
         self.pending += 1;
@@ -239,24 +222,6 @@ impl Lease {
 
     /// Reads one complete server message (`tag` from [`backend`], `body` after the length word).
     pub(super) fn received<'a>(&mut self, tag: u8, body: &'a [u8]) -> Received<'a> {
-        if matches!(self.expect.front(), Some(Expect::Position)) {
-            return match tag {
-                backend::READY_FOR_QUERY => {
-                    self.pending = self.pending.saturating_sub(1);
-                    self.expect.pop_front();
-                    Received::Ready(Ready {
-                        status: status_of(body),
-                        swallow: true,
-                        ..Ready::default()
-                    })
-                }
-                backend::DATA_ROW => match first_column(body).and_then(Lsn::parse) {
-                    Some(lsn) => Received::Position(lsn.0),
-                    None => Received::Swallow,
-                },
-                _ => Received::Swallow,
-            };
-        }
         if matches!(self.expect.front(), Some(Expect::Hidden)) {
             // Everything answering a statement pgsplit sent on the client's behalf is swallowed; an error of it
             // reaches the client as its statement's error.
@@ -365,16 +330,6 @@ impl Lease {
         }
         ready
     }
-}
-
-/// The first column of a DataRow body, as text (`None` when NULL or malformed).
-fn first_column(body: &[u8]) -> Option<&str> {
-    let count = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    if count == 0 || len < 0 {
-        return None;
-    }
-    std::str::from_utf8(body.get(6..6 + len as usize)?).ok()
 }
 
 /// The status byte of a ReadyForQuery body.
@@ -640,38 +595,15 @@ mod tests {
     }
 
     #[test]
-    fn the_position_query_is_read_and_swallowed_errors_included() {
-        let mut lease = Lease::default();
-        lease.expect_position();
-        assert!(lease.only_position_pending());
-        assert_eq!(lease.received(b'T', b"whatever"), Received::Swallow);
-        let mut row = vec![0, 1];
-        row.extend_from_slice(&9i32.to_be_bytes());
-        row.extend_from_slice(b"1/16B6C50");
-        assert_eq!(
-            lease.received(backend::DATA_ROW, &row),
-            Received::Position((1 << 32) | 0x16B6C50)
-        );
-        let body = error("55000", "recovery is in progress", Severity::Error);
-        assert_eq!(
-            lease.received(backend::ERROR_RESPONSE, &body),
-            Received::Swallow
-        );
-        let r = ready(&mut lease, backend::IDLE);
-        assert!(r.swallow);
-        assert!(lease.is_quiet() && !lease.unit_failed());
-    }
-
-    #[test]
     fn syncs_sent_during_an_extended_copy_expect_no_answer_even_behind_answered_statements() {
-        // pgsplit's own position query was in flight when the client's Execute of COPY FROM STDIN went out, and
-        // was answered during the copy.
+        // A statement pgsplit sent itself (a deferred BEGIN) was in flight when the client's Execute of COPY FROM
+        // STDIN went out, and was answered during the copy.
         let mut lease = Lease::default();
-        lease.expect_position();
+        lease.expect_hidden();
         send(&mut lease, frontend::BIND);
         send(&mut lease, frontend::EXECUTE);
         send(&mut lease, frontend::SYNC); // ignored by the server: it is in copy-in mode
-        ready(&mut lease, backend::IDLE); // the position query's
+        ready(&mut lease, backend::IN_TRANSACTION); // the BEGIN's
         send(&mut lease, frontend::COPY_DATA);
         send(&mut lease, frontend::COPY_DONE);
         assert!(

@@ -49,10 +49,6 @@ impl Held {
     }
 }
 
-/// The primary's WAL position: at or past the end of every commit it has acknowledged (the insert position, so
-/// it holds with `synchronous_commit = off` too).
-const POSITION_QUERY: &str = "SELECT pg_current_wal_insert_lsn()::text";
-
 /// Where a new unit of work can go right now.
 enum Placement {
     /// No server held: route it.
@@ -195,10 +191,6 @@ impl Session {
         }
         if h.lease.pending() == 0 && h.in_transaction() {
             return Placement::Held;
-        }
-        if route == Route::Read && h.lease.only_position_pending() {
-            // The floor of the client's last write is on its way: the read waits for it, then routes afresh.
-            return Placement::Wait;
         }
         match (h.target, route) {
             // A write must not follow reads onto a replica outside a transaction: wait to learn whether the
@@ -353,6 +345,7 @@ impl Session {
     /// (coalesced with other reads asking at the same time).
     async fn read_floor(&mut self) -> u64 {
         let statement_floor = std::mem::take(&mut self.statement_floor);
+        self.settle_floor().await;
         let floor = match self.causal.read_floor(&self.shared.router, statement_floor) {
             ReadFloor::Any => 0,
             ReadFloor::At(lsn) => lsn,
@@ -374,10 +367,30 @@ impl Session {
         }
     }
 
+    /// Brings the session's floor up to date: past its last commit (the primary's position read by a check sent
+    /// after it), and capped when it is above what the primary has written since it was set (a failover).
+    pub(super) async fn settle_floor(&mut self) {
+        let router = &self.shared.router;
+        let wait = self.shared.config.lag.probe_timeout;
+        if let Some(committed) = self.causal.unsettled_write() {
+            match freshness::primary_position_since(router, committed, wait).await {
+                Some(lsn) => self.causal.settle(lsn),
+                // Without the primary's position no replica can be shown to have the write: the primary serves
+                // the client's reads until a check succeeds.
+                None => return,
+            }
+        }
+        if let Some(raised) = self.causal.floor_to_confirm(router) {
+            // A floor above the primary's known position (a token, or writes lost in a failover): read the
+            // primary's position once to tell which.
+            let _ = freshness::primary_position_since(router, raised, wait).await;
+        }
+    }
+
     /// The primary's position now; without it no replica can be shown to be fresh (the primary serves the read).
     async fn primary_now(&self) -> u64 {
         let wait = self.shared.config.lag.probe_timeout;
-        freshness::primary_position(&self.shared.router, wait)
+        freshness::primary_position_since(&self.shared.router, std::time::Instant::now(), wait)
             .await
             .unwrap_or(u64::MAX)
     }
@@ -389,6 +402,9 @@ impl Session {
         let stats = &self.shared.stats;
         let asked = std::time::Instant::now();
         let mut choice = router.choose_read_from(exclude, floor);
+        if floor > 0 && floor != u64::MAX && choice != ReadTarget::Behind {
+            freshness::refresh_behind(router, floor);
+        }
         let mut waited = false;
         if choice == ReadTarget::Behind && floor != u64::MAX {
             let wait = self.shared.config.routing.causal_wait;
@@ -480,19 +496,16 @@ impl Session {
         if self.listening && matches!(h.target, Target::Primary(_)) {
             return;
         }
-        if h.wrote && self.causal.learns_floor() {
-            // Before the primary connection goes back: where its WAL is now, at or past the client's last commit,
-            // becomes the client's floor. The client already has its ReadyForQuery: this is off its path.
-            if let Some(h) = self.held.as_mut() {
-                h.wrote = false;
-                messages::query(&mut self.sout, POSITION_QUERY);
-                h.lease.expect_position();
-            }
-            return;
-        }
         let Some(mut h) = self.held.take() else {
             return;
         };
+        if std::mem::take(&mut h.wrote) && self.causal.learns_floor() {
+            // The client's writes are committed: its next read must see the primary's position read from now on.
+            // A check starts now, shared with every client that committed meanwhile, so the read usually finds
+            // it done (off the client's path).
+            self.causal.wrote();
+            freshness::request_primary_check(&self.shared.router);
+        }
         self.cancel_armed = false;
         self.shared
             .stats

@@ -175,7 +175,7 @@ impl Session {
         // punctuation are ASCII in every encoding PostgreSQL allows, except a few multi-byte ones whose second
         // bytes can look like ASCII (see `unsafe_bytes`).
         let text = String::from_utf8_lossy(bytes);
-        match self.answer_locally(&text) {
+        match self.answer_locally(&text).await {
             Local::Answered => return Step::Done,
             // `SET pgsplit.route` behind replies still in flight: answer it in order, once they are in.
             Local::Wait => return Step::Wait,

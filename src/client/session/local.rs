@@ -22,7 +22,7 @@ impl Session {
     /// Statements pgsplit answers itself: `SET pgsplit.route`, a plain BEGIN (deferred until the transaction's
     /// first statement shows where it may run), and COMMIT/ROLLBACK of a deferred BEGIN that ran nothing.
     /// Returns whether it answered.
-    pub(super) fn answer_locally(&mut self, text: &str) -> Local {
+    pub(super) async fn answer_locally(&mut self, text: &str) -> Local {
         let busy = self.held.is_some() || self.stalled.is_some();
         if let Some(command) = sql::pgsplit_command(text) {
             // Answered in order only when nothing is in flight (a transaction may be open; the floor of the
@@ -33,7 +33,7 @@ impl Session {
                 return Local::Wait;
             }
             match command {
-                Ok(command) => self.run_pgsplit_command(command),
+                Ok(command) => self.run_pgsplit_command(command).await,
                 Err(e) => self.queue_error(Severity::Error, e.sqlstate, &e.message),
             }
             let status = match &self.held {
@@ -74,7 +74,7 @@ impl Session {
     }
 
     /// `SET`, `RESET` or `SHOW` of a `pgsplit.*` parameter.
-    fn run_pgsplit_command(&mut self, command: PgsplitCommand) {
+    async fn run_pgsplit_command(&mut self, command: PgsplitCommand) {
         let configured = self.shared.config.routing.consistency;
         let tag = match command {
             PgsplitCommand::SetRoute(setting) => {
@@ -99,6 +99,10 @@ impl Session {
                 "RESET"
             }
             PgsplitCommand::Show(param) => {
+                if matches!(param, PgsplitParam::Lsn | PgsplitParam::MinLsn) {
+                    // The token covers the client's writes so far.
+                    self.settle_floor().await;
+                }
                 let value = match param {
                     PgsplitParam::Route => match self.route_override {
                         Some(Route::Write) => "primary".to_string(),

@@ -140,10 +140,6 @@ impl Session {
                 !swallow
             }
             Received::Parameter { name, value } => self.on_parameter(name, value),
-            Received::Position(lsn) => {
-                self.causal.raise_floor(lsn);
-                false
-            }
             Received::Refused { code, message } => return Verdict::Replace { code, message },
             Received::Error {
                 code,
