@@ -637,6 +637,39 @@ async fn reads_right_after_a_write_never_go_to_a_replica_delayed_by_300ms() {
     for (mode, out) in &outcomes {
         assert!(out.stale > 0, "{mode:?}: {out:?}");
     }
+
+    // `/* pgsplit:max_lag=50ms */` tightens the staleness budget of one statement (no floor: eventual mode, and
+    // the writes come from another connection): while the primary keeps writing, the delayed replica is ~300 ms
+    // behind and never takes such a read; the same read without the hint does go there.
+    let writer = connect_opts(eventual.addr, SYNC_COMMIT).await;
+    let reader = connect_opts(eventual.addr, "").await;
+    let (mut hinted, mut plain) = (BTreeMap::<u16, usize>::new(), BTreeMap::<u16, usize>::new());
+    for i in 0..300 {
+        writer
+            .batch_execute(&format!("INSERT INTO ryw (id) VALUES ({})", fresh_id()))
+            .await
+            .expect("write");
+        let (sql, seen) = if i % 2 == 0 {
+            (
+                "/* pgsplit:max_lag=50ms */ SELECT inet_server_port()",
+                &mut hinted,
+            )
+        } else {
+            ("SELECT inet_server_port()", &mut plain)
+        };
+        let (values, _) = first_row(&reader, sql).await;
+        *seen.entry(values[0].parse().expect("port")).or_default() += 1;
+    }
+    eprintln!("max_lag=50ms reads per port {hinted:?}; plain reads per port {plain:?}");
+    assert_eq!(
+        hinted.get(&delayed),
+        None,
+        "a read with max_lag=50ms ran on the replica 300 ms behind: {hinted:?}"
+    );
+    assert!(
+        plain.get(&delayed).is_some_and(|&n| n > 0),
+        "control: plain reads reach the delayed replica: {plain:?}"
+    );
     session.shutdown().await;
     eventual.shutdown().await;
 }
