@@ -524,6 +524,40 @@ async fn without_the_token_another_connection_can_read_stale_rows() {
     assert!(stale > 0, "the token drill cannot see stale reads");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_strict_mode_another_connection_reads_every_write_committed_before_its_read() {
+    // The same two connections as the control above, B through a pgsplit in strict mode: its reads see every
+    // write committed before they began, with no token, and still run on replicas.
+    shared_table().await;
+    let strict = spawn_proxy(config(
+        &env().cluster,
+        8,
+        8,
+        "[routing]\nbalancer = \"round_robin\"\nconsistency = \"strict\"",
+    ));
+    let a = connect_opts(env().proxy, SYNC_COMMIT).await;
+    let b = connect_opts(strict, "").await;
+    let select = b.prepare(SELECT_TEXT).await.expect("prepare");
+    let (mut stale, mut on_replica) = (0, 0);
+    let rounds = 300;
+    let replicas = replica_ports();
+    for _ in 0..rounds {
+        let id = fresh_id();
+        a.batch_execute(&format!("INSERT INTO ryw (id) VALUES ({id})"))
+            .await
+            .expect("insert");
+        let (found, port) = extended_read(&b, &select, id).await;
+        stale += usize::from(found == 0);
+        on_replica += usize::from(u16::try_from(port).is_ok_and(|p| replicas.contains(&p)));
+    }
+    eprintln!("strict: {stale} stale reads of {rounds}, {on_replica} on replicas");
+    assert_eq!(stale, 0, "strict mode read a stale row");
+    assert!(
+        on_replica * 2 > rounds,
+        "most strict reads run on replicas: {on_replica} of {rounds}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // (d), (e): their own clusters.
 
