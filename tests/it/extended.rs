@@ -15,6 +15,7 @@ async fn pgbench_extended_and_prepared_with_32_clients_over_pools_of_4() {
     let proxy = spawn_proxy(config(&env.cluster, 4, 4, ""));
     let u = url(proxy, APP);
     tokio::task::spawn_blocking(move || {
+        let _tables = pgbench_tables();
         pgbench_init(&env.cluster, &u);
         for mode in ["extended", "prepared"] {
             for script in [&["-S"][..], &[][..]] {

@@ -174,6 +174,15 @@ pub fn replica_ports() -> Vec<u16> {
 }
 
 /// `pgbench -i -s 1` through `url`, then waits until both replicas have replayed it.
+/// The shared cluster's pgbench tables: a test that (re)creates and runs them holds this for as long, so two such
+/// tests never drop the tables under each other (one test binary, one cluster).
+pub fn pgbench_tables() -> std::sync::MutexGuard<'static, ()> {
+    static TABLES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn pgbench_init(cluster: &Cluster, url: &str) {
     let init = std::process::Command::new("pgbench")
         .args(["-i", "-s", "1", "-q", url])

@@ -471,6 +471,7 @@ async fn pgbench_runs_with_no_failed_transactions() {
     let proxy = spawn_proxy(config(&env.cluster, 8, 8, ""));
     let u = url(proxy, APP);
     tokio::task::spawn_blocking(move || {
+        let _tables = pgbench_tables();
         pgbench_init(&env.cluster, &u);
         pgbench(
             &u,
