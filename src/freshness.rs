@@ -76,21 +76,30 @@ async fn check_loop(config: Arc<Config>, router: Arc<Router>, index: usize) {
     }
 }
 
+/// A failed on-demand check.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(transparent)]
+    Connect(#[from] crate::side::SideError),
+    #[error("{0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
 async fn check(
     config: &Config,
     index: usize,
     client: &mut Option<tokio_postgres::Client>,
-) -> Result<Option<(bool, u64)>, crate::monitor::ProbeError> {
+) -> Result<Option<(bool, u64)>, CheckError> {
     let c = match client {
         Some(c) if !c.is_closed() => c,
-        _ => client.insert(crate::monitor::connect(config, index).await?),
+        _ => client.insert(
+            crate::side::connect_server(config, index, "pgsplit checks", config.lag.probe_timeout)
+                .await?,
+        ),
     };
-    let row = c
-        .query_one(CHECK, &[])
-        .await
-        .map_err(crate::monitor::ProbeError::Query)?;
-    let in_recovery: bool = row.try_get(0).map_err(crate::monitor::ProbeError::Query)?;
-    let lsn: Option<String> = row.try_get(1).map_err(crate::monitor::ProbeError::Query)?;
+    let row = c.query_one(CHECK, &[]).await?;
+    let in_recovery: bool = row.try_get(0)?;
+    let lsn: Option<String> = row.try_get(1)?;
     Ok(lsn
         .as_deref()
         .and_then(Lsn::parse)

@@ -70,12 +70,6 @@ pub struct Probe {
 /// A failed probe.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// The configuration has no server or no database at that position.
-    #[error("no such server")]
-    NoSuchServer,
-    /// The configuration has no database to connect to.
-    #[error("no database")]
-    NoDatabase,
     /// The side connection could not be opened.
     #[error(transparent)]
     Connect(#[from] SideError),
@@ -608,7 +602,10 @@ async fn probe(
 ) -> Result<Probe, ProbeError> {
     let c = match client {
         Some(c) if !c.is_closed() => c,
-        _ => client.insert(connect(config, index).await?),
+        _ => client.insert(
+            crate::side::connect_server(config, index, "pgsplit monitor", config.lag.probe_timeout)
+                .await?,
+        ),
     };
     let row = c.query_one(PROBE, &[]).await.map_err(ProbeError::Query)?;
     let lsn = |i: usize| {
@@ -625,29 +622,6 @@ async fn probe(
         replay_paused: row.get(4),
         receiver_up: row.get(5),
     })
-}
-
-/// The probe's side connection to server `index`, to the first configured database.
-pub(crate) async fn connect(
-    config: &Config,
-    index: usize,
-) -> Result<tokio_postgres::Client, ProbeError> {
-    let server = config
-        .servers()
-        .nth(index)
-        .ok_or(ProbeError::NoSuchServer)?;
-    let db = config.databases.first().ok_or(ProbeError::NoDatabase)?;
-    let side = crate::side::connect(
-        config,
-        server,
-        db,
-        "pgsplit monitor",
-        config.lag.probe_timeout,
-    )
-    .await?;
-    // The connection task runs on its own until the client is dropped.
-    drop(side.task);
-    Ok(side.client)
 }
 
 #[cfg(test)]

@@ -19,6 +19,12 @@ pub enum SideError {
     /// The configuration has no user to log in as.
     #[error("no user configured")]
     NoUser,
+    /// The configuration has no server at that position.
+    #[error("no such server")]
+    NoSuchServer,
+    /// The configuration has no database to connect to.
+    #[error("no database")]
+    NoDatabase,
     /// Connecting or logging in failed.
     #[error("{0}")]
     Connect(#[from] tokio_postgres::Error),
@@ -28,7 +34,7 @@ impl SideError {
     /// Whether the server refused the TCP connection (nothing listens: it is down at once).
     pub fn refused(&self) -> bool {
         match self {
-            SideError::NoUser => false,
+            SideError::NoUser | SideError::NoSuchServer | SideError::NoDatabase => false,
             SideError::Connect(e) => refused(e),
         }
     }
@@ -80,4 +86,20 @@ fn refused(e: &tokio_postgres::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// A side connection to configured server `index` (0: the configured primary, then the replicas), to the first
+/// configured database, within `timeout`; its connection task runs on its own until the client is dropped. The
+/// monitor's probes and the on-demand position checks use it.
+pub async fn connect_server(
+    config: &Config,
+    index: usize,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, SideError> {
+    let server = config.servers().nth(index).ok_or(SideError::NoSuchServer)?;
+    let db = config.databases.first().ok_or(SideError::NoDatabase)?;
+    let side = connect(config, server, db, application_name, timeout).await?;
+    drop(side.task);
+    Ok(side.client)
 }
