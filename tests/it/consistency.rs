@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use pgsplit::proxy::{Proxy, ProxyHandle, Shared};
+use pgsplit::proxy::{Proxy, ProxyHandle};
 use pgsplit_harness::{Cluster, ClusterOptions};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
@@ -560,23 +560,6 @@ async fn in_strict_mode_another_connection_reads_every_write_committed_before_it
 
 // ---------------------------------------------------------------------------------------------------------------
 // (d), (e): their own clusters.
-
-fn status(shared: &Arc<Shared>, name: &str) -> pgsplit::monitor::ServerStatus {
-    shared
-        .monitor
-        .snapshot()
-        .into_iter()
-        .find(|s| s.name == name)
-        .expect("server status")
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Runs `f` (which blocks: it runs PostgreSQL's programs and polls) off the runtime's threads.
 async fn on_cluster(cluster: &Arc<Cluster>, f: impl FnOnce(&Cluster) + Send + 'static) {

@@ -2,12 +2,10 @@
 //! so each starts its own cluster and pgsplit.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use pgsplit::monitor::ServerStatus;
-use pgsplit::proxy::{Proxy, ProxyHandle, Shared};
+use pgsplit::proxy::{Proxy, ProxyHandle};
 use pgsplit_harness::{Cluster, StopMode};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -25,26 +23,6 @@ async fn start(cluster: &Cluster, lag: &str) -> ProxyHandle {
         .expect("bind")
         .spawn()
         .expect("spawn")
-}
-
-fn status(shared: &Arc<Shared>, name: &str) -> ServerStatus {
-    shared
-        .monitor
-        .snapshot()
-        .into_iter()
-        .find(|s| s.name == name)
-        .expect("server status")
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Instant {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn value(c: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {

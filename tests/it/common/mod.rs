@@ -224,3 +224,35 @@ pub fn startup_packet(user: &str) -> Vec<u8> {
     pgsplit::protocol::startup::encode_startup(&mut out, &[("user", user), ("database", "app")]);
     out.to_vec()
 }
+
+/// A server's status as the proxy's monitor sees it.
+pub fn status(
+    shared: &std::sync::Arc<pgsplit::proxy::Shared>,
+    name: &str,
+) -> pgsplit::monitor::ServerStatus {
+    shared
+        .monitor
+        .snapshot()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("server status")
+}
+
+/// Polls `cond` every 20 ms until it holds (then returns when) or `timeout` passes (then fails the test).
+pub async fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return std::time::Instant::now();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
