@@ -2,7 +2,8 @@
 pub mod md5;
 pub mod scram;
 
-pub use scram::{AuthError, ScramServer, ScramVerifier};
+pub use scram::client::{ScramClient, ScramClientError, ScramKeys};
+pub use scram::{AuthError, ClientKey, ScramServer, ScramVerifier};
 
 /// Constant-time equality of two secrets (password hashes, proofs, tokens): every byte is compared whatever the
 /// first difference, and `black_box` keeps the compiler from turning the loop into an early exit. Only the

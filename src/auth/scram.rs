@@ -234,6 +234,17 @@ fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     result
 }
 
+/// A client's SCRAM ClientKey (`HMAC(SaltedPassword, "Client Key")`): as good as the password for logging in to
+/// a server holding the matching verifier, so it stays in memory only; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey(pub [u8; 32]);
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
+}
+
 /// A cursor over a SCRAM message, parsing `attr=value` pairs separated by commas.
 struct Cursor<'a> {
     input: &'a [u8],
@@ -342,6 +353,8 @@ pub struct ScramServer {
     state: State,
     /// A mock exchange for a user pgsplit does not know: it always fails, at the same point as a wrong password.
     doomed: bool,
+    /// The ClientKey recovered from a verified proof (for SCRAM pass-through).
+    client_key: Option<ClientKey>,
 }
 
 impl fmt::Debug for ScramServer {
@@ -386,7 +399,15 @@ impl ScramServer {
             server_nonce,
             state: State::Initial,
             doomed: false,
+            client_key: None,
         }
+    }
+
+    /// The client's ClientKey, recovered from its proof (ClientProof XOR HMAC(StoredKey, AuthMessage)) and
+    /// checked against StoredKey: set only after [`client_final`](ScramServer::client_final) succeeded. With the
+    /// verifier's ServerKey it logs in to a server that stores the same verifier (SCRAM pass-through).
+    pub fn client_key(&self) -> Option<&ClientKey> {
+        self.client_key.as_ref()
     }
 
     /// Handles the SASLInitialResponse (selected mechanism and client-first-message) and
@@ -533,6 +554,7 @@ impl ScramServer {
         if !super::constant_time_eq(&computed, &self.verifier.stored_key) || self.doomed {
             return Err(AuthError::Failed);
         }
+        self.client_key = Some(ClientKey(client_key));
 
         let server_signature = hmac(&self.verifier.server_key, auth_message);
         let mut out = b"v=".to_vec();
@@ -541,5 +563,6 @@ impl ScramServer {
     }
 }
 
+pub mod client;
 #[cfg(test)]
 mod tests;
