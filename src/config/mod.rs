@@ -12,6 +12,7 @@
 //! `duration`: duration strings.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,21 @@ pub struct Config {
     /// Extra function names the classifier treats as writing. Default none.
     #[serde(default)]
     pub write_functions: Vec<String>,
+    /// A `[[users]]` entry whose server login looks up clients not listed in the file with `auth_query`.
+    /// Default none: only listed users may log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+    /// The lookup: takes the client's user name as `$1`, returns (name, password hash) — a SCRAM verifier or an
+    /// md5 hash. Default PgBouncer's `SELECT usename, passwd FROM pg_shadow WHERE usename=$1` (needs a superuser).
+    #[serde(default = "default_auth_query")]
+    pub auth_query: String,
+    /// How long a looked-up password hash is cached (a missing user: at most 5s). Default 60s; 0: every login
+    /// looks up.
+    #[serde(default = "default_auth_query_ttl", with = "duration::duration_serde")]
+    pub auth_query_ttl: Duration,
+    /// Server database `auth_query` runs in. Default: the client's database's `server_database`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_database: Option<String>,
     /// The primary server (required).
     pub primary: ServerConfig,
     /// Streaming replicas (`[[replicas]]`). Default none.
@@ -152,6 +168,17 @@ impl Config {
             Err(e) => format!("# cannot render the configuration: {e}\n"),
         }
     }
+}
+
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+
+fn default_auth_query() -> String {
+    DEFAULT_AUTH_QUERY.to_string()
+}
+
+fn default_auth_query_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_listen() -> SocketAddr {

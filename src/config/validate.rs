@@ -247,6 +247,38 @@ impl Config {
                 AuthMethod::Trust => {}
             }
         }
+        self.validate_auth_query(loc)
+    }
+
+    fn validate_auth_query(&self, loc: &Locator<'_>) -> Result<(), ConfigError> {
+        let root = FieldPath::root();
+        if self.auth_query.trim().is_empty() || !self.auth_query.contains("$1") {
+            return Err(loc.error(
+                &root.key("auth_query"),
+                "must be a query taking the user name as $1 and returning (name, password hash)",
+            ));
+        }
+        if self.auth_database.as_deref() == Some("") {
+            return Err(loc.error(&root.key("auth_database"), "must not be empty"));
+        }
+        let Some(name) = &self.auth_user else {
+            return Ok(());
+        };
+        let Some(user) = self.user(name) else {
+            return Err(loc.error(
+                &root.key("auth_user"),
+                format!("`{name}` is not a [[users]] entry; auth_user must name a listed user"),
+            ));
+        };
+        if user.server_password().is_none() && user.scram_verifier.is_some() {
+            return Err(loc.error(
+                &root.key("auth_user"),
+                format!(
+                    "user `{name}` has only a `scram_verifier`: the lookup logs in to the primary on a side \
+                     connection and needs `server_password` (or `password`)"
+                ),
+            ));
+        }
         Ok(())
     }
 }

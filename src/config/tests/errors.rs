@@ -400,3 +400,45 @@ fn semantic_errors_name_line_and_field() {
         "empty",
     );
 }
+
+#[test]
+fn auth_query_errors_name_line_and_field() {
+    let tail = "[primary]\nhost = \"p\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\npassword = \"x\"\n\
+                [[users]]\nname = \"v\"\nscram_verifier = \"";
+    let tail = format!("{tail}{VERIFIER}\"\n");
+    expect_err(
+        &format!("auth_user = \"nobody\"\n{tail}"),
+        Some(1),
+        Some("auth_user"),
+        "`nobody` is not a [[users]] entry",
+    );
+    let e = expect_err(
+        &format!("auth_user = \"v\"\n{tail}"),
+        Some(1),
+        Some("auth_user"),
+        "needs `server_password`",
+    );
+    assert!(!e.to_string().contains(VERIFIER), "{e}");
+    expect_err(
+        &format!("auth_user = \"app\"\nauth_query = \"SELECT 1, 2\"\n{tail}"),
+        Some(2),
+        Some("auth_query"),
+        "$1",
+    );
+    expect_err(
+        &format!("auth_user = \"app\"\nauth_database = \"\"\n{tail}"),
+        Some(2),
+        Some("auth_database"),
+        "must not be empty",
+    );
+    let c = parse(&format!(
+        "auth_user = \"app\"\nauth_query_ttl = \"2s\"\n{tail}"
+    ))
+    .unwrap();
+    assert_eq!(c.auth_user.as_deref(), Some("app"));
+    assert_eq!(c.auth_query, DEFAULT_AUTH_QUERY);
+    assert_eq!(c.auth_query_ttl, Duration::from_secs(2));
+    let c = parse(&tail).unwrap();
+    assert_eq!(c.auth_user, None);
+    assert_eq!(c.auth_query_ttl, Duration::from_secs(60));
+}
