@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
         server: "primary".into(),
         address: format!("127.0.0.1:{}", cluster.primary().port),
         user: "postgres".into(),
-        password: None,
+        credential: Default::default(),
         database: "postgres".into(),
     };
     let timeouts = PoolTimeouts {

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_query;
 pub mod cancel;
 pub mod catalog;
 pub mod causal;

@@ -12,7 +12,7 @@ use crate::config::{
     Balancer, Config, DatabaseConfig, Fallback, PrimaryReads, ServerConfig, UserConfig,
 };
 use crate::pool::{Pool, PoolTimeouts};
-use crate::server::ServerTarget;
+use crate::server::{Credential, ServerTarget, SharedCredential};
 use crate::stats::PrimaryRead;
 
 /// How long a replica that refused a connection is skipped.
@@ -399,6 +399,8 @@ pub struct PoolSet {
     /// The ParameterStatus values a server reported at the last greeting (for logins while the pools are busy).
     pub greeting:
         std::sync::Mutex<Option<std::sync::Arc<std::collections::HashMap<String, String>>>>,
+    /// What every pool here logs in with; a client's pass-through login replaces it (see [`Credential`]).
+    pub credential: Arc<SharedCredential>,
 }
 
 impl PoolSet {
@@ -411,11 +413,14 @@ impl PoolSet {
             idle: t.server_idle,
             lifetime: t.server_lifetime,
         };
+        let credential = Arc::new(SharedCredential::new(Credential::from_password(
+            user.server_password(),
+        )));
         let target = |s: &ServerConfig| ServerTarget {
             server: s.display_name(),
             address: s.address(),
             user: user.server_user().to_string(),
-            password: user.server_password().map(str::to_string),
+            credential: credential.clone(),
             database: db.server_database().to_string(),
         };
         PoolSet {
@@ -428,6 +433,7 @@ impl PoolSet {
                 .map(|s| Pool::new(target(s), config.pools.read_pool_size, timeouts))
                 .collect(),
             greeting: std::sync::Mutex::new(None),
+            credential,
         }
     }
 

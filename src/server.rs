@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,6 +12,10 @@ use crate::protocol::backend;
 use crate::protocol::frame::{read_frame, ReadError};
 use crate::protocol::messages::{self, error_field};
 use crate::protocol::{sqlstate, startup, Frame};
+
+mod auth;
+
+pub use auth::{Credential, SharedCredential};
 
 /// Largest message accepted from a server (Postgres itself caps a field at 1 GiB).
 pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -27,8 +29,8 @@ pub struct ServerTarget {
     pub address: String,
     /// Role to log in as.
     pub user: String,
-    /// Password for md5/SCRAM/cleartext, if the server asks.
-    pub password: Option<String>,
+    /// What pgsplit logs in with (shared by the pools of one user and database; read at each login).
+    pub credential: std::sync::Arc<SharedCredential>,
     /// Database on the server.
     pub database: String,
 }
@@ -179,13 +181,13 @@ impl ServerConn {
             ],
         );
         self.write_all(&out).await?;
-        let mut scram: Option<ScramSha256> = None;
+        let mut exchange = auth::Exchange::default();
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
                 backend::AUTHENTICATION => {
                     out.clear();
-                    self.authentication(target, frame.body, &mut scram, &mut out)?;
+                    self.authentication(target, frame.body, &mut exchange, &mut out)?;
                     if !out.is_empty() {
                         self.write_all(&out).await?;
                     }
@@ -232,87 +234,27 @@ impl ServerConn {
         }
     }
 
-    /// Answers one Authentication message of the server (into `out`; nothing for AuthenticationOk and SASL final).
+    /// Answers one Authentication message of the server (into `out`; nothing for AuthenticationOk and SASL final)
+    /// with the target's credential as it is now.
     fn authentication(
         &mut self,
         target: &ServerTarget,
         mut body: Bytes,
-        scram: &mut Option<ScramSha256>,
+        exchange: &mut auth::Exchange,
         out: &mut BytesMut,
     ) -> Result<()> {
-        let password = || {
-            target
-                .password
-                .as_deref()
-                .ok_or_else(|| Error::ServerLogin {
-                    server: target.server.clone(),
-                    sqlstate: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION.into(),
-                    detail: format!(
-                        "server asks for a password and none is configured for \"{}\"",
-                        target.user
-                    ),
-                })
-        };
         if body.len() < 4 {
             return Err(self.protocol_error("short authentication message"));
         }
-        let refused = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
-        match body.get_u32() {
-            messages::AUTH_OK => {}
-            messages::AUTH_CLEARTEXT => {
-                frontend::password_message(password()?.as_bytes(), out)
-                    .map_err(|e| self.io_error(e))?;
-            }
-            messages::AUTH_MD5 => {
-                if body.len() < 4 {
-                    return Err(self.protocol_error("short md5 salt"));
-                }
-                let salt = [body[0], body[1], body[2], body[3]];
-                let hash = postgres_protocol::authentication::md5_hash(
-                    target.user.as_bytes(),
-                    password()?.as_bytes(),
-                    salt,
-                );
-                frontend::password_message(hash.as_bytes(), out).map_err(|e| self.io_error(e))?;
-            }
-            messages::AUTH_SASL => {
-                let offers_scram = body
-                    .split(|&b| b == 0)
-                    .any(|m| m == SCRAM_SHA_256.as_bytes());
-                if !offers_scram {
-                    return Err(self
-                        .login_error(refused, "server offers no SASL mechanism pgsplit supports"));
-                }
-                let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), out)
-                    .map_err(|e| self.io_error(e))?;
-                *scram = Some(s);
-            }
-            messages::AUTH_SASL_CONTINUE => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| self.protocol_error("SASL continue without start"))?;
-                s.update(&body)
-                    .map_err(|e| self.login_error(refused, &e.to_string()))?;
-                frontend::sasl_response(s.message(), out).map_err(|e| self.io_error(e))?;
-            }
-            messages::AUTH_SASL_FINAL => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| self.protocol_error("SASL final without start"))?;
-                s.finish(&body)
-                    .map_err(|e| self.login_error(refused, &e.to_string()))?;
-            }
-            other => {
-                return Err(self.login_error(
-                    refused,
-                    &format!(
-                    "server asks for authentication method {other}, which pgsplit does not support"
-                ),
-                ))
+        let code = body.get_u32();
+        let credential = target.credential.get();
+        match auth::answer(&credential, &target.user, code, &body, exchange, out) {
+            Ok(()) => Ok(()),
+            Err(auth::AuthFailure::Protocol(m)) => Err(self.protocol_error(&m)),
+            Err(auth::AuthFailure::Refused(m)) => {
+                Err(self.login_error(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, &m))
             }
         }
-        Ok(())
     }
 
     /// Reads one whole frame from the server (used outside the data path: login, session setup).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use crate::config::{Config, DatabaseConfig, ServerConfig};
+use crate::config::{Config, DatabaseConfig, ServerConfig, UserConfig};
 
 /// A side connection that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +59,30 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<SideConnection, SideError> {
     let user = config.users.first().ok_or(SideError::NoUser)?;
+    connect_as(
+        user,
+        server,
+        database.server_database(),
+        application_name,
+        timeout,
+    )
+    .await
+}
+
+/// Opens a side connection as `user` (its `server_user` and `server_password`) to database `dbname` on
+/// `server`, within `timeout`. The auth_query lookup logs in this way as `auth_user`.
+pub async fn connect_as(
+    user: &UserConfig,
+    server: &ServerConfig,
+    dbname: &str,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<SideConnection, SideError> {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&server.host)
         .port(server.port)
         .user(user.server_user())
-        .dbname(database.server_database())
+        .dbname(dbname)
         .application_name(application_name)
         .connect_timeout(timeout);
     if let Some(p) = user.server_password() {

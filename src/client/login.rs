@@ -5,14 +5,18 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::auth::{md5, AuthError, ScramServer};
-use crate::config::AuthMethod;
+use std::sync::Arc;
+
+use crate::auth::{md5, AuthError, ScramKeys, ScramServer};
+use crate::auth_query::Secret;
+use crate::config::{AuthMethod, UserConfig};
 use crate::protocol::frame::{read_cstr, read_frame, ReadError};
 use crate::protocol::frontend;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupError};
-use crate::state::Shared;
+use crate::server::Credential;
+use crate::state::{Known, Shared};
 
 /// Largest message accepted during authentication.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -120,81 +124,209 @@ pub async fn read_opening(
     }
 }
 
-/// Authenticates `user` by its configured method. On success nothing has been sent yet past the exchange.
+/// A client that authenticated: who it is, and what its login gave pgsplit to log in to the servers with.
+pub struct Authenticated {
+    /// The user (listed, or found by auth_query).
+    pub user: Arc<UserConfig>,
+    /// SCRAM pass-through keys or a looked-up hash, for the pools of this user.
+    pub credential: Option<Credential>,
+}
+
+/// Authenticates `user` (asking for `database`) by its configured or looked-up method. On success nothing has
+/// been sent yet past the exchange.
 pub async fn authenticate(
     shared: &Shared,
     socket: &mut TcpStream,
     buf: &mut BytesMut,
     user: &str,
-) -> Result<(), LoginError> {
-    // A user pgsplit does not know gets a mock SCRAM exchange (as PostgreSQL does), refused as a wrong password.
-    let cfg = shared.config.user(user);
-    let failed = || {
+    database: &str,
+) -> Result<Authenticated, LoginError> {
+    let known = shared.resolve_user(user, database).await.map_err(|e| {
+        tracing::warn!(user, error = %e, "auth_query lookup failed");
         LoginError::new(
-            sqlstate::INVALID_PASSWORD,
-            format!("password authentication failed for user \"{user}\""),
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "pgsplit could not look up user \"{user}\": the auth_query lookup on the primary failed"
+            ),
         )
-    };
-    let mut out = BytesMut::new();
-    match cfg.map_or(AuthMethod::ScramSha256, |c| c.auth) {
-        AuthMethod::Trust => Ok(()),
-        AuthMethod::Md5 => {
-            let Some(password) = cfg.and_then(|c| c.password.as_deref()) else {
-                return Err(failed());
-            };
-            let salt = md5::random_salt();
-            messages::authentication(&mut out, messages::AUTH_MD5, &salt);
-            send(socket, &out).await?;
-            let body = read_password(socket, buf).await?;
-            let response = read_cstr(&body).map(|(r, _)| r).unwrap_or(&body[..]);
-            if md5::verify(user, password, salt, response) {
-                Ok(())
-            } else {
-                Err(failed())
-            }
+    })?;
+    match known {
+        // A user pgsplit does not know gets a mock SCRAM exchange (as PostgreSQL does), refused as a wrong
+        // password.
+        Known::Unknown => {
+            let mut scram = ScramServer::mock(&shared.mock_secret, user);
+            scram_exchange(socket, buf, &mut scram, user).await?;
+            Err(failed(user))
         }
-        AuthMethod::ScramSha256 => {
-            let mut scram = match shared.verifiers.get(user) {
-                Some(verifier) => ScramServer::new(verifier.clone()),
-                None => ScramServer::mock(&shared.mock_secret, user),
-            };
-            messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);
-            send(socket, &out).await?;
-            // SASLInitialResponse: mechanism, length-prefixed client-first-message.
-            let body = read_password(socket, buf).await?;
-            let (mechanism, mut rest) = read_cstr(&body).ok_or_else(|| {
-                LoginError::new(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "malformed SASLInitialResponse",
-                )
-            })?;
-            if rest.len() < 4 {
-                return Err(LoginError::new(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "malformed SASLInitialResponse",
-                ));
+        Known::Listed(cfg) => {
+            let credential = listed(shared, socket, buf, &cfg).await?;
+            Ok(Authenticated {
+                user: cfg,
+                credential,
+            })
+        }
+        Known::LookedUp {
+            user: cfg,
+            secret,
+            at,
+        } => {
+            let result = looked_up(socket, buf, &cfg.name, &secret).await;
+            if result
+                .as_ref()
+                .is_err_and(|e| e.code == sqlstate::INVALID_PASSWORD)
+            {
+                shared.auth_query.failed_against(&cfg.name, at);
             }
-            let n = rest.get_i32();
-            let data = if n < 0 {
-                &[][..]
-            } else {
-                rest.get(..n as usize).unwrap_or(rest)
-            };
-            let mechanism = std::str::from_utf8(mechanism).unwrap_or("");
-            let server_first = scram
-                .client_first(mechanism, data)
-                .map_err(|e| auth_error(e, user))?;
-            out.clear();
-            messages::authentication(&mut out, messages::AUTH_SASL_CONTINUE, &server_first);
-            send(socket, &out).await?;
-            let body = read_password(socket, buf).await?;
-            let server_final = scram.client_final(&body).map_err(|e| auth_error(e, user))?;
-            out.clear();
-            messages::authentication(&mut out, messages::AUTH_SASL_FINAL, &server_final);
-            send(socket, &out).await?;
-            Ok(())
+            Ok(Authenticated {
+                user: cfg,
+                credential: Some(result?),
+            })
         }
     }
+}
+
+/// A listed user, by its configured method. With a `scram_verifier` and no server password, the client's
+/// ClientKey is the pass-through credential.
+async fn listed(
+    shared: &Shared,
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    cfg: &UserConfig,
+) -> Result<Option<Credential>, LoginError> {
+    let user = cfg.name.as_str();
+    match cfg.auth {
+        AuthMethod::Trust => Ok(None),
+        AuthMethod::Md5 => {
+            let Some(password) = cfg.password.as_deref() else {
+                return Err(failed(user));
+            };
+            md5_exchange(socket, buf, user, |salt, r| {
+                md5::verify(user, password, salt, r)
+            })
+            .await?;
+            Ok(None)
+        }
+        AuthMethod::ScramSha256 => {
+            let Some(verifier) = shared.verifiers.get(user) else {
+                let mut scram = ScramServer::mock(&shared.mock_secret, user);
+                scram_exchange(socket, buf, &mut scram, user).await?;
+                return Err(failed(user));
+            };
+            let mut scram = ScramServer::new(verifier.clone());
+            scram_exchange(socket, buf, &mut scram, user).await?;
+            let pass_through = cfg.scram_verifier.is_some() && cfg.server_password().is_none();
+            Ok(pass_through
+                .then(|| scram.client_key().cloned())
+                .flatten()
+                .map(|client_key| {
+                    Credential::Scram(ScramKeys {
+                        client_key,
+                        verifier: verifier.clone(),
+                    })
+                }))
+        }
+    }
+}
+
+/// A user found by auth_query, by the kind of its hash; returns what pgsplit logs in to the servers with.
+async fn looked_up(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    secret: &Secret,
+) -> Result<Credential, LoginError> {
+    match secret {
+        Secret::Md5(hash) => {
+            md5_exchange(socket, buf, user, |salt, r| {
+                md5::verify_hashed(hash, salt, r)
+            })
+            .await?;
+            Ok(Credential::Md5Hash(hash.clone()))
+        }
+        Secret::Plain { password, verifier } => {
+            let mut scram = ScramServer::new(verifier.clone());
+            scram_exchange(socket, buf, &mut scram, user).await?;
+            Ok(Credential::Password(password.clone()))
+        }
+        Secret::Scram(verifier) => {
+            let mut scram = ScramServer::new(verifier.clone());
+            scram_exchange(socket, buf, &mut scram, user).await?;
+            let client_key = scram.client_key().cloned().ok_or_else(|| failed(user))?;
+            Ok(Credential::Scram(ScramKeys {
+                client_key,
+                verifier: verifier.clone(),
+            }))
+        }
+    }
+}
+
+fn failed(user: &str) -> LoginError {
+    LoginError::new(
+        sqlstate::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+/// An md5 challenge; `check(salt, response)` says whether the response is right.
+async fn md5_exchange(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    check: impl FnOnce([u8; 4], &[u8]) -> bool,
+) -> Result<(), LoginError> {
+    let mut out = BytesMut::new();
+    let salt = md5::random_salt();
+    messages::authentication(&mut out, messages::AUTH_MD5, &salt);
+    send(socket, &out).await?;
+    let body = read_password(socket, buf).await?;
+    let response = read_cstr(&body).map(|(r, _)| r).unwrap_or(&body[..]);
+    if check(salt, response) {
+        Ok(())
+    } else {
+        Err(failed(user))
+    }
+}
+
+/// A whole SCRAM-SHA-256 exchange against `scram`; on success the client has its AuthenticationSASLFinal.
+async fn scram_exchange(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    scram: &mut ScramServer,
+    user: &str,
+) -> Result<(), LoginError> {
+    let mut out = BytesMut::new();
+    messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);
+    send(socket, &out).await?;
+    // SASLInitialResponse: mechanism, length-prefixed client-first-message.
+    let body = read_password(socket, buf).await?;
+    let malformed = || {
+        LoginError::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse",
+        )
+    };
+    let (mechanism, mut rest) = read_cstr(&body).ok_or_else(malformed)?;
+    if rest.len() < 4 {
+        return Err(malformed());
+    }
+    let n = rest.get_i32();
+    let data = if n < 0 {
+        &[][..]
+    } else {
+        rest.get(..n as usize).unwrap_or(rest)
+    };
+    let mechanism = std::str::from_utf8(mechanism).unwrap_or("");
+    let server_first = scram
+        .client_first(mechanism, data)
+        .map_err(|e| auth_error(e, user))?;
+    out.clear();
+    messages::authentication(&mut out, messages::AUTH_SASL_CONTINUE, &server_first);
+    send(socket, &out).await?;
+    let body = read_password(socket, buf).await?;
+    let server_final = scram.client_final(&body).map_err(|e| auth_error(e, user))?;
+    out.clear();
+    messages::authentication(&mut out, messages::AUTH_SASL_FINAL, &server_final);
+    send(socket, &out).await
 }
 
 fn auth_error(e: AuthError, user: &str) -> LoginError {

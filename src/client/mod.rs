@@ -76,7 +76,8 @@ pub async fn serve(
 
 /// A client that logged in: who, to what, and the client slot it took.
 struct LoggedIn {
-    user: String,
+    user: Arc<crate::config::UserConfig>,
+    credential: Option<crate::server::Credential>,
     database: String,
     params: Vec<(String, String)>,
     slot: OwnedSemaphorePermit,
@@ -123,6 +124,7 @@ async fn open(
     };
     let LoggedIn {
         user,
+        credential,
         database,
         params,
         slot,
@@ -130,7 +132,7 @@ async fn open(
     if database == crate::config::ADMIN_DATABASE {
         return Opened::Console(ConsoleRequest { socket, buf, slot });
     }
-    let Some(pools) = shared.pools(&user, &database) else {
+    let Some(pools) = shared.pools(&user, &database, credential) else {
         login::fatal(
             &mut socket,
             sqlstate::INVALID_CATALOG_NAME,
@@ -140,7 +142,15 @@ async fn open(
         return Opened::Nothing;
     };
     let session = Box::new(session::Session::new(
-        shared, socket, peer, buf, user, database, params, pools, stop,
+        shared,
+        socket,
+        peer,
+        buf,
+        user.name.clone(),
+        database,
+        params,
+        pools,
+        stop,
     ));
     Opened::Session(Session {
         session,
@@ -193,9 +203,12 @@ async fn log_in(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
     // Authenticate first, as Postgres does, so that database names do not leak to strangers.
-    login::authenticate(shared, socket, buf, &user).await?;
+    let login::Authenticated {
+        user: who,
+        credential,
+    } = login::authenticate(shared, socket, buf, &user, &database).await?;
     if database == crate::config::ADMIN_DATABASE {
-        if !shared.config.user(&user).is_some_and(|u| u.admin) {
+        if !who.admin {
             return Err(login::LoginError {
                 code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 message: format!(
@@ -210,7 +223,8 @@ async fn log_in(
         });
     }
     Ok(Some(LoggedIn {
-        user,
+        user: who,
+        credential,
         database,
         params,
         slot,
