@@ -5,6 +5,7 @@
 //! One module per area; `cargo test --release -- proxy::isolation` runs one of them.
 
 mod admin;
+mod auth_query;
 mod classify_corpus;
 mod cli;
 mod cluster_harness;

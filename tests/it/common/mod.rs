@@ -77,6 +77,15 @@ pub fn start_cluster_with(mut opts: ClusterOptions) -> Cluster {
             .into(),
         "CREATE DATABASE app OWNER app".into(),
     ]);
+    // Roles tests create later (auth_query) that must log in with a password: members of these groups.
+    opts.hba.extend([
+        "host all +scram_login 127.0.0.1/32 scram-sha-256".into(),
+        "host all +md5_login 127.0.0.1/32 md5".into(),
+    ]);
+    opts.setup_sql.extend([
+        "CREATE ROLE scram_login NOLOGIN".into(),
+        "CREATE ROLE md5_login NOLOGIN".into(),
+    ]);
     Cluster::start(opts).expect("start the local cluster")
 }
 
