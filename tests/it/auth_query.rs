@@ -256,3 +256,71 @@ async fn a_failed_lookup_is_a_clear_fatal_error() {
         .await
         .expect("listed user");
 }
+
+/// The number of lookups the counting query of [`counting_proxy`] made.
+fn lookups(sequence: &str) -> i64 {
+    env()
+        .cluster
+        .psql(
+            "primary",
+            &format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"),
+        )
+        .expect("count")
+        .parse()
+        .expect("number")
+}
+
+/// A proxy whose auth_query counts its runs in `sequence` (one row always: NULLs for a missing user).
+fn counting_proxy(sequence: &str, ttl: &str) -> SocketAddr {
+    on_primary(&format!("CREATE SEQUENCE {sequence}"));
+    proxy(
+        &format!(
+            "auth_user = \"trustclient\"\nauth_query_ttl = \"{ttl}\"\nauth_database = \"postgres\"\n\
+             auth_query = \"SELECT s.usename, s.passwd FROM (SELECT nextval('{sequence}')) AS n \
+             LEFT JOIN pg_shadow s ON s.usename = $1\""
+        ),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn concurrent_logins_of_one_user_share_one_lookup_and_missing_users_are_cached() {
+    let proxy = counting_proxy("aq_lookups", "60s");
+    on_primary("CREATE ROLE aq_crowd LOGIN PASSWORD 'crowd-pw' IN ROLE scram_login");
+    let logins = (0..8).map(|_| common::connect_to(proxy, ("aq_crowd", "crowd-pw")));
+    for client in futures_util::future::join_all(logins).await {
+        client.expect("login");
+    }
+    assert_eq!(lookups("aq_lookups"), 1, "eight logins at once, one lookup");
+    for _ in 0..3 {
+        let (code, _) = refusal(proxy, ("aq_ghost", "pw")).await;
+        assert_eq!(code, "28P01");
+    }
+    assert_eq!(lookups("aq_lookups"), 2, "a missing user is looked up once");
+}
+
+#[tokio::test]
+async fn a_failed_login_against_an_old_cached_hash_looks_it_up_again() {
+    let proxy = counting_proxy("aq_refresh_lookups", "60s");
+    on_primary("CREATE ROLE aq_refresh LOGIN PASSWORD 'old-pw' IN ROLE scram_login");
+    common::connect_to(proxy, ("aq_refresh", "old-pw"))
+        .await
+        .expect("old password");
+    let looked_up = Instant::now();
+    on_primary("ALTER ROLE aq_refresh PASSWORD 'new-pw'");
+    // A young cached hash is not refreshed by a failure (failures cannot flood the primary)…
+    let (code, _) = refusal(proxy, ("aq_refresh", "new-pw")).await;
+    assert_eq!(code, "28P01");
+    if looked_up.elapsed() < pgsplit::auth_query::REFRESH_AFTER_FAILURE {
+        assert_eq!(lookups("aq_refresh_lookups"), 1);
+    }
+    // …an older one is: the failed login forgets it, and the next login reads the new one, long before the TTL.
+    tokio::time::sleep(pgsplit::auth_query::REFRESH_AFTER_FAILURE).await;
+    let (code, _) = refusal(proxy, ("aq_refresh", "new-pw")).await;
+    assert_eq!(code, "28P01");
+    let client = common::connect_to(proxy, ("aq_refresh", "new-pw"))
+        .await
+        .expect("new password after one failure");
+    assert_eq!(lookups("aq_refresh_lookups"), 2);
+    runs_as_on_primary_and_replica(&client, "aq_refresh").await;
+}
