@@ -404,8 +404,25 @@ pub struct PoolSet {
 }
 
 impl PoolSet {
-    /// Creates the pools for a user and database.
+    /// Creates the pools for a user and database; they log in with the user's configured server password.
     pub fn new(config: &Config, user: &UserConfig, db: &DatabaseConfig) -> PoolSet {
+        let credential = Credential::from_password(user.server_password());
+        Self::with_credential(
+            config,
+            user,
+            db,
+            Arc::new(SharedCredential::new(credential)),
+        )
+    }
+
+    /// Creates the pools for a user and database that log in with `credential` — to rebuild a set (reload)
+    /// without losing what a client's login gave it (SCRAM pass-through keys, a looked-up md5 hash).
+    pub fn with_credential(
+        config: &Config,
+        user: &UserConfig,
+        db: &DatabaseConfig,
+        credential: Arc<SharedCredential>,
+    ) -> PoolSet {
         let t = &config.timeouts;
         let timeouts = PoolTimeouts {
             connect: t.server_connect,
@@ -413,9 +430,6 @@ impl PoolSet {
             idle: t.server_idle,
             lifetime: t.server_lifetime,
         };
-        let credential = Arc::new(SharedCredential::new(Credential::from_password(
-            user.server_password(),
-        )));
         let target = |s: &ServerConfig| ServerTarget {
             server: s.display_name(),
             address: s.address(),

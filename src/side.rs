@@ -1,5 +1,5 @@
 //! Side connections: the tokio-postgres connections pgsplit opens for itself, never on behalf of a client —
-//! the monitor's probes and the catalog reads.
+//! the monitor's probes, the catalog reads and the auth_query lookups ([`connect_as`] the `auth_user`).
 //!
 //! The rule they follow: **a side connection logs in as the first configured user (`[[users]]`, the first
 //! entry), with that user's server-side name and password** (`server_user`, `server_password`), to the server

@@ -324,3 +324,28 @@ async fn a_failed_login_against_an_old_cached_hash_looks_it_up_again() {
     assert_eq!(lookups("aq_refresh_lookups"), 2);
     runs_as_on_primary_and_replica(&client, "aq_refresh").await;
 }
+
+/// The README's lookup without a superuser: a SECURITY DEFINER function and an auth_user that may only call it.
+#[tokio::test]
+async fn a_security_definer_function_looks_users_up_for_a_plain_role() {
+    on_primary(
+        "CREATE ROLE aq_auth LOGIN PASSWORD 'lookup-secret' IN ROLE scram_login;
+         CREATE SCHEMA aq_lookup AUTHORIZATION postgres;
+         CREATE FUNCTION aq_lookup.user_lookup(i_username text, OUT usename name, OUT passwd text)
+         RETURNS record LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS
+         $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = i_username $$;
+         REVOKE ALL ON FUNCTION aq_lookup.user_lookup(text) FROM PUBLIC;
+         GRANT USAGE ON SCHEMA aq_lookup TO aq_auth;
+         GRANT EXECUTE ON FUNCTION aq_lookup.user_lookup(text) TO aq_auth;
+         CREATE ROLE aq_viadefiner LOGIN PASSWORD 'definer-pw' IN ROLE scram_login",
+    );
+    let proxy = proxy(
+        "auth_user = \"aq_auth\"\nauth_database = \"postgres\"\n\
+         auth_query = \"SELECT usename, passwd FROM aq_lookup.user_lookup($1)\"",
+        "[[users]]\nname = \"aq_auth\"\npassword = \"lookup-secret\"\n",
+    );
+    let client = common::connect_to(proxy, ("aq_viadefiner", "definer-pw"))
+        .await
+        .expect("looked up through the function");
+    runs_as_on_primary_and_replica(&client, "aq_viadefiner").await;
+}
