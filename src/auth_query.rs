@@ -21,6 +21,9 @@ pub const MISSING_TTL: Duration = Duration::from_secs(5);
 /// changed in PostgreSQL works at once (younger ones are not, so failures cannot flood the primary).
 pub const REFRESH_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
+/// After a failed connect, lookups fail at once for this long.
+pub const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
+
 /// Past this many cached names, expired ones are dropped at the next insert.
 const PRUNE_ABOVE: usize = 10_000;
 
@@ -96,8 +99,16 @@ type Slot = Arc<tokio::sync::Mutex<Option<Found>>>;
 pub struct AuthQuery {
     /// Per user name: the last lookup, behind the lock concurrent logins of that user queue on.
     cache: Mutex<HashMap<String, Slot>>,
-    /// Open side connections by (server address, database).
-    conns: tokio::sync::Mutex<HashMap<(String, String), Arc<tokio_postgres::Client>>>,
+    /// Side connections by (server address, database): open, or the last failure to open one.
+    conns: tokio::sync::Mutex<HashMap<ConnKey, Conn>>,
+}
+
+type ConnKey = (String, String);
+
+/// A side connection, or why the last attempt to open one failed and when.
+enum Conn {
+    Open(Arc<tokio_postgres::Client>),
+    Failed(Instant, String),
 }
 
 impl AuthQuery {
@@ -170,7 +181,8 @@ impl AuthQuery {
         slot
     }
 
-    /// Runs the query once, on a reused side connection (opened again if it was closed).
+    /// Runs the query once, on a reused side connection (opened again if it was closed; forgotten if the query
+    /// fails or times out, so that a dead connection is not tried twice).
     async fn query(
         &self,
         config: &Config,
@@ -179,12 +191,24 @@ impl AuthQuery {
         user: &str,
     ) -> Result<Option<Secret>, LookupError> {
         let timeout = config.timeouts.server_connect;
-        let client = self.client(config, server, dbname).await?;
+        let key = (server.address(), dbname.to_string());
+        let client = self.client(config, server, &key).await?;
         let rows =
-            tokio::time::timeout(timeout, client.query(config.auth_query.as_str(), &[&user]))
+            match tokio::time::timeout(timeout, client.query(config.auth_query.as_str(), &[&user]))
                 .await
-                .map_err(|_| LookupError(format!("auth_query timed out after {timeout:?}")))?
-                .map_err(|e| LookupError(format!("auth_query failed: {e}")))?;
+            {
+                Ok(Ok(rows)) => rows,
+                failed => {
+                    let mut conns = self.conns.lock().await;
+                    if matches!(conns.get(&key), Some(Conn::Open(c)) if Arc::ptr_eq(c, &client)) {
+                        conns.remove(&key);
+                    }
+                    return Err(LookupError(match failed {
+                        Ok(Err(e)) => format!("auth_query failed: {}", with_causes(&e)),
+                        _ => format!("auth_query timed out after {timeout:?}"),
+                    }));
+                }
+            };
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -194,16 +218,21 @@ impl AuthQuery {
         Ok(stored.as_deref().and_then(Secret::parse))
     }
 
+    /// The open side connection for `key`, or a new one. After a failure to open one, lookups fail at once for
+    /// [`RETRY_CONNECT_AFTER`] instead of each waiting up to `timeouts.server_connect` in turn.
     async fn client(
         &self,
         config: &Config,
         server: &ServerConfig,
-        dbname: &str,
+        key: &ConnKey,
     ) -> Result<Arc<tokio_postgres::Client>, LookupError> {
-        let key = (server.address(), dbname.to_string());
         let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&key).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
+        match conns.get(key) {
+            Some(Conn::Open(c)) if !c.is_closed() => return Ok(c.clone()),
+            Some(Conn::Failed(at, why)) if at.elapsed() < RETRY_CONNECT_AFTER => {
+                return Err(LookupError(why.clone()))
+            }
+            _ => {}
         }
         let auth_user = config
             .auth_user
@@ -211,19 +240,41 @@ impl AuthQuery {
             .and_then(|name| config.user(name))
             .ok_or_else(|| LookupError("no auth_user configured".into()))?;
         let timeout = config.timeouts.server_connect;
-        let side = side::connect_as(auth_user, server, dbname, "pgsplit auth_query", timeout)
-            .await
-            .map_err(|e| {
-                LookupError(format!(
-                    "cannot connect to {} as auth_user: {e}",
-                    server.display_name()
-                ))
-            })?;
-        drop(side.task); // the task runs on until the client is dropped
-        let client = Arc::new(side.client);
-        conns.insert(key, client.clone());
-        Ok(client)
+        let opened =
+            side::connect_as(auth_user, server, &key.1, "pgsplit auth_query", timeout).await;
+        match opened {
+            Ok(side) => {
+                drop(side.task); // the task runs on until the client is dropped
+                let client = Arc::new(side.client);
+                conns.insert(key.clone(), Conn::Open(client.clone()));
+                Ok(client)
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot connect to {} as auth_user: {}",
+                    server.display_name(),
+                    with_causes(&e)
+                );
+                conns.insert(key.clone(), Conn::Failed(Instant::now(), why.clone()));
+                Err(LookupError(why))
+            }
+        }
     }
+}
+
+/// An error and its sources, `: `-separated (tokio-postgres puts the server's message in a source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

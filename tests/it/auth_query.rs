@@ -349,3 +349,38 @@ async fn a_security_definer_function_looks_users_up_for_a_plain_role() {
         .expect("looked up through the function");
     runs_as_on_primary_and_replica(&client, "aq_viadefiner").await;
 }
+
+#[tokio::test]
+async fn a_lookup_with_the_primary_down_is_a_clear_fatal_error() {
+    // A primary nobody listens on (a port just freed), the replicas up.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nauth_user = \"trustclient\"\n\
+         [primary]\nhost = \"127.0.0.1\"\nport = {dead}\n"
+    );
+    for r in env().cluster.replicas() {
+        text.push_str(&format!(
+            "[[replicas]]\nhost = \"127.0.0.1\"\nport = {}\n",
+            r.port
+        ));
+    }
+    text.push_str(
+        "[[databases]]\nname = \"app\"\n\
+         [[users]]\nname = \"trustclient\"\nauth = \"trust\"\nserver_user = \"postgres\"\n",
+    );
+    let config = pgsplit::config::Config::from_toml_str(&text, "<test>").expect("config");
+    let proxy = common::spawn_proxy(config);
+    for user in ["aq_late", "aq_nobody_at_all"] {
+        let (code, message) = refusal(proxy, (user, "pw")).await;
+        assert_eq!(code, "08006");
+        assert_eq!(
+            message,
+            format!(
+                "pgsplit could not look up user \"{user}\": the auth_query lookup on the primary failed"
+            )
+        );
+    }
+}
