@@ -237,7 +237,7 @@ fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
 /// A client's SCRAM ClientKey (`HMAC(SaltedPassword, "Client Key")`): as good as the password for logging in to
 /// a server holding the matching verifier, so it stays in memory only; `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClientKey(pub [u8; 32]);
+pub struct ClientKey(pub(crate) [u8; 32]);
 
 impl fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
