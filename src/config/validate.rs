@@ -262,6 +262,13 @@ impl Config {
             return Err(loc.error(&root.key("auth_database"), "must not be empty"));
         }
         let Some(name) = &self.auth_user else {
+            // A lookup set up without anyone to run it is a mistake, not a default.
+            if self.auth_query != super::DEFAULT_AUTH_QUERY {
+                return Err(loc.error(&root.key("auth_query"), "needs `auth_user` to run it"));
+            }
+            if self.auth_database.is_some() {
+                return Err(loc.error(&root.key("auth_database"), "needs `auth_user`"));
+            }
             return Ok(());
         };
         let Some(user) = self.user(name) else {

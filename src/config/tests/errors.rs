@@ -431,6 +431,18 @@ fn auth_query_errors_name_line_and_field() {
         Some("auth_database"),
         "must not be empty",
     );
+    expect_err(
+        &format!("auth_query = \"SELECT a, b FROM f($1)\"\n{tail}"),
+        Some(1),
+        Some("auth_query"),
+        "needs `auth_user`",
+    );
+    expect_err(
+        &format!("auth_database = \"postgres\"\n{tail}"),
+        Some(1),
+        Some("auth_database"),
+        "needs `auth_user`",
+    );
     let c = parse(&format!(
         "auth_user = \"app\"\nauth_query_ttl = \"2s\"\n{tail}"
     ))
