@@ -384,3 +384,36 @@ async fn a_lookup_with_the_primary_down_is_a_clear_fatal_error() {
         );
     }
 }
+
+/// psql (libpq) logs in as a looked-up role, and is refused with the wrong password.
+#[tokio::test]
+async fn psql_logs_in_as_a_looked_up_role() {
+    let proxy = lookup_proxy("60s");
+    on_primary("CREATE ROLE aq_psql LOGIN PASSWORD 'psql-pw' IN ROLE scram_login");
+    let run = move |password: &str| {
+        std::process::Command::new("psql")
+            .args(["-X", "-At", "-c", "SELECT current_user"])
+            .arg(format!(
+                "postgres://aq_psql:{password}@{}:{}/app",
+                proxy.ip(),
+                proxy.port()
+            ))
+            .output()
+            .expect("psql")
+    };
+    let ok = tokio::task::spawn_blocking(move || (run("psql-pw"), run("nope")))
+        .await
+        .expect("psql runs");
+    assert!(
+        ok.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.0.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.0.stdout).trim(), "aq_psql");
+    assert!(!ok.1.status.success());
+    let stderr = String::from_utf8_lossy(&ok.1.stderr);
+    assert!(
+        stderr.contains("password authentication failed for user \"aq_psql\""),
+        "{stderr}"
+    );
+}
