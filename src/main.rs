@@ -66,8 +66,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                 }
             };
             runtime(config.workers).block_on(async move {
-                let proxy = match Proxy::bind(config.clone()).await {
+                let proxy = match Proxy::bind_file(config.clone(), path).await {
                     Ok(p) => p,
                     Err(e) => {
                         eprintln!("pgsplit: cannot listen on {}: {e}", config.listen);
@@ -83,6 +83,7 @@ fn main() -> ExitCode {
                     }
                 };
                 tracing::info!(listen = %config.listen, primary = %config.primary.address(), replicas = config.replicas.len(), "pgsplit listening");
+                reload_on_sighup(proxy.shared());
                 proxy.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
@@ -145,6 +146,29 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// Reloads the configuration file on each SIGHUP (a refused reload is logged; the configuration in force stays).
+fn reload_on_sighup(shared: std::sync::Arc<pgsplit::proxy::Shared>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with the console's RELOAD");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration file");
+                let _ = shared.reload();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = shared;
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -5,10 +5,11 @@
 //! no unread bytes and is not marked broken; anything else is closed, which makes Postgres roll back.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
@@ -44,10 +45,17 @@ pub struct PoolStats {
     pub size: usize,
 }
 
-struct PoolInner {
+/// What a pool connects with: swapped whole on reload (a changed password is used by new connections).
+struct PoolSettings {
     target: ServerTarget,
-    size: usize,
     timeouts: PoolTimeouts,
+}
+
+struct PoolInner {
+    settings: ArcSwap<PoolSettings>,
+    size: AtomicUsize,
+    /// Its server was removed from the configuration: connections close as they come back.
+    retired: AtomicBool,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     active: AtomicUsize,
@@ -63,9 +71,9 @@ impl Pool {
     pub fn new(target: ServerTarget, size: usize, timeouts: PoolTimeouts) -> Pool {
         let size = size.max(1);
         Pool(Arc::new(PoolInner {
-            target,
-            size,
-            timeouts,
+            settings: ArcSwap::from_pointee(PoolSettings { target, timeouts }),
+            size: AtomicUsize::new(size),
+            retired: AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(size)),
             idle: Mutex::new(Vec::with_capacity(size)),
             active: AtomicUsize::new(0),
@@ -80,18 +88,17 @@ impl Pool {
         let permit = match inner.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                let wait = inner.settings.load().timeouts.wait;
                 inner.waiting.fetch_add(1, Ordering::Relaxed);
-                let waited =
-                    tokio::time::timeout(inner.timeouts.wait, inner.slots.clone().acquire_owned())
-                        .await;
+                let waited = tokio::time::timeout(wait, inner.slots.clone().acquire_owned()).await;
                 inner.waiting.fetch_sub(1, Ordering::Relaxed);
                 match waited {
                     Ok(Ok(p)) => p,
                     _ => {
                         return Err(Error::PoolTimeout {
-                            server: inner.target.server.clone(),
-                            waited_ms: inner.timeouts.wait.as_millis(),
-                            size: inner.size,
+                            server: inner.settings.load().target.server.clone(),
+                            waited_ms: wait.as_millis(),
+                            size: inner.size.load(Ordering::Relaxed),
                         })
                     }
                 }
@@ -123,7 +130,12 @@ impl Pool {
             });
         }
         // Boxed: a login's state is large and would otherwise be part of every client's task.
-        let conn = Box::pin(ServerConn::connect(&inner.target, inner.timeouts.connect)).await?;
+        let settings = inner.settings.load_full();
+        let conn = Box::pin(ServerConn::connect(
+            &settings.target,
+            settings.timeouts.connect,
+        ))
+        .await?;
         inner.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),
@@ -133,7 +145,7 @@ impl Pool {
     }
 
     fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
-        let t = &self.0.timeouts;
+        let t = self.0.settings.load().timeouts;
         (!t.lifetime.is_zero() && now.duration_since(conn.created) >= t.lifetime)
             || (!t.idle.is_zero() && now.duration_since(conn.last_used) >= t.idle)
     }
@@ -156,13 +168,39 @@ impl Pool {
             active: self.0.active.load(Ordering::Relaxed),
             idle: lock(&self.0.idle).len(),
             waiting: self.0.waiting.load(Ordering::Relaxed),
-            size: self.0.size,
+            size: self.0.size.load(Ordering::Relaxed),
         }
+    }
+
+    /// Uses `target` and `timeouts` from now on: new connections log in with them; open ones stay as they are.
+    pub fn update(&self, target: ServerTarget, timeouts: PoolTimeouts) {
+        self.0
+            .settings
+            .store(Arc::new(PoolSettings { target, timeouts }));
+    }
+
+    /// Changes the size live: growing adds free slots at once; shrinking closes idle connections over the new
+    /// size and takes the other slots away as the connections holding them come back.
+    pub fn resize(&self, size: usize) {
+        let size = size.max(1);
+        let old = self.0.size.swap(size, Ordering::Relaxed);
+        resize_semaphore(&self.0.slots, old, size);
+        if size < old {
+            let keep = size.saturating_sub(self.0.active.load(Ordering::Relaxed));
+            lock(&self.0.idle).truncate(keep);
+        }
+    }
+
+    /// Its server left the configuration: idle connections close now, busy ones when they come back.
+    pub fn retire(&self) {
+        self.0.retired.store(true, Ordering::Relaxed);
+        self.close_idle();
     }
 
     fn checkin(&self, mut conn: ServerConn) {
         let now = Instant::now();
         if conn.broken
+            || self.0.retired.load(Ordering::Relaxed)
             || conn.needs_reset
             || conn.status != backend::IDLE
             || !conn.rbuf.is_empty()
@@ -171,12 +209,39 @@ impl Pool {
             return;
         }
         conn.last_used = now;
-        lock(&self.0.idle).push(conn);
+        let mut idle = lock(&self.0.idle);
+        // Over the size (it shrank while the connection was out): closed.
+        if idle.len() < self.0.size.load(Ordering::Relaxed) {
+            idle.push(conn);
+        }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a semaphore of `old` permits to `new`: growing adds permits at once; shrinking forgets the free ones now
+/// and, for the rest, queues one waiter (the semaphore is fair: nobody gets a slot past it) that forgets the
+/// permits as their holders return them. A grow meanwhile pays that waiter first. Needs a tokio runtime.
+pub fn resize_semaphore(slots: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        slots.add_permits(new - old);
+        return;
+    }
+    let remove = old - new;
+    let owed = remove - slots.forget_permits(remove);
+    let Ok(owed) = u32::try_from(owed) else {
+        return;
+    };
+    if owed > 0 {
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = slots.acquire_many_owned(owed).await {
+                p.forget();
+            }
+        });
+    }
 }
 
 /// A checked-out connection. [`PooledConn::release`] returns it; dropping it closes it.

@@ -82,11 +82,7 @@ pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     match words.as_slice() {
         ["SHOW", what] => show(shared, what, out),
-        ["RELOAD"] => {
-            shared.classifier.request_refresh();
-            tracing::info!("RELOAD from the admin console: re-reading the function catalog");
-            messages::command_complete(out, "RELOAD");
-        }
+        ["RELOAD"] => reload(shared, out),
         ["PAUSE"] => {
             shared.set_paused(true);
             tracing::warn!("PAUSE from the admin console: new units of work wait until RESUME");
@@ -103,6 +99,25 @@ pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
             Severity::Error,
             sqlstate::SYNTAX_ERROR,
             &format!("unknown admin command \"{}\"; try SHOW HELP", text.trim()),
+        ),
+    }
+}
+
+/// RELOAD: re-reads the configuration file and puts it in force (a notice says what changed), or answers the
+/// refusal's error; the function catalog is read again either way.
+fn reload(shared: &Shared, out: &mut BytesMut) {
+    tracing::info!("RELOAD from the admin console");
+    shared.classifier.request_refresh();
+    match shared.reload() {
+        Ok(done) => {
+            messages::notice_response(out, "00000", &done.summary());
+            messages::command_complete(out, "RELOAD");
+        }
+        Err(refused) => messages::error_response(
+            out,
+            Severity::Error,
+            refused.sqlstate,
+            &format!("configuration reload refused: {refused}"),
         ),
     }
 }
@@ -342,15 +357,34 @@ fn show_stats(s: &Status, out: &mut BytesMut) {
     table(out, &["destination", "counter", "value"], &rows);
 }
 
-/// SHOW CONFIG: the effective configuration, one setting a row.
+/// SHOW CONFIG: the effective configuration, one setting a row, then the reload log as `# reload.…` rows.
 fn show_config(shared: &Shared, out: &mut BytesMut) {
-    let rows: Vec<Vec<Option<String>>> = shared
-        .config
+    let mut rows: Vec<Vec<Option<String>>> = shared
+        .config()
         .effective_toml()
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| vec![some(l.to_string())])
         .collect();
+    let r = super::status::reload(shared);
+    let ms = |t: Option<u128>| t.map_or("never".to_string(), |t| format!("{t} (unix ms)"));
+    rows.extend(
+        [
+            format!(
+                "# reload.config_file = {:?}",
+                r.config_file.unwrap_or_default()
+            ),
+            format!("# reload.reloads_ok = {}", r.reloads_ok),
+            format!("# reload.reloads_refused = {}", r.reloads_refused),
+            format!("# reload.last_reload = {}", ms(r.last_reload_unix_ms)),
+            format!("# reload.last_refused = {}", ms(r.last_refused_unix_ms)),
+            format!(
+                "# reload.last_refused_error = {:?}",
+                r.last_refused_error.unwrap_or_default()
+            ),
+        ]
+        .map(|l| vec![some(l)]),
+    );
     table(out, &["setting"], &rows);
 }
 

@@ -128,7 +128,8 @@ pub async fn authenticate(
     user: &str,
 ) -> Result<(), LoginError> {
     // A user pgsplit does not know gets a mock SCRAM exchange (as PostgreSQL does), refused as a wrong password.
-    let cfg = shared.config.user(user);
+    let config = shared.config();
+    let cfg = config.user(user);
     let failed = || {
         LoginError::new(
             sqlstate::INVALID_PASSWORD,
@@ -154,8 +155,8 @@ pub async fn authenticate(
             }
         }
         AuthMethod::ScramSha256 => {
-            let mut scram = match shared.verifiers.get(user) {
-                Some(verifier) => ScramServer::new(verifier.clone()),
+            let mut scram = match shared.verifier(user) {
+                Some(verifier) => ScramServer::new(verifier),
                 None => ScramServer::mock(&shared.mock_secret, user),
             };
             messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);

@@ -95,7 +95,7 @@ async fn open(
     // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
-    let login_timeout = shared.config.timeouts.client_login;
+    let login_timeout = shared.config().timeouts.client_login;
     let opened = tokio::time::timeout(
         login_timeout,
         log_in(&shared, &mut socket, &mut buf, &slots),
@@ -161,7 +161,7 @@ async fn log_in(
         login::Opening::Cancel { pid, secret } => {
             shared
                 .cancels
-                .cancel(pid, secret, shared.config.timeouts.server_connect)
+                .cancel(pid, secret, shared.config().timeouts.server_connect)
                 .await;
             return Ok(None);
         }
@@ -195,7 +195,7 @@ async fn log_in(
     // Authenticate first, as Postgres does, so that database names do not leak to strangers.
     login::authenticate(shared, socket, buf, &user).await?;
     if database == crate::config::ADMIN_DATABASE {
-        if !shared.config.user(&user).is_some_and(|u| u.admin) {
+        if !shared.config().user(&user).is_some_and(|u| u.admin) {
             return Err(login::LoginError {
                 code: sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 message: format!(
@@ -203,7 +203,7 @@ async fn log_in(
                 ),
             });
         }
-    } else if shared.config.database(&database).is_none() {
+    } else if shared.config().database(&database).is_none() {
         return Err(login::LoginError {
             code: sqlstate::INVALID_CATALOG_NAME,
             message: format!("database \"{database}\" does not exist"),

@@ -18,7 +18,7 @@ fn router(routing: &str, weights: &[u32]) -> Router {
     toml.push_str(&format!("[routing]\n{routing}\n"));
     let config = Config::from_toml_str(&toml, "<test>").expect("config");
     let router = Router::new(&config);
-    for b in &router.servers[1..] {
+    for b in &router.servers.load()[1..] {
         b.set_eligible(true);
     }
     router
@@ -69,11 +69,11 @@ fn round_robin_honours_weights_smoothly() {
 #[test]
 fn round_robin_skips_ineligible_failed_and_excluded_replicas() {
     let r = router("balancer = \"round_robin\"", &[1, 1, 1]);
-    r.servers[2].set_eligible(false);
+    r.servers.load()[2].set_eligible(false);
     assert_eq!(spread(&r, 60), vec![0, 30, 0, 30]);
-    r.servers[3].mark_failed();
+    r.servers.load()[3].mark_failed();
     assert_eq!(spread(&r, 10), vec![0, 10, 0, 0]);
-    r.servers[3].mark_ok();
+    r.servers.load()[3].mark_ok();
     for _ in 0..10 {
         assert_eq!(r.choose_read(Some(1)), ReadTarget::Replica(3));
     }
@@ -82,16 +82,16 @@ fn round_robin_skips_ineligible_failed_and_excluded_replicas() {
 #[test]
 fn least_connections_picks_the_least_loaded_per_weight() {
     let r = router("balancer = \"least_connections\"", &[1, 1]);
-    let _busy = Load::new(&r.servers[1]);
+    let _busy = Load::new(&r.servers.load()[1]);
     for _ in 0..20 {
         assert_eq!(r.choose_read(None), ReadTarget::Replica(2));
     }
     // Weight 2 with two in flight is as loaded as weight 1 with one: ties.
     let r = router("balancer = \"least_connections\"", &[1, 2]);
-    let _a = Load::new(&r.servers[1]);
-    let _b = Load::new(&r.servers[2]);
+    let _a = Load::new(&r.servers.load()[1]);
+    let _b = Load::new(&r.servers.load()[2]);
     assert_eq!(r.choose_read(None), ReadTarget::Replica(2), "1/2 < 1/1");
-    let _c = Load::new(&r.servers[2]);
+    let _c = Load::new(&r.servers.load()[2]);
     let counts = spread(&r, 400);
     assert!(
         counts[1] > 100 && counts[2] > 100,
@@ -105,15 +105,16 @@ fn least_connections_spreads_ties_and_counts_only_live_loads() {
     let counts = spread(&r, 900);
     assert!(counts[1..].iter().all(|&n| n > 200), "{counts:?}");
     {
-        let _a = Load::new(&r.servers[1]);
-        let _b = Load::new(&r.servers[2]);
+        let _a = Load::new(&r.servers.load()[1]);
+        let _b = Load::new(&r.servers.load()[2]);
         assert_eq!(r.choose_read(None), ReadTarget::Replica(3));
     }
     assert!(r
         .servers
+        .load()
         .iter()
         .all(|b| b.outstanding.load(Ordering::Relaxed) == 0));
-    r.servers[3].set_eligible(false);
+    r.servers.load()[3].set_eligible(false);
     let counts = spread(&r, 400);
     assert_eq!(
         counts[3], 0,
@@ -129,7 +130,7 @@ fn random_honours_weights_and_skips_ineligible_replicas() {
         (700..1300).contains(&counts[1]) && (2700..3300).contains(&counts[2]),
         "{counts:?}"
     );
-    r.servers[2].set_eligible(false);
+    r.servers.load()[2].set_eligible(false);
     assert_eq!(spread(&r, 100), vec![0, 100, 0]);
 }
 
@@ -144,13 +145,13 @@ fn the_primary_is_never_read_as_a_replica() {
 #[test]
 fn without_an_eligible_replica_reads_fall_back_or_are_refused() {
     let r = router("", &[1]);
-    r.servers[1].set_eligible(false);
+    r.servers.load()[1].set_eligible(false);
     assert_eq!(
         r.choose_read(None),
         ReadTarget::Primary(PrimaryRead::NoEligibleReplica)
     );
     let r = router("fallback = \"error\"", &[1]);
-    r.servers[1].set_eligible(false);
+    r.servers.load()[1].set_eligible(false);
     assert_eq!(
         r.choose_read(None),
         ReadTarget::Refused(NoReadServer::NoneEligible(vec!["replica1".into()]))
@@ -215,16 +216,16 @@ fn no_primary_says_why() {
 fn a_read_with_a_floor_goes_only_to_replicas_known_to_have_replayed_it() {
     let r = router("balancer = \"round_robin\"", &[1, 1]);
     let at = Instant::now();
-    r.servers[1].note_position(true, 100, at);
-    r.servers[2].note_position(true, 300, at);
+    r.servers.load()[1].note_position(true, 100, at);
+    r.servers.load()[2].note_position(true, 300, at);
     for _ in 0..4 {
         assert_eq!(r.choose_read_from(None, 200), ReadTarget::Replica(2));
     }
     // None there yet: behind (the caller may wait); an excluded or failed one does not count.
     assert_eq!(r.choose_read_from(None, 400), ReadTarget::Behind);
     assert_eq!(r.choose_read_from(Some(2), 200), ReadTarget::Behind);
-    r.servers[1].set_eligible(false);
-    r.servers[2].set_eligible(false);
+    r.servers.load()[1].set_eligible(false);
+    r.servers.load()[2].set_eligible(false);
     assert_eq!(
         r.choose_read_from(None, 200),
         ReadTarget::Primary(PrimaryRead::NoEligibleReplica)
@@ -234,7 +235,7 @@ fn a_read_with_a_floor_goes_only_to_replicas_known_to_have_replayed_it() {
 #[test]
 fn positions_grow_within_a_role_and_start_afresh_when_it_changes() {
     let r = router("", &[1]);
-    let b = &r.servers[1];
+    let b = &r.servers.load()[1];
     let before = Instant::now();
     assert!(!b.position_read_since(before));
     std::thread::sleep(Duration::from_millis(2));
