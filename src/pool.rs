@@ -307,3 +307,84 @@ impl DerefMut for PooledConn {
             .unwrap_or_else(|| unreachable!("pooled connection used after release"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(size: usize) -> Pool {
+        let target = ServerTarget {
+            server: "s".into(),
+            address: "127.0.0.1:1".into(),
+            user: "u".into(),
+            password: None,
+            database: "d".into(),
+        };
+        let t = Duration::from_secs(1);
+        let timeouts = PoolTimeouts {
+            connect: t,
+            wait: t,
+            idle: t,
+            lifetime: t,
+        };
+        Pool::new(target, size, timeouts)
+    }
+
+    #[tokio::test]
+    async fn growing_adds_free_slots_at_once() {
+        let p = pool(2);
+        p.resize(5);
+        assert_eq!(p.stats().size, 5);
+        assert_eq!(p.0.slots.available_permits(), 5);
+    }
+
+    #[tokio::test]
+    async fn shrinking_takes_free_slots_now_and_busy_ones_as_they_return() {
+        let sem = Arc::new(Semaphore::new(4));
+        let busy: Vec<_> = (0..3)
+            .map(|_| sem.clone().try_acquire_owned().expect("free"))
+            .collect();
+        // 4 → 1: the one free slot goes now; two more must go as the busy ones come back.
+        resize_semaphore(&sem, 4, 1);
+        assert_eq!(sem.available_permits(), 0);
+        drop(busy);
+        tokio::task::yield_now().await;
+        for _ in 0..10 {
+            if sem.available_permits() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            sem.available_permits(),
+            1,
+            "the new size, once all came back"
+        );
+        assert!(sem.clone().try_acquire_many_owned(2).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_grow_after_a_pending_shrink_pays_it_first() {
+        let sem = Arc::new(Semaphore::new(2));
+        let busy: Vec<_> = (0..2)
+            .map(|_| sem.clone().try_acquire_owned().expect("free"))
+            .collect();
+        resize_semaphore(&sem, 2, 1);
+        tokio::task::yield_now().await;
+        resize_semaphore(&sem, 1, 3);
+        drop(busy);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(sem.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_retired_or_shrunk_pool_reports_its_size() {
+        let p = pool(4);
+        p.resize(1);
+        assert_eq!(p.stats().size, 1);
+        p.retire();
+        assert_eq!(p.stats().idle, 0);
+        p.resize(0);
+        assert_eq!(p.stats().size, 1, "never below one slot");
+    }
+}
