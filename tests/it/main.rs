@@ -14,4 +14,5 @@ mod drivers;
 mod extended;
 mod failover;
 mod proxy;
+mod reload;
 mod routing;

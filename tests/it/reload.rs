@@ -1,0 +1,345 @@
+//! Live reload against real clusters: under pgbench load a reload resizes pools, adds a replica, retires another,
+//! changes `max_lag` and rotates a password without a failed transaction; a broken file is refused whole with its
+//! file:line:field message; SIGHUP reloads the real binary.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::file_proxy::{console_reload, http_json, FileProxy};
+use crate::common::*;
+use pgsplit_harness::{Cluster, ClusterOptions};
+
+/// A configuration file in front of `cluster` listing `replicas` (by harness name).
+fn file(cluster: &Cluster, replicas: &[&str], pools: (usize, usize), extra: &str) -> String {
+    let mut toml = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n\
+         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        cluster.primary().port
+    );
+    for r in cluster.replicas() {
+        if replicas.contains(&r.name.as_str()) {
+            toml.push_str(&format!(
+                "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+                r.name, r.port
+            ));
+        }
+    }
+    toml.push_str(&format!(
+        "[pools]\nwrite_pool_size = {}\nread_pool_size = {}\n\
+         [timeouts]\npool_wait = \"20s\"\n\
+         [[databases]]\nname = \"app\"\n\
+         [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\
+         [[users]]\nname = \"trustclient\"\nauth = \"trust\"\nserver_user = \"postgres\"\nadmin = true\n",
+        pools.0, pools.1
+    ));
+    toml
+}
+
+/// A user whose pgsplit password is `password`; it logs in to the servers as `app`.
+fn rot_user(password: &str) -> String {
+    format!(
+        "[[users]]\nname = \"rot\"\npassword = \"{password}\"\nserver_user = \"app\"\nserver_password = \"app-secret\"\n"
+    )
+}
+
+fn port_of(cluster: &Cluster, name: &str) -> u16 {
+    cluster
+        .replicas()
+        .into_iter()
+        .find(|r| r.name == name)
+        .expect("replica")
+        .port
+}
+
+fn names(status: &serde_json::Value) -> Vec<String> {
+    status["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn pool_sizes(status: &serde_json::Value, kind: &str) -> Vec<u64> {
+    status["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .filter(|p| p["user"] == "app" && p["kind"] == kind)
+        .map(|p| p["size"].as_u64().unwrap_or_default())
+        .collect()
+}
+
+fn pgbench_child(url: &str, args: &[&str]) -> Child {
+    Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgbench")
+}
+
+#[track_caller]
+fn assert_no_failures(child: Child, what: &str) {
+    let out = child.wait_with_output().expect("pgbench ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {stdout}{stderr}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{what}: {stdout}{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_pgbench_load_applies_servers_pools_lag_and_passwords() {
+    let cluster = start_cluster_with(ClusterOptions {
+        replicas: 3,
+        ..ClusterOptions::default()
+    });
+    let (r1, r3) = (port_of(&cluster, "replica1"), port_of(&cluster, "replica3"));
+    let before = file(
+        &cluster,
+        &["replica1", "replica2"],
+        (4, 4),
+        "[lag]\nmax_lag = \"60s\"",
+    ) + &rot_user("rot-old");
+    let proxy = FileProxy::start(&before);
+    let url = url(proxy.addr, APP);
+    let init = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", &url])
+        .output()
+        .expect("pgbench -i");
+    assert!(init.status.success(), "{init:?}");
+    for r in ["replica1", "replica2", "replica3"] {
+        cluster
+            .wait_replayed(r, Duration::from_secs(30))
+            .expect("replayed");
+    }
+    // A session of `rot` opened with the old password: it must go on untouched.
+    let old_session = connect_to(proxy.addr, ("rot", "rot-old"))
+        .await
+        .expect("old password before the reload");
+
+    let reads = pgbench_child(&url, &["-c", "8", "-j", "2", "-T", "10", "-S", "-n"]);
+    let writes = pgbench_child(&url, &["-c", "4", "-j", "2", "-T", "10", "-N", "-n"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let after = file(
+        &cluster,
+        &["replica2", "replica3"],
+        (6, 3),
+        "[lag]\nmax_lag = \"30s\"",
+    ) + &rot_user("rot-new");
+    proxy.write(&after);
+    let notice = proxy.reload().await.expect("reload accepted");
+    assert!(notice.contains("configuration reloaded"), "{notice}");
+    let reloaded_at = Instant::now();
+
+    // Passwords: the new one logs in, the old one is refused, the running session goes on.
+    connect_to(proxy.addr, ("rot", "rot-new"))
+        .await
+        .expect("new password");
+    let refused = connect_to(proxy.addr, ("rot", "rot-old"))
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+    assert_eq!(refused.as_deref(), Some("28P01"));
+    old_session
+        .simple_query("SELECT 1")
+        .await
+        .expect("the running session is untouched");
+
+    // Reads reach the added replica once probed, and never the removed one.
+    let reader = connect_to(proxy.addr, APP).await.expect("reader");
+    let mut seen = std::collections::HashSet::new();
+    while !seen.contains(&r3) {
+        assert!(
+            reloaded_at.elapsed() < Duration::from_secs(20),
+            "no read on replica3: {seen:?}"
+        );
+        let port = server_port(&reader, "SELECT inet_server_port()").await;
+        assert_ne!(port, r1, "a read went to the removed replica");
+        seen.insert(port);
+    }
+    for _ in 0..50 {
+        let port = server_port(&reader, "SELECT inet_server_port()").await;
+        assert_ne!(port, r1, "a read went to the removed replica");
+    }
+
+    assert_no_failures(reads, "pgbench -S");
+    assert_no_failures(writes, "pgbench -N");
+
+    // /status: the servers (replica1 gone once drained), the pool sizes, max_lag, one reload counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = proxy.status();
+        if !names(&s).contains(&"replica1".to_string()) || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(names(&status), ["primary", "replica2", "replica3"]);
+    assert_eq!(status["max_lag_seconds"], 30.0);
+    assert!(
+        pool_sizes(&status, "write").iter().all(|&s| s == 6),
+        "{status}"
+    );
+    assert!(
+        pool_sizes(&status, "read").iter().all(|&s| s == 3),
+        "{status}"
+    );
+    assert_eq!(status["reload"]["reloads_ok"], 1);
+    assert!(status["reload"]["last_reload_unix_ms"].is_u64());
+    assert!(status["reload"]["last_refused_error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_is_refused_whole_with_its_line_and_field() {
+    let e = env();
+    let good = file(&e.cluster, &["replica1", "replica2"], (3, 3), "");
+    let proxy = FileProxy::start(&good);
+    let name = proxy.path.display().to_string();
+
+    // A syntax error: F0000 naming the file and line; nothing changes.
+    let broken = good.replace(
+        "[pools]\nwrite_pool_size = 3",
+        "[pools]\nwrite_pool_size = = 9",
+    );
+    proxy.write(&broken);
+    let err = proxy.reload().await.expect_err("refused");
+    assert_eq!(err.code().code(), "F0000", "{err:?}");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("= = 9"))
+        .expect("line")
+        + 1;
+    assert!(
+        err.message().contains(&format!("{name}:{line}")),
+        "{}",
+        err.message()
+    );
+
+    // Valid TOML, invalid value: the field is named too.
+    let invalid = good.replace(
+        "read_pool_size = 3",
+        "read_pool_size = 9\n[routing]\nbalancer = \"fastest\"",
+    );
+    proxy.write(&invalid);
+    let err = proxy.reload().await.expect_err("refused");
+    assert_eq!(err.code().code(), "F0000");
+    assert!(
+        err.message().contains("routing.balancer"),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains(&name), "{}", err.message());
+
+    let status = proxy.status();
+    assert_eq!(status["reload"]["reloads_ok"], 0);
+    assert_eq!(status["reload"]["reloads_refused"], 2);
+    let last = status["reload"]["last_refused_error"]
+        .as_str()
+        .expect("the last refusal");
+    assert!(last.contains("routing.balancer"), "{last}");
+    assert!(!last.contains("app-secret"));
+    // Nothing changed: the sizes of the first file, and clients are served.
+    let config = proxy.shared.config();
+    assert_eq!(
+        (config.pools.read_pool_size, config.pools.write_pool_size),
+        (3, 3)
+    );
+    let client = connect_to(proxy.addr, APP).await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("served");
+
+    // SHOW CONFIG carries the reload log.
+    let url = format!("postgres://trustclient@{}/pgsplit", proxy.addr);
+    let (console, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("console");
+    tokio::spawn(conn);
+    let rows = console.simple_query("SHOW CONFIG").await.expect("show");
+    let text: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        text.iter().any(|l| l == "# reload.reloads_refused = 2"),
+        "{text:?}"
+    );
+
+    // A proxy built from a Config in code has no file to reload.
+    let err = console_reload(e.proxy).await.expect_err("no file");
+    assert_eq!(err.code().code(), "55000");
+    assert!(err.message().contains("no file"), "{}", err.message());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn sighup_reloads_the_running_binary() {
+    let e = env();
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgsplit.toml");
+    let text = |max_lag: &str| {
+        file(
+            &e.cluster,
+            &["replica1", "replica2"],
+            (2, 2),
+            &format!("[lag]\nmax_lag = \"{max_lag}\""),
+        )
+        .replace(
+            "127.0.0.1:0\"\nadmin",
+            &format!("127.0.0.1:{port}\"\nadmin"),
+        )
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+        )
+    };
+    std::fs::write(&path, text("60s")).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgsplit");
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(admin_addr).is_err() {
+        assert!(Instant::now() < deadline, "pgsplit did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_json(admin_addr, "/status")["max_lag_seconds"], 60.0);
+
+    std::fs::write(&path, text("42s")).expect("rewrite");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let mut status = serde_json::Value::Null;
+    while Instant::now() < deadline + Duration::from_secs(10) {
+        status = http_json(admin_addr, "/status");
+        if status["reload"]["reloads_ok"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status["reload"]["reloads_ok"], 1, "{status}");
+    assert_eq!(status["max_lag_seconds"], 42.0, "{status}");
+}
