@@ -250,3 +250,79 @@ fn positions_grow_within_a_role_and_start_afresh_when_it_changes() {
     assert!(b.note_position(false, 450, Instant::now()));
     assert_eq!(b.position(), 450);
 }
+
+#[test]
+fn a_retired_server_takes_no_reads_and_an_added_one_gets_the_next_index() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    r.retire(1);
+    let counts = spread(&r, 100);
+    assert_eq!(counts[1], 0, "{counts:?}");
+    assert!(r.servers.load()[1].is_retired());
+    let added = r.add_server(&ServerConfig {
+        name: Some("r3".into()),
+        host: "127.0.0.1".into(),
+        port: 6000,
+        weight: 1,
+    });
+    assert_eq!(added.index, 3);
+    assert_eq!(r.servers.len(), 4);
+    assert!(!added.is_usable(), "no reads before its first good probe");
+    added.set_eligible(true);
+    let counts = spread(&r, 100);
+    assert_eq!((counts[1], counts[2], counts[3]), (0, 50, 50), "{counts:?}");
+    assert_eq!(r.servers.by_name("r3").map(|b| b.index), Some(3));
+    assert!(r.servers.by_name("replica1").is_none(), "retired");
+}
+
+#[test]
+fn weights_and_routing_settings_change_live() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    r.servers.load()[2].set_weight(3);
+    let counts = spread(&r, 400);
+    assert_eq!((counts[1], counts[2]), (100, 300), "{counts:?}");
+    let routing = crate::config::RoutingConfig {
+        read_write_split: false,
+        ..Default::default()
+    };
+    r.set_routing(&routing);
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Primary(PrimaryRead::SplitOff)
+    );
+}
+
+#[tokio::test]
+async fn a_pool_set_grows_with_the_servers_and_never_panics_on_an_unknown_index() {
+    let r = router("", &[1]);
+    let toml =
+        "[primary]\nhost = \"h\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\n\
+                password = \"secret\"\n[pools]\nread_pool_size = 2\n";
+    let config = Config::from_toml_str(toml, "<test>").expect("config");
+    let (user, db) = (&config.users[0], &config.databases[0]);
+    let set = PoolSet::new(&config, user, db, &r.servers.snapshot());
+    assert!(set.pool(Target::Replica(2)).is_none());
+    r.add_server(&ServerConfig {
+        name: Some("r2".into()),
+        host: "127.0.0.1".into(),
+        port: 6000,
+        weight: 1,
+    });
+    r.retire(1);
+    let config = Config {
+        pools: crate::config::PoolsConfig {
+            read_pool_size: 5,
+            ..config.pools.clone()
+        },
+        ..config.clone()
+    };
+    set.apply(&config, user, db, &r.servers.snapshot());
+    let pool = set
+        .pool(Target::Replica(2))
+        .expect("the added server's pool");
+    assert_eq!(pool.stats().size, 5);
+    assert_eq!(
+        set.pool(Target::Replica(0)).map(|p| p.stats().size),
+        Some(5)
+    );
+    assert_eq!(set.all().len(), 6);
+}

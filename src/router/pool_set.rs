@@ -1,0 +1,160 @@
+//! The pools of one (user, database), one write pool and one read pool per server index; the list grows with
+//! the router's.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{Backend, Target};
+use crate::config::{Config, DatabaseConfig, UserConfig};
+use crate::pool::{Pool, PoolTimeouts};
+use crate::server::ServerTarget;
+
+/// Both pools of one server in a [`PoolSet`].
+pub struct ServerPools {
+    /// Used while it is the primary.
+    pub write: Pool,
+    /// Used while it is a replica, or for reads on the primary.
+    pub read: Pool,
+}
+
+/// The pools of one (user, database): per server index, a write pool and a read pool. Pools open connections
+/// only when used. The list grows when a reload adds a server (sessions keep their `Arc<PoolSet>`); a retired
+/// server's pools stay at their index and close their connections as they come back.
+pub struct PoolSet {
+    servers: ArcSwap<Vec<ServerPools>>,
+    /// The ParameterStatus values a server reported at the last greeting (for logins while the pools are busy).
+    pub greeting:
+        std::sync::Mutex<Option<std::sync::Arc<std::collections::HashMap<String, String>>>>,
+}
+
+impl PoolSet {
+    /// Creates the pools for a user and database, one pair per server index.
+    pub fn new(
+        config: &Config,
+        user: &UserConfig,
+        db: &DatabaseConfig,
+        servers: &[Arc<Backend>],
+    ) -> PoolSet {
+        let set = PoolSet {
+            servers: ArcSwap::from_pointee(Vec::new()),
+            greeting: std::sync::Mutex::new(None),
+        };
+        set.apply(config, user, db, servers);
+        set
+    }
+
+    /// Brings the pools in line with a configuration (start and reload): new connections use the user's
+    /// current server password and the timeouts; sizes change live; added servers get pools; retired ones
+    /// close their connections as they come back. The caller serializes calls.
+    pub fn apply(
+        &self,
+        config: &Config,
+        user: &UserConfig,
+        db: &DatabaseConfig,
+        servers: &[Arc<Backend>],
+    ) {
+        let t = &config.timeouts;
+        let timeouts = PoolTimeouts {
+            connect: t.server_connect,
+            wait: t.pool_wait,
+            idle: t.server_idle,
+            lifetime: t.server_lifetime,
+        };
+        let target = |b: &Backend| ServerTarget {
+            server: b.name.clone(),
+            address: b.address.clone(),
+            user: user.server_user().to_string(),
+            password: user.server_password().map(str::to_string),
+            database: db.server_database().to_string(),
+        };
+        let (write_size, read_size) = (config.pools.write_pool_size, config.pools.read_pool_size);
+        let current = self.servers.load_full();
+        for (b, pools) in servers.iter().zip(current.iter()) {
+            if b.is_retired() {
+                pools.write.retire();
+                pools.read.retire();
+                continue;
+            }
+            pools.write.update(target(b), timeouts);
+            pools.read.update(target(b), timeouts);
+            pools.write.resize(write_size);
+            pools.read.resize(read_size);
+        }
+        if servers.len() > current.len() {
+            let mut grown: Vec<ServerPools> = current
+                .iter()
+                .map(|p| ServerPools {
+                    write: p.write.clone(),
+                    read: p.read.clone(),
+                })
+                .collect();
+            for b in &servers[current.len()..] {
+                let pools = ServerPools {
+                    write: Pool::new(target(b), write_size, timeouts),
+                    read: Pool::new(target(b), read_size, timeouts),
+                };
+                if b.is_retired() {
+                    pools.write.retire();
+                    pools.read.retire();
+                }
+                grown.push(pools);
+            }
+            self.servers.store(Arc::new(grown));
+        }
+    }
+
+    /// Retires the pools of the servers that are retired (the set's user or database left the configuration).
+    pub fn retire_servers(&self, servers: &[Arc<Backend>]) {
+        let current = self.servers.load();
+        for (b, pools) in servers.iter().zip(current.iter()) {
+            if b.is_retired() {
+                pools.write.retire();
+                pools.read.retire();
+            }
+        }
+    }
+
+    /// The pool behind a target (`None` for an index this set has no pools for: never, when built and updated
+    /// from the router's list).
+    pub fn pool(&self, target: Target) -> Option<Pool> {
+        let servers = self.servers.load();
+        let pools = servers.get(target.index())?;
+        Some(match target {
+            Target::Primary(_) => pools.write.clone(),
+            Target::Replica(_) => pools.read.clone(),
+        })
+    }
+
+    /// Both pools of one server.
+    pub fn of_server(&self, index: usize) -> Vec<Pool> {
+        let servers = self.servers.load();
+        servers
+            .get(index)
+            .map(|p| vec![p.write.clone(), p.read.clone()])
+            .unwrap_or_default()
+    }
+
+    /// Every pool.
+    pub fn all(&self) -> Vec<Pool> {
+        let servers = self.servers.load();
+        let write = servers.iter().map(|p| p.write.clone());
+        write
+            .chain(servers.iter().map(|p| p.read.clone()))
+            .collect()
+    }
+
+    /// The write pools, by server index.
+    pub fn write_pools(&self) -> Vec<Pool> {
+        self.servers
+            .load()
+            .iter()
+            .map(|p| p.write.clone())
+            .collect()
+    }
+
+    /// The read pools, by server index.
+    pub fn read_pools(&self) -> Vec<Pool> {
+        self.servers.load().iter().map(|p| p.read.clone()).collect()
+    }
+}
