@@ -343,3 +343,77 @@ fn sighup_reloads_the_running_binary() {
     assert_eq!(status["reload"]["reloads_ok"], 1, "{status}");
     assert_eq!(status["max_lag_seconds"], 42.0, "{status}");
 }
+
+/// GET `path` on an admin endpoint as text (HTTP/1.0: no chunking).
+fn http_text(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_primary_and_names_restarts(
+) {
+    let e = env();
+    let user = |server_password: &str| {
+        format!(
+            "[[users]]\nname = \"sp\"\npassword = \"sp-pass\"\nserver_user = \"app\"\nserver_password = \"{server_password}\"\n"
+        )
+    };
+    let first = file(&e.cluster, &["replica1", "replica2"], (2, 2), "") + &user("wrong");
+    let proxy = FileProxy::start(&first);
+    // The server refuses the wrong server password: no connection for `sp`.
+    assert!(connect_to(proxy.addr, ("sp", "sp-pass")).await.is_err());
+
+    // A changed server password, reads kept on the primary, a new listen address.
+    let second = file(
+        &e.cluster,
+        &["replica1", "replica2"],
+        (2, 2),
+        "[routing]\nread_write_split = false",
+    )
+    .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)
+        + &user("app-secret");
+    proxy.write(&second);
+    let notice = proxy.reload().await.expect("reloaded");
+    assert!(
+        notice.contains("listen changed: takes effect after a restart"),
+        "{notice}"
+    );
+    let sp = connect_to(proxy.addr, ("sp", "sp-pass"))
+        .await
+        .expect("the new server password is used");
+    for _ in 0..10 {
+        let port = server_port(&sp, "SELECT inet_server_port()").await;
+        assert_eq!(port, e.cluster.primary().port, "read_write_split = false");
+    }
+
+    // A file whose servers no longer include the one taking writes is refused (55000); nothing changes.
+    let replica1 = port_of(&e.cluster, "replica1");
+    let without_primary = second.replace(
+        &format!(
+            "name = \"primary\"\nhost = \"127.0.0.1\"\nport = {}",
+            e.cluster.primary().port
+        ),
+        &format!("name = \"other\"\nhost = \"127.0.0.1\"\nport = {replica1}"),
+    );
+    assert_ne!(without_primary, second);
+    proxy.write(&without_primary);
+    let err = proxy.reload().await.expect_err("refused");
+    assert_eq!(err.code().code(), "55000", "{err:?}");
+    assert!(err.message().contains("\"primary\""), "{}", err.message());
+    assert_eq!(proxy.shared.config().primary.display_name(), "primary");
+
+    let metrics = http_text(proxy.admin, "/metrics");
+    assert!(
+        metrics.contains("pgsplit_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgsplit_reloads_total{result=\"refused\"} 1"),
+        "{metrics}"
+    );
+}
