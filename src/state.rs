@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -45,6 +45,8 @@ pub struct Shared {
     /// Random per process: seeds the mock SCRAM salts of unknown users.
     pub mock_secret: [u8; 32],
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
+    /// Pool sets whose user or database a reload removed, while sessions still hold them.
+    orphans: Mutex<Vec<Weak<PoolSet>>>,
     /// Client slots (`max_client_connections`): a session holds one while it lives.
     pub client_slots: Arc<Semaphore>,
     /// Clients connected now.
@@ -70,9 +72,10 @@ impl Shared {
             monitor: Arc::new(Monitor::new(&config)),
             started: Instant::now(),
             paused: watch::channel(false).0,
-            verifiers: ArcSwap::from_pointee(verifiers(&config)),
+            verifiers: ArcSwap::from_pointee(verifiers(&config, &config, &HashMap::new())),
             mock_secret: rand::random(),
             pools: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
             client_slots: Arc::new(Semaphore::new(config.max_client_connections)),
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
@@ -93,6 +96,12 @@ impl Shared {
     /// The configuration in force now (one atomic load; read it at use time, do not keep it across units).
     pub fn config(&self) -> Arc<Config> {
         self.live.load_full()
+    }
+
+    /// The configuration in force, for the data path: like [`Shared::config`] without touching a reference count
+    /// shared by every session (read a setting and drop it; do not hold it across an await).
+    pub fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.live.load()
     }
 
     /// The swappable configuration, for the background tasks that read it each tick.
@@ -116,7 +125,8 @@ impl Shared {
         let catalog = new.routing.volatile_functions == VolatileFunctions::Catalog;
         self.classifier.configure(&new.write_functions, catalog);
         // 3. Logins: SCRAM verifiers (a removed user's sessions go on; new logins are refused).
-        self.verifiers.store(Arc::new(verifiers(&new)));
+        self.verifiers
+            .store(Arc::new(verifiers(&new, &old, &self.verifiers.load())));
         // 4. Routing settings and servers: retire removed ones, add new ones, reweight.
         self.router.set_routing(&new.routing);
         self.apply_servers(&new, diff);
@@ -154,18 +164,24 @@ impl Shared {
     fn apply_pools(&self, new: &Config) {
         let servers = self.router.servers.snapshot();
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.retain(|(user, db), set| {
-            match (new.user(user), new.database(db)) {
-                (Some(u), Some(d)) => {
-                    set.apply(new, u, d, &servers);
-                    true
-                }
-                // Its sessions go on with the pools they hold; new logins are refused.
-                _ => {
-                    set.retire_servers(&servers);
-                    false
-                }
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|(user, db), set| match (new.user(user), new.database(db)) {
+            (Some(u), Some(d)) => {
+                set.apply(new, u, d, &servers);
+                true
             }
+            // Its sessions go on with the pools they hold; new logins are refused.
+            _ => {
+                orphans.push(Arc::downgrade(set));
+                false
+            }
+        });
+        orphans.retain(|set| match set.upgrade() {
+            Some(set) => {
+                set.keep_up(new, &servers);
+                true
+            }
+            None => false,
         });
     }
 
@@ -233,11 +249,21 @@ impl Shared {
     }
 }
 
-/// The SCRAM verifier of every user that logs in with SCRAM and has a password or a verifier.
-fn verifiers(config: &Config) -> HashMap<String, ScramVerifier> {
+/// The SCRAM verifier of every user of `config` that logs in with SCRAM and has a password or a verifier; one
+/// whose entry is the same in `old` keeps its verifier from `kept` (no new salt, no key derivation).
+fn verifiers(
+    config: &Config,
+    old: &Config,
+    kept: &HashMap<String, ScramVerifier>,
+) -> HashMap<String, ScramVerifier> {
     let mut verifiers = HashMap::new();
     for u in &config.users {
         if u.auth != AuthMethod::ScramSha256 {
+            continue;
+        }
+        let same = old.user(&u.name) == Some(u);
+        if let Some(v) = kept.get(&u.name).filter(|_| same) {
+            verifiers.insert(u.name.clone(), v.clone());
             continue;
         }
         let v = match (&u.scram_verifier, &u.password) {

@@ -23,6 +23,9 @@ pub struct ServerPools {
 /// server's pools stay at their index and close their connections as they come back.
 pub struct PoolSet {
     servers: ArcSwap<Vec<ServerPools>>,
+    /// The user and database entries it was last built from (kept for a set whose user or database a reload
+    /// removed: its sessions go on, and it still follows the server list).
+    owner: std::sync::Mutex<Option<(UserConfig, DatabaseConfig)>>,
     /// The ParameterStatus values a server reported at the last greeting (for logins while the pools are busy).
     pub greeting:
         std::sync::Mutex<Option<std::sync::Arc<std::collections::HashMap<String, String>>>>,
@@ -38,6 +41,7 @@ impl PoolSet {
     ) -> PoolSet {
         let set = PoolSet {
             servers: ArcSwap::from_pointee(Vec::new()),
+            owner: std::sync::Mutex::new(None),
             greeting: std::sync::Mutex::new(None),
         };
         set.apply(config, user, db, servers);
@@ -68,6 +72,9 @@ impl PoolSet {
             password: user.server_password().map(str::to_string),
             database: db.server_database().to_string(),
         };
+        if let Ok(mut owner) = self.owner.lock() {
+            *owner = Some((user.clone(), db.clone()));
+        }
         let (write_size, read_size) = (config.pools.write_pool_size, config.pools.read_pool_size);
         let current = self.servers.load_full();
         for (b, pools) in servers.iter().zip(current.iter()) {
@@ -104,14 +111,12 @@ impl PoolSet {
         }
     }
 
-    /// Retires the pools of the servers that are retired (the set's user or database left the configuration).
-    pub fn retire_servers(&self, servers: &[Arc<Backend>]) {
-        let current = self.servers.load();
-        for (b, pools) in servers.iter().zip(current.iter()) {
-            if b.is_retired() {
-                pools.write.retire();
-                pools.read.retire();
-            }
+    /// Like [`PoolSet::apply`] with the user and database entries it was last built from: for a set whose user or
+    /// database left the configuration, so that its running sessions still find a pool at every server index.
+    pub fn keep_up(&self, config: &Config, servers: &[Arc<Backend>]) {
+        let owner = self.owner.lock().ok().and_then(|o| o.clone());
+        if let Some((user, db)) = owner {
+            self.apply(config, &user, &db, servers);
         }
     }
 

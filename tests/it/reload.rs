@@ -363,10 +363,14 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
             "[[users]]\nname = \"sp\"\npassword = \"sp-pass\"\nserver_user = \"app\"\nserver_password = \"{server_password}\"\n"
         )
     };
-    let first = file(&e.cluster, &["replica1", "replica2"], (2, 2), "") + &user("wrong");
+    let gone = "[[users]]\nname = \"gone\"\npassword = \"gone-pass\"\nserver_user = \"app\"\nserver_password = \"app-secret\"\n";
+    let first = file(&e.cluster, &["replica1", "replica2"], (2, 2), "") + &user("wrong") + gone;
     let proxy = FileProxy::start(&first);
     // The server refuses the wrong server password: no connection for `sp`.
     assert!(connect_to(proxy.addr, ("sp", "sp-pass")).await.is_err());
+    let gone_session = connect_to(proxy.addr, ("gone", "gone-pass"))
+        .await
+        .expect("gone logs in before the reload");
 
     // A changed server password, reads kept on the primary, a new listen address.
     let second = file(
@@ -386,6 +390,18 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
     let sp = connect_to(proxy.addr, ("sp", "sp-pass"))
         .await
         .expect("the new server password is used");
+    // A removed user: its session goes on, a new login is refused.
+    for _ in 0..5 {
+        gone_session
+            .simple_query("SELECT inet_server_port()")
+            .await
+            .expect("the removed user's session goes on");
+    }
+    let refused = connect_to(proxy.addr, ("gone", "gone-pass"))
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+    assert_eq!(refused.as_deref(), Some("28P01"));
     for _ in 0..10 {
         let port = server_port(&sp, "SELECT inet_server_port()").await;
         assert_eq!(port, e.cluster.primary().port, "read_write_split = false");

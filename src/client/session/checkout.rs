@@ -384,7 +384,7 @@ impl Session {
     /// after it), and capped when it is above what the primary has written since it was set (a failover).
     pub(super) async fn settle_floor(&mut self) {
         let router = &self.shared.router;
-        let wait = self.shared.config().lag.probe_timeout;
+        let wait = self.shared.config_now().lag.probe_timeout;
         if let Some(committed) = self.causal.unsettled_write() {
             match freshness::primary_position_since(router, committed, wait).await {
                 Some(lsn) => self.causal.settle(lsn),
@@ -402,7 +402,7 @@ impl Session {
 
     /// The primary's position now; without it no replica can be shown to be fresh (the primary serves the read).
     async fn primary_now(&self) -> u64 {
-        let wait = self.shared.config().lag.probe_timeout;
+        let wait = self.shared.config_now().lag.probe_timeout;
         freshness::primary_position_since(&self.shared.router, std::time::Instant::now(), wait)
             .await
             .unwrap_or(u64::MAX)
@@ -420,7 +420,7 @@ impl Session {
         }
         let mut waited = false;
         if choice == ReadTarget::Behind && floor != u64::MAX {
-            let wait = self.shared.config().routing.causal_wait;
+            let wait = self.shared.config_now().routing.causal_wait;
             choice = freshness::wait_for_replica(router, exclude, floor, wait).await;
             waited = true;
         }
