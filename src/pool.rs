@@ -234,14 +234,23 @@ pub fn resize_semaphore(slots: &Arc<Semaphore>, old: usize, new: usize) {
     let Ok(owed) = u32::try_from(owed) else {
         return;
     };
-    if owed > 0 {
-        let slots = slots.clone();
-        tokio::spawn(async move {
-            if let Ok(p) = slots.acquire_many_owned(owed).await {
-                p.forget();
-            }
-        });
+    if owed == 0 {
+        return;
     }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            owed,
+            "no runtime to shrink a semaphore on: the old size stays"
+        );
+        slots.add_permits(remove - owed as usize);
+        return;
+    };
+    let slots = slots.clone();
+    runtime.spawn(async move {
+        if let Ok(p) = slots.acquire_many_owned(owed).await {
+            p.forget();
+        }
+    });
 }
 
 /// A checked-out connection. [`PooledConn::release`] returns it; dropping it closes it.
