@@ -190,6 +190,16 @@ async fn reload_under_pgbench_load_applies_servers_pools_lag_and_passwords() {
         pool_sizes(&status, "read").iter().all(|&s| s == 3),
         "{status}"
     );
+    for p in status["pools"].as_array().expect("pools") {
+        let (active, idle, size) = (p["active"].as_u64(), p["idle"].as_u64(), p["size"].as_u64());
+        assert!(
+            active
+                .zip(idle)
+                .zip(size)
+                .is_some_and(|((a, i), s)| a + i <= s),
+            "a pool over its size once the load is over: {p}"
+        );
+    }
     assert_eq!(status["reload"]["reloads_ok"], 1);
     assert!(status["reload"]["last_reload_unix_ms"].is_u64());
     assert!(status["reload"]["last_refused_error"].is_null());
@@ -432,4 +442,62 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
         metrics.contains("pgsplit_reloads_total{result=\"refused\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_connections_grows_at_once_and_shrinks_as_clients_leave() {
+    let e = env();
+    let with_max = |n: usize| {
+        file(
+            &e.cluster,
+            &["replica1", "replica2"],
+            (2, 2),
+            &format!("max_client_connections = {n}"),
+        )
+    };
+    let proxy = FileProxy::start(&with_max(2));
+    let code = |r: Result<tokio_postgres::Client, tokio_postgres::Error>| {
+        r.err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()))
+    };
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(connect_to(proxy.addr, APP).await.expect("within the limit"));
+    }
+    assert_eq!(
+        code(connect_to(proxy.addr, APP).await).as_deref(),
+        Some("53300")
+    );
+    // Every slot is taken (the console could not log in either): reload in process.
+    proxy.write(&with_max(4));
+    proxy.shared.reload().expect("reloaded");
+    for _ in 0..2 {
+        clients.push(connect_to(proxy.addr, APP).await.expect("grown at once"));
+    }
+    assert_eq!(
+        code(connect_to(proxy.addr, APP).await).as_deref(),
+        Some("53300")
+    );
+    // Down to 1 with 4 connected: nobody is dropped, and nobody new gets in until all four have left.
+    proxy.write(&with_max(1));
+    proxy.shared.reload().expect("reloaded");
+    for c in &clients {
+        c.simple_query("SELECT 1").await.expect("nobody is dropped");
+    }
+    clients.truncate(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        code(connect_to(proxy.addr, APP).await).as_deref(),
+        Some("53300"),
+        "one client left: at the new limit"
+    );
+    clients.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect_to(proxy.addr, APP).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no slot after all left: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
