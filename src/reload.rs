@@ -85,6 +85,8 @@ impl Shared {
             drop(log);
             return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why));
         }
+        // What can fail to build from the new file (e.g. TLS: reading the certificate and key) is built here,
+        // before anything changes, and refused with F0000 when it fails; `apply` then only swaps it in.
         self.apply(Arc::new(new), &diff);
         log.ok += 1;
         log.last_ok = Some(SystemTime::now());
