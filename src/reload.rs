@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{diff, Config, ConfigDiff};
+use crate::config::{diff, keeping_restart_settings, Config, ConfigDiff};
 use crate::protocol::sqlstate;
 use crate::state::Shared;
 
@@ -87,7 +87,7 @@ impl Shared {
         }
         // What can fail to build from the new file (e.g. TLS: reading the certificate and key) is built here,
         // before anything changes, and refused with F0000 when it fails; `apply` then only swaps it in.
-        self.apply(Arc::new(new), &diff);
+        self.apply(Arc::new(keeping_restart_settings(new, &old)), &diff);
         log.ok += 1;
         log.last_ok = Some(SystemTime::now());
         let done = Reloaded { diff };

@@ -30,6 +30,16 @@ impl ConfigDiff {
     }
 }
 
+/// `new` with the settings that need a restart taken from `old` (in force): what a reload puts in force, so that
+/// `SHOW CONFIG` and `/status` show what really runs, and the next reload still reports them as pending.
+pub fn keeping_restart_settings(mut new: Config, old: &Config) -> Config {
+    new.listen = old.listen;
+    new.admin_listen = old.admin_listen;
+    new.workers = old.workers;
+    new.limits.max_logins_in_progress = old.limits.max_logins_in_progress;
+    new
+}
+
 /// Compares `old` (in force) with `new`. Servers are matched by name.
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut d = ConfigDiff::default();

@@ -23,7 +23,7 @@ mod sections;
 mod tests;
 mod validate;
 
-pub use diff::{diff, ConfigDiff};
+pub use diff::{diff, keeping_restart_settings, ConfigDiff};
 pub use duration::{format_duration, parse_duration};
 pub use load::ConfigError;
 pub use sections::{

@@ -397,6 +397,11 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
         notice.contains("listen changed: takes effect after a restart"),
         "{notice}"
     );
+    assert_eq!(
+        proxy.shared.config().listen.port(),
+        0,
+        "the configuration in force keeps the running listen address"
+    );
     let sp = connect_to(proxy.addr, ("sp", "sp-pass"))
         .await
         .expect("the new server password is used");

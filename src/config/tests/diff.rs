@@ -94,6 +94,10 @@ fn listen_admin_listen_workers_and_login_cap_need_a_restart() {
         d.changed.is_empty(),
         "the login cap alone is not a live limits change: {d:?}"
     );
+    // What a reload puts in force keeps the running values, and the next reload still reports them.
+    let kept = keeping_restart_settings(new.clone(), &old);
+    assert_eq!(kept, old);
+    assert_eq!(diff(&kept, &new).restart_needed.len(), 4);
 }
 
 #[test]
