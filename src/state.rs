@@ -121,9 +121,12 @@ impl Shared {
     pub fn apply(&self, new: Arc<Config>, diff: &ConfigDiff) {
         // 1. The configuration itself: sessions and background tasks read it from here on.
         let old = self.live.swap(new.clone());
-        // 2. Classification: `write_functions`, `volatile_functions`.
-        let catalog = new.routing.volatile_functions == VolatileFunctions::Catalog;
-        self.classifier.configure(&new.write_functions, catalog);
+        // 2. Classification: `write_functions`, `volatile_functions` (the decision cache is dropped if they changed).
+        let mode = new.routing.volatile_functions;
+        if old.write_functions != new.write_functions || old.routing.volatile_functions != mode {
+            let catalog = mode == VolatileFunctions::Catalog;
+            self.classifier.configure(&new.write_functions, catalog);
+        }
         // 3. Logins: SCRAM verifiers (a removed user's sessions go on; new logins are refused).
         self.verifiers
             .store(Arc::new(verifiers(&new, &old, &self.verifiers.load())));

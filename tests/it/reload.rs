@@ -506,3 +506,48 @@ async fn max_client_connections_grows_at_once_and_shrinks_as_clients_leave() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_functions_and_weights_apply_live() {
+    let e = env();
+    let settings = "[routing]\nbalancer = \"round_robin\"\nconsistency = \"eventual\"\n[lag]\nmax_lag = \"60s\"";
+    let first = file(&e.cluster, &["replica1", "replica2"], (2, 2), settings);
+    let proxy = FileProxy::start(&first);
+    let (r1, r2) = (
+        port_of(&e.cluster, "replica1"),
+        port_of(&e.cluster, "replica2"),
+    );
+    wait_for("both replicas eligible", Duration::from_secs(20), || {
+        ["replica1", "replica2"]
+            .iter()
+            .all(|n| status(&proxy.shared, n).eligible)
+    })
+    .await;
+    let client = connect_to(proxy.addr, APP).await.expect("connect");
+    let abs = "SELECT inet_server_port(), abs(-1)";
+    assert_ne!(server_port(&client, abs).await, e.cluster.primary().port);
+
+    let second = first
+        .replacen("[routing]", "write_functions = [\"abs\"]\n[routing]", 1)
+        .replace(
+            &format!("name = \"replica1\"\nhost = \"127.0.0.1\"\nport = {r1}"),
+            &format!("name = \"replica1\"\nhost = \"127.0.0.1\"\nport = {r1}\nweight = 9"),
+        );
+    proxy.write(&second);
+    proxy.reload().await.expect("reloaded");
+    assert_eq!(
+        server_port(&client, abs).await,
+        e.cluster.primary().port,
+        "abs is a write function now"
+    );
+    let mut on = std::collections::HashMap::new();
+    for _ in 0..100 {
+        let port = server_port(&client, "SELECT inet_server_port()").await;
+        *on.entry(port).or_insert(0) += 1;
+    }
+    let (n1, n2) = (
+        on.get(&r1).copied().unwrap_or(0),
+        on.get(&r2).copied().unwrap_or(0),
+    );
+    assert!(n1 >= 75 && (3..=20).contains(&n2), "weights 9:1 → {on:?}");
+}
