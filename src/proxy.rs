@@ -46,9 +46,7 @@ impl ProxyHandle {
 impl Proxy {
     /// Binds the listeners for a configuration read from `path` (`RELOAD` and SIGHUP re-read it).
     pub async fn bind_file(config: Config, path: std::path::PathBuf) -> std::io::Result<Proxy> {
-        let mut proxy = Proxy::bind(config.clone()).await?;
-        proxy.shared = Arc::new(Shared::from_file(config, path));
-        Ok(proxy)
+        Proxy::bind_shared(Shared::from_file(config, path)).await
     }
 
     /// The shared state (for the SIGHUP handler).
@@ -58,6 +56,11 @@ impl Proxy {
 
     /// Binds the client listener.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
+        Proxy::bind_shared(Shared::new(config)).await
+    }
+
+    async fn bind_shared(shared: Shared) -> std::io::Result<Proxy> {
+        let config = shared.config();
         let listener = TcpListener::bind(config.listen).await?;
         let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
             std::io::Error::new(
@@ -66,7 +69,7 @@ impl Proxy {
             )
         })?;
         Ok(Proxy {
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(shared),
             listener,
             admin,
         })
