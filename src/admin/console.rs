@@ -367,7 +367,7 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
         .map(|l| vec![some(l.to_string())])
         .collect();
     let r = super::status::reload(shared);
-    let ms = |t: Option<u128>| t.map_or("never".to_string(), |t| format!("{t} (unix ms)"));
+    let ms = |t: Option<u128>| t.map_or("never".to_string(), utc);
     rows.extend(
         [
             format!(
@@ -388,6 +388,29 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
     table(out, &["setting"], &rows);
 }
 
+/// A time in Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm UTC` (days to a civil date as in H. Hinnant's
+/// `civil_from_days`).
+fn utc(unix_ms: u128) -> String {
+    let secs = (unix_ms / 1000) as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        unix_ms % 1000
+    )
+}
+
 /// SHOW HELP: the console's commands.
 fn show_help(out: &mut BytesMut) {
     let rows: Vec<Vec<Option<String>>> = [
@@ -406,4 +429,14 @@ fn show_help(out: &mut BytesMut) {
     .map(|c| vec![some((*c).to_string())])
     .collect();
     table(out, &["command"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(super::utc(1_796_211_084_500), "2026-12-02 11:31:24.500 UTC");
+    }
 }
