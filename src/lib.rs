@@ -4,7 +4,7 @@
 //! write transactions to the primary and spreads reads over replicas, pooling server connections.
 //!
 //! The modules, each above the ones it uses: [`proxy`] (the listener) → [`client`] (one session per client)
-//! and [`admin`] → [`state`] (what sessions share) → [`monitor`], [`catalog`] → [`router`], [`pool`],
+//! and [`admin`] → [`reload`] (SIGHUP, `RELOAD`) → [`state`] (what sessions share, the configuration in force) → [`monitor`], [`catalog`] → [`router`], [`pool`],
 //! [`server`], [`side`], [`cancel`] → [`classify`], [`config`], [`stats`], [`auth`] → [`sql`], [`protocol`] → [`causal`].
 //!
 //! The data path: a client frame is split off the socket buffer as raw `Bytes` ([`protocol::Frame`]), decoded once
