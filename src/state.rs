@@ -48,12 +48,12 @@ pub struct Shared {
     /// Pool sets whose user or database a reload removed, while sessions still hold them.
     orphans: Mutex<Vec<Weak<PoolSet>>>,
     /// Client slots (`max_client_connections`): a session holds one while it lives.
-    pub client_slots: Arc<Semaphore>,
+    pub(crate) client_slots: Arc<Semaphore>,
     /// Clients connected now.
     pub clients: AtomicUsize,
     next_client_id: AtomicU64,
     /// Reloads so far: when, how many, the last refused one. Its lock also serializes reloads.
-    pub reloads: Mutex<ReloadLog>,
+    pub(crate) reloads: Mutex<ReloadLog>,
 }
 
 impl Shared {
