@@ -551,3 +551,61 @@ async fn write_functions_and_weights_apply_live() {
     );
     assert!(n1 >= 75 && (3..=20).contains(&n2), "weights 9:1 → {on:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_finishes_its_running_transaction_then_disappears() {
+    let e = env();
+    let lag = "[lag]\nmax_lag = \"60s\"";
+    let first = file(&e.cluster, &["replica1", "replica2"], (2, 2), lag);
+    let proxy = FileProxy::start(&first);
+    wait_for("both replicas eligible", Duration::from_secs(20), || {
+        ["replica1", "replica2"]
+            .iter()
+            .all(|n| status(&proxy.shared, n).eligible)
+    })
+    .await;
+    let client = connect_to(proxy.addr, APP).await.expect("connect");
+    client
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .expect("begin");
+    let port = server_port(&client, "SELECT inet_server_port()").await;
+    let (name, kept) = if port == port_of(&e.cluster, "replica1") {
+        ("replica1", "replica2")
+    } else {
+        ("replica2", "replica1")
+    };
+    assert_ne!(
+        port,
+        e.cluster.primary().port,
+        "a read-only transaction on a replica"
+    );
+
+    proxy.write(&file(&e.cluster, &[kept], (2, 2), lag));
+    proxy.reload().await.expect("reloaded");
+    let draining = |s: &serde_json::Value| {
+        s["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["name"] == name))
+            .map(|v| v["draining"] == true)
+    };
+    assert_eq!(draining(&proxy.status()), Some(true), "shown as draining");
+    // The running transaction goes on there, to its end.
+    assert_eq!(
+        server_port(&client, "SELECT inet_server_port()").await,
+        port
+    );
+    client.batch_execute("COMMIT").await.expect("commit");
+    wait_for(
+        "the drained server to disappear",
+        Duration::from_secs(5),
+        || draining(&proxy.status()).is_none(),
+    )
+    .await;
+    for _ in 0..10 {
+        assert_ne!(
+            server_port(&client, "SELECT inet_server_port()").await,
+            port
+        );
+    }
+}
