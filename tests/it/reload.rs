@@ -365,7 +365,7 @@ fn http_text(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_primary_and_names_restarts(
+async fn a_reload_applies_routing_passwords_users_and_databases_refuses_removing_the_primary_and_names_restarts(
 ) {
     let e = env();
     let user = |server_password: &str| {
@@ -381,6 +381,16 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
     let gone_session = connect_to(proxy.addr, ("gone", "gone-pass"))
         .await
         .expect("gone logs in before the reload");
+    let other_db = format!(
+        "postgres://app:app-secret@{}:{}/postgres",
+        proxy.addr.ip(),
+        proxy.addr.port()
+    );
+    let unknown = tokio_postgres::connect(&other_db, tokio_postgres::NoTls)
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+    assert_eq!(unknown.as_deref(), Some("3D000"));
 
     // A changed server password, reads kept on the primary, a new listen address.
     let second = file(
@@ -390,7 +400,8 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
         "[routing]\nread_write_split = false",
     )
     .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)
-        + &user("app-secret");
+        + &user("app-secret")
+        + "[[databases]]\nname = \"postgres\"\n";
     proxy.write(&second);
     let notice = proxy.reload().await.expect("reloaded");
     assert!(
@@ -405,6 +416,12 @@ async fn a_reload_applies_routing_and_server_passwords_refuses_removing_the_prim
     let sp = connect_to(proxy.addr, ("sp", "sp-pass"))
         .await
         .expect("the new server password is used");
+    // An added database takes logins.
+    let (db, conn) = tokio_postgres::connect(&other_db, tokio_postgres::NoTls)
+        .await
+        .expect("the added database");
+    tokio::spawn(conn);
+    db.simple_query("SELECT 1").await.expect("served");
     // A removed user: its session goes on, a new login is refused.
     for _ in 0..5 {
         gone_session
