@@ -24,10 +24,9 @@ pub struct Backend {
     pub index: usize,
     /// Configured name.
     pub name: String,
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
+    /// Its `[primary]` / `[[replicas]]` entry (a reload that changes anything in it but the weight retires this
+    /// backend and adds a new one).
+    pub config: ServerConfig,
     /// host:port.
     pub address: String,
     /// Balancer weight (a reload may change it).
@@ -55,8 +54,7 @@ impl Backend {
         Backend {
             index,
             name: s.display_name(),
-            host: s.host.clone(),
-            port: s.port,
+            config: s.clone(),
             address: s.address(),
             weight: AtomicU32::new(s.weight.max(1)),
             retired: AtomicBool::new(false),

@@ -97,14 +97,8 @@ pub async fn connect_server(
     application_name: &str,
     timeout: Duration,
 ) -> Result<tokio_postgres::Client, SideError> {
-    let server = ServerConfig {
-        name: Some(backend.name.clone()),
-        host: backend.host.clone(),
-        port: backend.port,
-        weight: 1,
-    };
     let db = config.databases.first().ok_or(SideError::NoDatabase)?;
-    let side = connect(config, &server, db, application_name, timeout).await?;
+    let side = connect(config, &backend.config, db, application_name, timeout).await?;
     drop(side.task);
     Ok(side.client)
 }

@@ -7,9 +7,10 @@ use super::{Config, ServerConfig};
 /// The changes a reload makes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigDiff {
-    /// Servers in the new file only (a moved server is here too, under its name).
+    /// Servers in the new file only (a changed server is here too, under its name).
     pub added: Vec<ServerConfig>,
-    /// Names of servers gone from the new file, or moved to another host or port (retired, then added).
+    /// Names of servers gone from the new file, or changed in anything but their weight (host, port, …): those
+    /// are retired, then added again.
     pub removed: Vec<String>,
     /// Servers kept whose balancer weight changed: (name, new weight).
     pub reweighted: Vec<(String, u32)>,
@@ -47,7 +48,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     for s in new.servers() {
         match find(old, &s.display_name()) {
             None => d.added.push(s.clone()),
-            Some(o) if o.host != s.host || o.port != s.port => {
+            Some(o) if !same_but_weight(&o, s) => {
                 d.removed.push(o.display_name());
                 d.added.push(s.clone());
             }
@@ -107,4 +108,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     ];
     d.changed = live.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect();
     d
+}
+
+/// Whether two entries of one server differ at most in their weight.
+fn same_but_weight(a: &ServerConfig, b: &ServerConfig) -> bool {
+    let b = ServerConfig {
+        weight: a.weight,
+        ..b.clone()
+    };
+    *a == b
 }
