@@ -210,8 +210,10 @@ impl Pool {
         }
         conn.last_used = now;
         let mut idle = lock(&self.0.idle);
-        // Over the size (it shrank while the connection was out): closed.
-        if idle.len() < self.0.size.load(Ordering::Relaxed) {
+        // Open connections (idle, and checked out counting this one) over the size: it shrank while they were
+        // out, and this one is closed.
+        let open = idle.len() + self.0.active.load(Ordering::Relaxed);
+        if open <= self.0.size.load(Ordering::Relaxed) {
             idle.push(conn);
         }
     }
