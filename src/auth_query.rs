@@ -100,7 +100,7 @@ pub struct AuthQuery {
     /// Per user name: the last lookup, behind the lock concurrent logins of that user queue on.
     cache: Mutex<HashMap<String, Slot>>,
     /// Side connections by (server address, database): open, or the last failure to open one.
-    conns: tokio::sync::Mutex<HashMap<ConnKey, Conn>>,
+    conns: Arc<tokio::sync::Mutex<HashMap<ConnKey, Conn>>>,
 }
 
 type ConnKey = (String, String);
@@ -158,10 +158,19 @@ impl AuthQuery {
         }
     }
 
-    /// Forgets every cached hash and closes the side connections (after a configuration change).
-    pub async fn clear(&self) {
+    /// Forgets every cached lookup at once, and the lookup connections as soon as no lookup uses them (reload,
+    /// when how users are looked up changed).
+    pub fn forget(&self) {
         lock(&self.cache).clear();
-        self.conns.lock().await.clear();
+        match self.conns.try_lock() {
+            Ok(mut conns) => conns.clear(),
+            Err(_) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let conns = self.conns.clone();
+                    runtime.spawn(async move { conns.lock().await.clear() });
+                }
+            }
+        }
     }
 
     fn slot(&self, user: &str) -> Slot {

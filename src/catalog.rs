@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::classify::{Classifier, FunctionCatalog, FunctionRow};
-use crate::config::{Config, ServerConfig, VolatileFunctions};
+use crate::config::{Config, LiveConfig, ServerConfig, VolatileFunctions};
 use crate::router::Router;
 use crate::side::SideError;
 
@@ -94,14 +94,16 @@ pub async fn load(config: &Config, server: &ServerConfig) -> Result<FunctionCata
 /// `list` mode routing ignores the catalog, but it still tells built-in functions from user-defined ones, whose
 /// calls make a server connection be reset before reuse.
 pub async fn maintain(
-    config: Arc<Config>,
+    live: LiveConfig,
     router: Arc<Router>,
     classifier: Arc<Classifier>,
     loaded: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut loaded = Some(loaded);
     loop {
-        let primary = router.primary().ok().and_then(|i| config.servers().nth(i));
+        let config = live.load_full();
+        let primary = router.primary().ok().and_then(|i| router.servers.get(i));
+        let primary = primary.and_then(|b| config.servers().find(|s| s.display_name() == b.name));
         match load(&config, primary.unwrap_or(&config.primary)).await {
             Ok(catalog) => {
                 tracing::debug!(

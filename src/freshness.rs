@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::causal::Lsn;
-use crate::config::Config;
-use crate::router::{ReadTarget, Router};
+use crate::config::{Config, LiveConfig};
+use crate::router::{Backend, ReadTarget, Router};
 
 /// The shortest time between two on-demand checks of one server: a reader waiting for a replica polls it, and
 /// this bounds the poll's rate.
@@ -44,26 +44,34 @@ pub fn observed(router: &Router, index: usize, in_recovery: bool, lsn: u64, aske
     }
 }
 
-/// Runs the on-demand checkers, one per server, for as long as pgsplit runs.
-pub async fn run_checkers(config: Arc<Config>, router: Arc<Router>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..router.servers.len() {
-        tasks.spawn(check_loop(config.clone(), router.clone(), index));
-    }
-    while tasks.join_next().await.is_some() {}
+/// Runs the on-demand checkers, one per server (servers a reload adds included; a retired server's ends), for as
+/// long as pgsplit runs.
+pub async fn run_checkers(config: LiveConfig, router: Arc<Router>) {
+    let r = router.clone();
+    crate::router::per_server(&r, move |index| {
+        check_loop(config.clone(), router.clone(), index)
+    })
+    .await
 }
 
-async fn check_loop(config: Arc<Config>, router: Arc<Router>, index: usize) {
+async fn check_loop(config: LiveConfig, router: Arc<Router>, index: usize) {
     let mut client: Option<tokio_postgres::Client> = None;
+    let Some(backend) = router.servers.get(index) else {
+        return;
+    };
     loop {
-        router.servers[index].check.notified().await;
+        backend.check.notified().await;
+        if backend.is_retired() {
+            return;
+        }
         let started = Instant::now();
+        let config = config.load_full();
         let timeout = config.lag.probe_timeout;
-        match tokio::time::timeout(timeout, check(&config, index, &mut client)).await {
+        match tokio::time::timeout(timeout, check(&config, &backend, &mut client)).await {
             Ok(Ok(Some((in_recovery, lsn)))) => observed(&router, index, in_recovery, lsn, started),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                tracing::debug!(server = %router.servers[index].name, error = %e, "on-demand position check failed");
+                tracing::debug!(server = %backend.name, error = %e, "on-demand position check failed");
                 client = None;
             }
             Err(_) => client = None,
@@ -87,15 +95,16 @@ enum CheckError {
 
 async fn check(
     config: &Config,
-    index: usize,
+    backend: &Backend,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<Option<(bool, u64)>, CheckError> {
     let c = match client {
         Some(c) if !c.is_closed() => c,
-        _ => client.insert(
-            crate::side::connect_server(config, index, "pgsplit checks", config.lag.probe_timeout)
-                .await?,
-        ),
+        _ => {
+            let timeout = config.lag.probe_timeout;
+            let side = crate::side::connect_server(config, backend, "pgsplit checks", timeout);
+            client.insert(side.await?)
+        }
     };
     let row = c.query_one(CHECK, &[]).await?;
     let in_recovery: bool = row.try_get(0)?;
@@ -109,7 +118,7 @@ async fn check(
 /// Asks the replicas that may take reads but are not known to be at `floor` for fresh positions, without waiting:
 /// the reads that follow find them there (when a read went elsewhere meanwhile, e.g. to an included primary).
 pub fn refresh_behind(router: &Router, floor: u64) {
-    for b in &router.servers {
+    for b in router.servers.load().iter() {
         if b.is_usable() && b.position() < floor {
             b.check.notify_one();
         }

@@ -4,7 +4,8 @@
 //! write transactions to the primary and spreads reads over replicas, pooling server connections.
 //!
 //! The modules, each above the ones it uses: [`proxy`] (the listener) → [`client`] (one session per client)
-//! and [`admin`] → [`state`] (what sessions share) → [`monitor`], [`catalog`], [`auth_query`] → [`router`], [`pool`],
+//! and [`admin`] → [`reload`] (SIGHUP, `RELOAD`) → [`state`] (what sessions share, the configuration in force) →
+//! [`monitor`], [`catalog`], [`auth_query`] → [`router`], [`pool`],
 //! [`server`], [`side`], [`cancel`] → [`classify`], [`config`], [`stats`], [`auth`] → [`sql`], [`protocol`] → [`causal`].
 //!
 //! The data path: a client frame is split off the socket buffer as raw `Bytes` ([`protocol::Frame`]), decoded once
@@ -31,6 +32,7 @@ pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod side;

@@ -66,8 +66,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -75,7 +75,10 @@ fn main() -> ExitCode {
                 }
             };
             runtime(config.workers).block_on(async move {
-                let proxy = match Proxy::bind(config.clone()).await {
+                // Listened for before anything is bound: a SIGHUP sent once the ports answer must not find the
+                // default action (which ends the process).
+                let hup = sighup();
+                let proxy = match Proxy::bind_file(config.clone(), path).await {
                     Ok(p) => p,
                     Err(e) => {
                         eprintln!("pgsplit: cannot listen on {}: {e}", config.listen);
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
                     }
                 };
                 tracing::info!(listen = %config.listen, primary = %config.primary.address(), replicas = config.replicas.len(), "pgsplit listening");
+                reload_on_sighup(hup, proxy.shared());
                 proxy.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             })
@@ -146,6 +150,40 @@ fn raise_fd_limit() {
         }
     }
 }
+
+/// The SIGHUP stream (`None`: cannot listen; reload with the console's RELOAD instead).
+#[cfg(unix)]
+fn sighup() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with the console's RELOAD");
+        })
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn sighup() -> Option<()> {
+    None
+}
+
+/// Reloads the configuration file on each SIGHUP (a refused reload is logged; the configuration in force stays).
+#[cfg(unix)]
+fn reload_on_sighup(
+    hup: Option<tokio::signal::unix::Signal>,
+    shared: std::sync::Arc<pgsplit::proxy::Shared>,
+) {
+    let Some(mut hup) = hup else { return };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration file");
+            let _ = shared.reload();
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: Option<()>, _: std::sync::Arc<pgsplit::proxy::Shared>) {}
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::causal::Lsn;
-use crate::config::{Config, LagConfig, PrimaryUnknown};
-use crate::router::{NoPrimary, Router};
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, LagConfig, LiveConfig, PrimaryUnknown};
+use crate::router::{Backend, NoPrimary, Router};
 use crate::side::SideError;
 
 /// How long primary LSN samples are kept.
@@ -130,6 +132,8 @@ pub struct ServerStatus {
     pub last_error: Option<String>,
     /// Recent eligibility changes, oldest first.
     pub transitions: VecDeque<Transition>,
+    /// Removed from the configuration by a reload: no longer probed, takes nothing new (draining).
+    pub retired: bool,
     below_since: Option<Instant>,
     probed: bool,
 }
@@ -189,7 +193,7 @@ struct State {
 
 /// The shared view of every server's health and lag.
 pub struct Monitor {
-    config: LagConfig,
+    config: ArcSwap<LagConfig>,
     state: Mutex<State>,
 }
 
@@ -204,33 +208,43 @@ impl Monitor {
     pub fn new(config: &Config) -> Monitor {
         let servers = config
             .servers()
-            .map(|s| ServerStatus {
-                name: s.display_name(),
-                address: s.address(),
-                role: Role::Unknown,
-                up: false,
-                eligible: false,
-                reason: "not probed yet".into(),
-                lag_bytes: None,
-                lag: None,
-                probe: Probe::default(),
-                last_ok: None,
-                probe_latency: None,
-                failures: 0,
-                last_error: None,
-                transitions: VecDeque::new(),
-                below_since: None,
-                probed: false,
-            })
+            .map(|s| unprobed(s.display_name(), s.address()))
             .collect();
         Monitor {
-            config: config.lag.clone(),
+            config: ArcSwap::from_pointee(config.lag.clone()),
             state: Mutex::new(State {
                 servers,
                 history: LsnHistory::default(),
                 owner: Some(0),
                 split_brain: false,
             }),
+        }
+    }
+
+    /// Uses these lag settings from the next probe on (reload).
+    pub fn set_lag(&self, lag: &LagConfig) {
+        self.config.store(Arc::new(lag.clone()));
+    }
+
+    /// Follows a server a reload added (at the router's next index): not probed yet, so it takes no reads.
+    pub fn add_server(&self, b: &Backend) {
+        let mut st = self.lock();
+        while st.servers.len() < b.index {
+            st.servers.push(unprobed(String::new(), String::new()));
+        }
+        if st.servers.len() == b.index {
+            st.servers.push(unprobed(b.name.clone(), b.address.clone()));
+        }
+    }
+
+    /// Stops following server `index` (reload removed it): it takes nothing new and is no longer probed.
+    pub fn retire(&self, index: usize) {
+        if let Some(s) = self.lock().servers.get_mut(index) {
+            s.retired = true;
+            s.eligible = false;
+            s.up = false;
+            s.role = Role::Unknown;
+            s.reason = "removed from the configuration (draining)".into();
         }
     }
 
@@ -245,7 +259,7 @@ impl Monitor {
 
     /// Whether every server has been probed at least once.
     pub fn all_probed(&self) -> bool {
-        self.lock().servers.iter().all(|s| s.probed)
+        self.lock().servers.iter().all(|s| s.probed || s.retired)
     }
 
     /// Records a probe of server `index` and re-evaluates roles and eligibility. Returns true when the server
@@ -259,7 +273,7 @@ impl Monitor {
     ) -> bool {
         let now = Instant::now();
         let mut st = self.lock();
-        let Some(s) = st.servers.get_mut(index) else {
+        let Some(s) = st.servers.get_mut(index).filter(|s| !s.retired) else {
             return false;
         };
         s.probed = true;
@@ -283,7 +297,7 @@ impl Monitor {
             }
             Err(e) => {
                 s.failures += 1;
-                if e.refused() || s.failures >= self.config.down_after {
+                if e.refused() || s.failures >= self.config.load().down_after {
                     if s.up {
                         tracing::warn!(server = %s.name, failures = s.failures, error = %e, "server is down");
                     }
@@ -299,9 +313,11 @@ impl Monitor {
     }
 
     fn evaluate(&self, st: &mut State, probed: usize, now: Instant, router: &Router) {
-        let stale = self.config.lag_check_interval * 4 + self.config.probe_timeout;
-        let fresh =
-            |s: &ServerStatus| s.up && s.last_ok.is_some_and(|t| now.duration_since(t) <= stale);
+        let cfg = self.config.load_full();
+        let stale = cfg.lag_check_interval * 4 + cfg.probe_timeout;
+        let fresh = |s: &ServerStatus| {
+            !s.retired && s.up && s.last_ok.is_some_and(|t| now.duration_since(t) <= stale)
+        };
 
         elect_primary(st, router, &fresh);
 
@@ -320,8 +336,12 @@ impl Monitor {
             .map(|(_, lsn)| lsn);
 
         // Which replicas may take reads.
+        let backends = router.servers.load();
         for i in 0..st.servers.len() {
             let s = &st.servers[i];
+            if s.retired {
+                continue;
+            }
             let refused = refusal(
                 s,
                 router.primary() == Ok(i),
@@ -330,22 +350,26 @@ impl Monitor {
             );
             let verdict = match refused {
                 Some(reason) => Verdict::no(reason),
-                None => self.lag_verdict(primary_position, s.probe.replay_lsn, &st.history, now),
+                None => {
+                    self.lag_verdict(&cfg, primary_position, s.probe.replay_lsn, &st.history, now)
+                }
             };
-            let eligible = self.admit(&mut st.servers[i], verdict, now);
-            router.servers[i].set_eligible(eligible);
+            let eligible = self.admit(&mut st.servers[i], verdict, now, cfg.readmit_hold);
+            if let Some(b) = backends.get(i) {
+                b.set_eligible(eligible && !b.is_retired());
+            }
         }
     }
 
     /// Judges a replica that passed every other check by its lag (bytes and time) against the thresholds.
     fn lag_verdict(
         &self,
+        cfg: &LagConfig,
         primary_position: Option<u64>,
         replayed: Option<u64>,
         history: &LsnHistory,
         now: Instant,
     ) -> Verdict {
-        let cfg = &self.config;
         match (primary_position, replayed) {
             (Some(p), Some(replayed)) => {
                 let bytes = p.saturating_sub(replayed);
@@ -392,7 +416,7 @@ impl Monitor {
     /// Applies a verdict with hysteresis: an eligible replica leaves as soon as it fails; one that is out comes
     /// back once under the re-admit threshold for `readmit_hold` (at once if it was never excluded). Returns
     /// whether it is eligible now.
-    fn admit(&self, s: &mut ServerStatus, verdict: Verdict, now: Instant) -> bool {
+    fn admit(&self, s: &mut ServerStatus, verdict: Verdict, now: Instant, hold: Duration) -> bool {
         let Verdict {
             ok_now,
             under_readmit,
@@ -408,7 +432,7 @@ impl Monitor {
         } else if under_readmit {
             let since = *s.below_since.get_or_insert(now);
             // A replica that was never excluded is admitted at once; one that was, after the hold time.
-            s.transitions.is_empty() || now.duration_since(since) >= self.config.readmit_hold
+            s.transitions.is_empty() || now.duration_since(since) >= hold
         } else {
             s.below_since = None;
             false
@@ -522,47 +546,51 @@ fn refusal(
     }
 }
 
-/// Runs the probe loops of every server until the process ends: each probe is recorded in `monitor`, which sets
-/// the primary and the replicas' read eligibility on `router`; `on_down(index)` runs when a server has just been
-/// marked down (the listener closes its idle pooled connections).
+/// Runs the probe loops of every server until the process ends (a server a reload adds gets its loop; a retired
+/// one's loop ends): each probe is recorded in `monitor`, which sets the primary and the replicas' read
+/// eligibility on `router`; `on_down(index)` runs when a server has just been marked down (the listener closes its
+/// idle pooled connections). The lag settings are read from `config` at each probe.
 pub async fn run(
-    config: Arc<Config>,
+    config: LiveConfig,
     monitor: Arc<Monitor>,
     router: Arc<Router>,
     on_down: impl Fn(usize) + Send + Sync + 'static,
 ) {
     let on_down: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(on_down);
-    let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..router.servers.len() {
-        tasks.spawn(probe_loop(
+    let r = router.clone();
+    crate::router::per_server(&r, move |index| {
+        probe_loop(
             config.clone(),
             monitor.clone(),
             router.clone(),
             on_down.clone(),
             index,
-        ));
-    }
-    while tasks.join_next().await.is_some() {}
+        )
+    })
+    .await
 }
 
 async fn probe_loop(
-    config: Arc<Config>,
+    config: LiveConfig,
     monitor: Arc<Monitor>,
     router: Arc<Router>,
     on_down: Arc<dyn Fn(usize) + Send + Sync>,
     index: usize,
 ) {
-    let cfg = &config.lag;
     let mut client: Option<tokio_postgres::Client> = None;
-    let mut backoff = cfg.lag_check_interval;
+    let mut backoff = config.load().lag.lag_check_interval;
     loop {
+        let Some(backend) = router.servers.get(index).filter(|b| !b.is_retired()) else {
+            return;
+        };
+        let config = config.load_full();
+        let cfg = &config.lag;
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(cfg.probe_timeout, probe(&config, index, &mut client)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err(ProbeError::TimedOut(cfg.probe_timeout)),
-            };
+        let probing = probe(&config, &backend, &mut client);
+        let result = match tokio::time::timeout(cfg.probe_timeout, probing).await {
+            Ok(r) => r,
+            Err(_) => Err(ProbeError::TimedOut(cfg.probe_timeout)),
+        };
         let failed = result.is_err();
         if failed {
             client = None;
@@ -597,14 +625,19 @@ async fn probe_loop(
 
 async fn probe(
     config: &Config,
-    index: usize,
+    backend: &Backend,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<Probe, ProbeError> {
     let c = match client {
         Some(c) if !c.is_closed() => c,
         _ => client.insert(
-            crate::side::connect_server(config, index, "pgsplit monitor", config.lag.probe_timeout)
-                .await?,
+            crate::side::connect_server(
+                config,
+                backend,
+                "pgsplit monitor",
+                config.lag.probe_timeout,
+            )
+            .await?,
         ),
     };
     let row = c.query_one(PROBE, &[]).await.map_err(ProbeError::Query)?;
@@ -622,6 +655,29 @@ async fn probe(
         replay_paused: row.get(4),
         receiver_up: row.get(5),
     })
+}
+
+/// A server's status before its first probe.
+fn unprobed(name: String, address: String) -> ServerStatus {
+    ServerStatus {
+        name,
+        address,
+        role: Role::Unknown,
+        up: false,
+        eligible: false,
+        reason: "not probed yet".into(),
+        lag_bytes: None,
+        lag: None,
+        probe: Probe::default(),
+        last_ok: None,
+        probe_latency: None,
+        failures: 0,
+        last_error: None,
+        transitions: VecDeque::new(),
+        retired: false,
+        below_since: None,
+        probed: false,
+    }
 }
 
 #[cfg(test)]

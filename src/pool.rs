@@ -5,10 +5,11 @@
 //! no unread bytes and is not marked broken; anything else is closed, which makes Postgres roll back.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
@@ -44,10 +45,17 @@ pub struct PoolStats {
     pub size: usize,
 }
 
-struct PoolInner {
+/// What a pool connects with: swapped whole on reload (a changed password is used by new connections).
+struct PoolSettings {
     target: ServerTarget,
-    size: usize,
     timeouts: PoolTimeouts,
+}
+
+struct PoolInner {
+    settings: ArcSwap<PoolSettings>,
+    size: AtomicUsize,
+    /// Its server was removed from the configuration: connections close as they come back.
+    retired: AtomicBool,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     active: AtomicUsize,
@@ -63,9 +71,9 @@ impl Pool {
     pub fn new(target: ServerTarget, size: usize, timeouts: PoolTimeouts) -> Pool {
         let size = size.max(1);
         Pool(Arc::new(PoolInner {
-            target,
-            size,
-            timeouts,
+            settings: ArcSwap::from_pointee(PoolSettings { target, timeouts }),
+            size: AtomicUsize::new(size),
+            retired: AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(size)),
             idle: Mutex::new(Vec::with_capacity(size)),
             active: AtomicUsize::new(0),
@@ -80,18 +88,17 @@ impl Pool {
         let permit = match inner.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                let wait = inner.settings.load().timeouts.wait;
                 inner.waiting.fetch_add(1, Ordering::Relaxed);
-                let waited =
-                    tokio::time::timeout(inner.timeouts.wait, inner.slots.clone().acquire_owned())
-                        .await;
+                let waited = tokio::time::timeout(wait, inner.slots.clone().acquire_owned()).await;
                 inner.waiting.fetch_sub(1, Ordering::Relaxed);
                 match waited {
                     Ok(Ok(p)) => p,
                     _ => {
                         return Err(Error::PoolTimeout {
-                            server: inner.target.server.clone(),
-                            waited_ms: inner.timeouts.wait.as_millis(),
-                            size: inner.size,
+                            server: inner.settings.load().target.server.clone(),
+                            waited_ms: wait.as_millis(),
+                            size: inner.size.load(Ordering::Relaxed),
                         })
                     }
                 }
@@ -123,7 +130,12 @@ impl Pool {
             });
         }
         // Boxed: a login's state is large and would otherwise be part of every client's task.
-        let conn = Box::pin(ServerConn::connect(&inner.target, inner.timeouts.connect)).await?;
+        let settings = inner.settings.load_full();
+        let conn = Box::pin(ServerConn::connect(
+            &settings.target,
+            settings.timeouts.connect,
+        ))
+        .await?;
         inner.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),
@@ -133,7 +145,7 @@ impl Pool {
     }
 
     fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
-        let t = &self.0.timeouts;
+        let t = self.0.settings.load().timeouts;
         (!t.lifetime.is_zero() && now.duration_since(conn.created) >= t.lifetime)
             || (!t.idle.is_zero() && now.duration_since(conn.last_used) >= t.idle)
     }
@@ -156,13 +168,39 @@ impl Pool {
             active: self.0.active.load(Ordering::Relaxed),
             idle: lock(&self.0.idle).len(),
             waiting: self.0.waiting.load(Ordering::Relaxed),
-            size: self.0.size,
+            size: self.0.size.load(Ordering::Relaxed),
         }
+    }
+
+    /// Uses `target` and `timeouts` from now on: new connections log in with them; open ones stay as they are.
+    pub fn update(&self, target: ServerTarget, timeouts: PoolTimeouts) {
+        self.0
+            .settings
+            .store(Arc::new(PoolSettings { target, timeouts }));
+    }
+
+    /// Changes the size live: growing adds free slots at once; shrinking closes idle connections over the new
+    /// size and takes the other slots away as the connections holding them come back.
+    pub fn resize(&self, size: usize) {
+        let size = size.max(1);
+        let old = self.0.size.swap(size, Ordering::Relaxed);
+        resize_semaphore(&self.0.slots, old, size);
+        if size < old {
+            let keep = size.saturating_sub(self.0.active.load(Ordering::Relaxed));
+            lock(&self.0.idle).truncate(keep);
+        }
+    }
+
+    /// Its server left the configuration: idle connections close now, busy ones when they come back.
+    pub fn retire(&self) {
+        self.0.retired.store(true, Ordering::Relaxed);
+        self.close_idle();
     }
 
     fn checkin(&self, mut conn: ServerConn) {
         let now = Instant::now();
         if conn.broken
+            || self.0.retired.load(Ordering::Relaxed)
             || conn.needs_reset
             || conn.status != backend::IDLE
             || !conn.rbuf.is_empty()
@@ -171,12 +209,50 @@ impl Pool {
             return;
         }
         conn.last_used = now;
-        lock(&self.0.idle).push(conn);
+        let mut idle = lock(&self.0.idle);
+        // Open connections (idle, and checked out counting this one) over the size: it shrank while they were
+        // out, and this one is closed.
+        let open = idle.len() + self.0.active.load(Ordering::Relaxed);
+        if open <= self.0.size.load(Ordering::Relaxed) {
+            idle.push(conn);
+        }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a semaphore of `old` permits to `new`: growing adds permits at once; shrinking forgets the free ones now
+/// and, for the rest, queues one waiter (the semaphore is fair: nobody gets a slot past it) that forgets the
+/// permits as their holders return them. A grow meanwhile pays that waiter first. Needs a tokio runtime.
+pub fn resize_semaphore(slots: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        slots.add_permits(new - old);
+        return;
+    }
+    let remove = old - new;
+    let owed = remove - slots.forget_permits(remove);
+    let Ok(owed) = u32::try_from(owed) else {
+        return;
+    };
+    if owed == 0 {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            owed,
+            "no runtime to shrink a semaphore on: the old size stays"
+        );
+        slots.add_permits(remove - owed as usize);
+        return;
+    };
+    let slots = slots.clone();
+    runtime.spawn(async move {
+        if let Ok(p) = slots.acquire_many_owned(owed).await {
+            p.forget();
+        }
+    });
 }
 
 /// A checked-out connection. [`PooledConn::release`] returns it; dropping it closes it.
@@ -240,5 +316,86 @@ impl DerefMut for PooledConn {
         self.conn
             .as_mut()
             .unwrap_or_else(|| unreachable!("pooled connection used after release"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(size: usize) -> Pool {
+        let target = ServerTarget {
+            server: "s".into(),
+            address: "127.0.0.1:1".into(),
+            user: "u".into(),
+            credential: Default::default(),
+            database: "d".into(),
+        };
+        let t = Duration::from_secs(1);
+        let timeouts = PoolTimeouts {
+            connect: t,
+            wait: t,
+            idle: t,
+            lifetime: t,
+        };
+        Pool::new(target, size, timeouts)
+    }
+
+    #[tokio::test]
+    async fn growing_adds_free_slots_at_once() {
+        let p = pool(2);
+        p.resize(5);
+        assert_eq!(p.stats().size, 5);
+        assert_eq!(p.0.slots.available_permits(), 5);
+    }
+
+    #[tokio::test]
+    async fn shrinking_takes_free_slots_now_and_busy_ones_as_they_return() {
+        let sem = Arc::new(Semaphore::new(4));
+        let busy: Vec<_> = (0..3)
+            .map(|_| sem.clone().try_acquire_owned().expect("free"))
+            .collect();
+        // 4 → 1: the one free slot goes now; two more must go as the busy ones come back.
+        resize_semaphore(&sem, 4, 1);
+        assert_eq!(sem.available_permits(), 0);
+        drop(busy);
+        tokio::task::yield_now().await;
+        for _ in 0..10 {
+            if sem.available_permits() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            sem.available_permits(),
+            1,
+            "the new size, once all came back"
+        );
+        assert!(sem.clone().try_acquire_many_owned(2).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_grow_after_a_pending_shrink_pays_it_first() {
+        let sem = Arc::new(Semaphore::new(2));
+        let busy: Vec<_> = (0..2)
+            .map(|_| sem.clone().try_acquire_owned().expect("free"))
+            .collect();
+        resize_semaphore(&sem, 2, 1);
+        tokio::task::yield_now().await;
+        resize_semaphore(&sem, 1, 3);
+        drop(busy);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(sem.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_retired_or_shrunk_pool_reports_its_size() {
+        let p = pool(4);
+        p.resize(1);
+        assert_eq!(p.stats().size, 1);
+        p.retire();
+        assert_eq!(p.stats().idle, 0);
+        p.resize(0);
+        assert_eq!(p.stats().size, 1, "never below one slot");
     }
 }

@@ -44,8 +44,23 @@ impl ProxyHandle {
 }
 
 impl Proxy {
+    /// Binds the listeners for a configuration read from `path` (`RELOAD` and SIGHUP re-read it).
+    pub async fn bind_file(config: Config, path: std::path::PathBuf) -> std::io::Result<Proxy> {
+        Proxy::bind_shared(Shared::from_file(config, path)).await
+    }
+
+    /// The shared state (for the SIGHUP handler).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Binds the client listener.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
+        Proxy::bind_shared(Shared::new(config)).await
+    }
+
+    async fn bind_shared(shared: Shared) -> std::io::Result<Proxy> {
+        let config = shared.config();
         let listener = TcpListener::bind(config.listen).await?;
         let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
             std::io::Error::new(
@@ -54,7 +69,7 @@ impl Proxy {
             )
         })?;
         Ok(Proxy {
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(shared),
             listener,
             admin,
         })
@@ -100,9 +115,11 @@ impl Proxy {
         } = self;
         let background = Background::start(&shared, admin).await;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let slots = Arc::new(Semaphore::new(shared.config.max_client_connections));
+        let slots = shared.client_slots.clone();
         // Connections still logging in have their own cap: silent or slow sockets cannot take client slots.
-        let logins = Arc::new(Semaphore::new(shared.config.limits.max_logins_in_progress));
+        let logins = Arc::new(Semaphore::new(
+            shared.config().limits.max_logins_in_progress,
+        ));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -157,12 +174,13 @@ impl Background {
         // is read, function calls route to the primary.
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         let catalog = tokio::spawn(crate::catalog::maintain(
-            shared.config.clone(),
+            shared.live_config(),
             shared.router.clone(),
             shared.classifier.clone(),
             loaded_tx,
         ));
-        let _ = tokio::time::timeout(shared.config.timeouts.server_connect, loaded_rx).await;
+        let config = shared.config();
+        let _ = tokio::time::timeout(config.timeouts.server_connect, loaded_rx).await;
         // Probe every server once before taking clients (until then no replica takes reads). A server marked
         // down loses its idle pooled connections.
         let on_down = {
@@ -170,17 +188,17 @@ impl Background {
             move |index| shared.close_idle_of(index)
         };
         let monitor = tokio::spawn(crate::monitor::run(
-            shared.config.clone(),
+            shared.live_config(),
             shared.monitor.clone(),
             shared.router.clone(),
             on_down,
         ));
-        let deadline = tokio::time::Instant::now() + shared.config.lag.probe_timeout * 2;
+        let deadline = tokio::time::Instant::now() + config.lag.probe_timeout * 2;
         while !shared.monitor.all_probed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let checkers = tokio::spawn(crate::freshness::run_checkers(
-            shared.config.clone(),
+            shared.live_config(),
             shared.router.clone(),
         ));
         Background {
@@ -195,7 +213,7 @@ impl Background {
 
 /// Lets running sessions finish up to `timeouts.shutdown`, then closes the rest.
 async fn drain(shared: &Shared, mut sessions: JoinSet<()>) {
-    let grace = shared.config.timeouts.shutdown;
+    let grace = shared.config().timeouts.shutdown;
     tracing::info!(
         clients = sessions.len(),
         grace_ms = grace.as_millis() as u64,

@@ -4,15 +4,13 @@
 //! Which server is the primary, and which replicas are eligible for reads, is the monitor's to set (it probes
 //! every server); on top of that a replica that refused a connection is skipped for a short back-off.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{
-    Balancer, Config, DatabaseConfig, Fallback, PrimaryReads, ServerConfig, UserConfig,
-};
-use crate::pool::{Pool, PoolTimeouts};
-use crate::server::{Credential, ServerTarget, SharedCredential};
+use arc_swap::ArcSwap;
+
+use crate::config::{Balancer, Config, Fallback, PrimaryReads, RoutingConfig, ServerConfig};
 use crate::stats::PrimaryRead;
 
 /// How long a replica that refused a connection is skipped.
@@ -21,14 +19,20 @@ const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 /// One configured server. Its read eligibility is the monitor's to set.
 #[derive(Debug)]
 pub struct Backend {
-    /// Position in the configuration (0: the configured primary, then the replicas).
+    /// Its index, stable for the life of the process (0: the primary of the first configuration, then its
+    /// replicas, then servers added by reloads).
     pub index: usize,
     /// Configured name.
     pub name: String,
+    /// Its `[primary]` / `[[replicas]]` entry (a reload that changes anything in it but the weight retires this
+    /// backend and adds a new one).
+    pub config: ServerConfig,
     /// host:port.
     pub address: String,
-    /// Balancer weight.
-    pub weight: u32,
+    /// Balancer weight (a reload may change it).
+    weight: AtomicU32,
+    /// Removed from the configuration: it takes no new units; its running ones finish.
+    retired: AtomicBool,
     /// Units in flight on it (server connections held by clients).
     pub outstanding: AtomicUsize,
     eligible: AtomicBool,
@@ -50,8 +54,10 @@ impl Backend {
         Backend {
             index,
             name: s.display_name(),
+            config: s.clone(),
             address: s.address(),
-            weight: s.weight.max(1),
+            weight: AtomicU32::new(s.weight.max(1)),
+            retired: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             eligible: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
@@ -61,6 +67,26 @@ impl Backend {
             position_us: AtomicU64::new(0),
             check: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Balancer weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Sets the balancer weight (reload).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether it was removed from the configuration (it drains: no new units).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Whether it has been retired and no unit runs on it any more (it no longer shows in the status).
+    pub fn is_drained(&self) -> bool {
+        self.is_retired() && self.outstanding.load(Ordering::Relaxed) == 0
     }
 
     fn now_ms(&self) -> u64 {
@@ -79,7 +105,9 @@ impl Backend {
 
     /// Whether routing may pick it for a read now.
     pub fn is_usable(&self) -> bool {
-        self.is_eligible() && self.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+        self.is_eligible()
+            && !self.is_retired()
+            && self.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
     }
 
     /// Marks it unusable for a back-off period after a failed connection.
@@ -208,18 +236,59 @@ pub enum NoPrimary {
     SplitBrain(Vec<String>),
 }
 
+/// Every server pgsplit has fronted since it started, by index. The list only grows (a reload adds servers at
+/// new indices and retires removed ones), so an index once handed out stays valid.
+pub struct Servers(ArcSwap<Vec<Arc<Backend>>>);
+
+impl Servers {
+    /// The server at `index`.
+    pub fn get(&self, index: usize) -> Option<Arc<Backend>> {
+        self.0.load().get(index).cloned()
+    }
+
+    /// How many indices have been handed out (retired servers included).
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    /// Whether there is no server at all (never, once built from a configuration).
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
+    }
+
+    /// The list now (one atomic load; index it freely).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Vec<Arc<Backend>>>> {
+        self.0.load()
+    }
+
+    /// The list now, to keep.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.0.load_full()
+    }
+
+    /// The server called `name` that is not retired.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Backend>> {
+        self.0
+            .load()
+            .iter()
+            .find(|b| b.name == name && !b.is_retired())
+            .cloned()
+    }
+}
+
 /// The servers pgsplit fronts, which one is the primary now, and the read balancer.
 pub struct Router {
-    /// Every configured server: the configured primary first, then the replicas.
-    pub servers: Vec<Arc<Backend>>,
+    /// Every server by its stable index.
+    pub servers: Servers,
     primary: AtomicUsize,
     no_primary: Mutex<NoPrimary>,
-    balancer: Balancer,
-    primary_reads: PrimaryReads,
-    fallback: Fallback,
-    split: bool,
+    /// Routing settings in force (a reload swaps them).
+    routing: ArcSwap<RoutingConfig>,
     /// Round-robin credit per server.
     credit: Mutex<Vec<i64>>,
+    epoch: Instant,
+    /// The number of servers, sent each time a reload adds one (the monitor and the checkers start loops).
+    added: tokio::sync::watch::Sender<usize>,
     /// Woken whenever a server's known position grows (readers waiting for a replica to reach their floor).
     pub positions: tokio::sync::Notify,
 }
@@ -236,20 +305,53 @@ impl Router {
             .collect();
         Router {
             credit: Mutex::new(vec![0; servers.len()]),
-            servers,
+            added: tokio::sync::watch::channel(servers.len()).0,
+            servers: Servers(ArcSwap::from_pointee(servers)),
             primary: AtomicUsize::new(0),
             no_primary: Mutex::new(NoPrimary::NoneOutOfRecovery),
-            balancer: config.routing.balancer,
-            primary_reads: config.routing.primary_reads,
-            fallback: config.routing.fallback,
-            split: config.routing.read_write_split,
+            routing: ArcSwap::from_pointee(config.routing.clone()),
+            epoch,
             positions: tokio::sync::Notify::new(),
         }
     }
 
     /// The backend behind a target.
-    pub fn backend(&self, target: Target) -> &Arc<Backend> {
-        &self.servers[target.index()]
+    pub fn backend(&self, target: Target) -> Option<Arc<Backend>> {
+        self.servers.get(target.index())
+    }
+
+    /// Adds a server at the next index (reload); it takes reads once the monitor has probed it. Returns it.
+    pub fn add_server(&self, s: &ServerConfig) -> Arc<Backend> {
+        let mut added = None;
+        // Under the watch's lock: two adds never race for an index.
+        self.added.send_modify(|count| {
+            let mut list = Vec::clone(&self.servers.0.load());
+            let b = Arc::new(Backend::new(list.len(), s, self.epoch));
+            list.push(b.clone());
+            *count = list.len();
+            self.servers.0.store(Arc::new(list));
+            added = Some(b);
+        });
+        added.unwrap_or_else(|| Arc::new(Backend::new(usize::MAX, s, self.epoch)))
+    }
+
+    /// Retires server `index` (reload): no new units; its on-demand checker stops.
+    pub fn retire(&self, index: usize) {
+        if let Some(b) = self.servers.get(index) {
+            b.retired.store(true, Ordering::Relaxed);
+            b.set_eligible(false);
+            b.check.notify_one();
+        }
+    }
+
+    /// Watches the number of servers (it grows when a reload adds one).
+    pub fn watch_added(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.added.subscribe()
+    }
+
+    /// Uses these routing settings from the next unit on (reload).
+    pub fn set_routing(&self, routing: &RoutingConfig) {
+        self.routing.store(Arc::new(routing.clone()));
     }
 
     /// The server that takes writes now, or why there is none.
@@ -273,7 +375,7 @@ impl Router {
 
     /// Whether reads are split off to replicas at all.
     pub fn splits_reads(&self) -> bool {
-        self.split
+        self.routing.load().read_write_split
     }
 
     /// Chooses the server for a read, skipping server `exclude` (one that just failed).
@@ -284,57 +386,49 @@ impl Router {
     /// A read that must see WAL position `floor` (0: any): only replicas known to have replayed it are members.
     /// [`ReadTarget::Behind`] when a replica could take the read but none is known to be there yet.
     pub fn choose_read_from(&self, exclude: Option<usize>, floor: u64) -> ReadTarget {
-        if !self.split {
+        let routing = self.routing.load();
+        if !routing.read_write_split {
             return ReadTarget::Primary(PrimaryRead::SplitOff);
         }
+        let servers = self.servers.load();
         let primary = self.primary.load(Ordering::Relaxed);
-        let usable = |i: usize| i != primary && Some(i) != exclude && self.servers[i].is_usable();
-        let fresh = |i: usize| usable(i) && self.servers[i].position() >= floor;
-        let include_primary = self.primary_reads == PrimaryReads::Include && primary != NO_PRIMARY;
+        let usable = |i: usize| i != primary && Some(i) != exclude && servers[i].is_usable();
+        let fresh = |i: usize| usable(i) && servers[i].position() >= floor;
+        let include_primary =
+            routing.primary_reads == PrimaryReads::Include && primary != NO_PRIMARY;
         let member = |i: usize| fresh(i) || (include_primary && i == primary);
-        let pick = match self.balancer {
-            Balancer::RoundRobin => self.pick_round_robin(&member),
-            Balancer::LeastConnections => self.pick_least_loaded(&member),
-            Balancer::Random => self.pick_random(&member),
+        let pick = match routing.balancer {
+            Balancer::RoundRobin => self.pick_round_robin(&servers, &member),
+            Balancer::LeastConnections => pick_least_loaded(&servers, &member),
+            Balancer::Random => pick_random(&servers, &member),
         };
         match pick {
             Some(i) if i == primary => ReadTarget::Primary(PrimaryRead::Included),
             Some(i) => ReadTarget::Replica(i),
-            None if floor > 0 && (0..self.servers.len()).any(usable) => ReadTarget::Behind,
-            None => self.no_replica(primary),
+            None if floor > 0 && (0..servers.len()).any(usable) => ReadTarget::Behind,
+            None => no_replica(&servers, &routing, primary),
         }
-    }
-
-    fn no_replica(&self, primary: usize) -> ReadTarget {
-        let others: Vec<&Arc<Backend>> =
-            self.servers.iter().filter(|b| b.index != primary).collect();
-        let why = if others.is_empty() {
-            PrimaryRead::NoReplicas
-        } else {
-            PrimaryRead::NoEligibleReplica
-        };
-        if self.fallback == Fallback::Error || self.primary_reads == PrimaryReads::Never {
-            return ReadTarget::Refused(if others.is_empty() {
-                NoReadServer::NoReplicaConfigured
-            } else {
-                NoReadServer::NoneEligible(others.iter().map(|r| r.name.clone()).collect())
-            });
-        }
-        ReadTarget::Primary(why)
     }
 
     /// Smooth weighted round robin (as nginx does it) over the current members: each pick adds every member's
     /// weight to its credit, takes the member with the most credit and charges it the members' total weight.
-    fn pick_round_robin(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick_round_robin(
+        &self,
+        servers: &[Arc<Backend>],
+        member: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let mut credit = lock(&self.credit);
+        if credit.len() < servers.len() {
+            credit.resize(servers.len(), 0);
+        }
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, b) in self.servers.iter().enumerate() {
+        for (i, b) in servers.iter().enumerate() {
             if !member(i) {
                 continue;
             }
-            credit[i] += b.weight as i64;
-            total += b.weight as i64;
+            credit[i] += b.weight() as i64;
+            total += b.weight() as i64;
             if best.is_none_or(|j| credit[i] > credit[j]) {
                 best = Some(i);
             }
@@ -344,134 +438,97 @@ impl Router {
         }
         best
     }
+}
 
-    /// Fewest units in flight per unit of weight; ties are broken at random (a rotating start would alias with
-    /// clients whose units come in fixed-size groups).
-    fn pick_least_loaded(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let n = self.servers.len();
-        let start = rand::random::<u32>() as usize;
-        let load = |b: &Backend| {
-            b.outstanding.load(Ordering::Relaxed) as u64 * 1_000_000 / b.weight as u64
-        };
-        let mut best: Option<(u64, usize)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            if !member(i) {
-                continue;
-            }
-            let l = load(&self.servers[i]);
-            if best.is_none_or(|(b, _)| l < b) {
-                best = Some((l, i));
-            }
-        }
-        best.map(|(_, i)| i)
+/// Where a read goes when no member could take it: the primary, or an error naming why.
+fn no_replica(servers: &[Arc<Backend>], routing: &RoutingConfig, primary: usize) -> ReadTarget {
+    let others: Vec<&Arc<Backend>> = servers
+        .iter()
+        .filter(|b| b.index != primary && !b.is_retired())
+        .collect();
+    let why = if others.is_empty() {
+        PrimaryRead::NoReplicas
+    } else {
+        PrimaryRead::NoEligibleReplica
+    };
+    if routing.fallback == Fallback::Error || routing.primary_reads == PrimaryReads::Never {
+        return ReadTarget::Refused(if others.is_empty() {
+            NoReadServer::NoReplicaConfigured
+        } else {
+            NoReadServer::NoneEligible(others.iter().map(|r| r.name.clone()).collect())
+        });
     }
+    ReadTarget::Primary(why)
+}
 
-    /// Weighted random choice among the members.
-    fn pick_random(&self, member: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let members: Vec<&Arc<Backend>> = self.servers.iter().filter(|b| member(b.index)).collect();
-        let total: u64 = members.iter().map(|b| b.weight as u64).sum();
-        if total == 0 {
-            return None;
+/// Fewest units in flight per unit of weight; ties are broken at random (a rotating start would alias with
+/// clients whose units come in fixed-size groups).
+fn pick_least_loaded(servers: &[Arc<Backend>], member: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let n = servers.len();
+    let start = rand::random::<u32>() as usize;
+    let load =
+        |b: &Backend| b.outstanding.load(Ordering::Relaxed) as u64 * 1_000_000 / b.weight() as u64;
+    let mut best: Option<(u64, usize)> = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        if !member(i) {
+            continue;
         }
-        let mut ticket = rand::random::<u64>() % total;
-        for b in members {
-            if ticket < b.weight as u64 {
-                return Some(b.index);
-            }
-            ticket -= b.weight as u64;
+        let l = load(&servers[i]);
+        if best.is_none_or(|(b, _)| l < b) {
+            best = Some((l, i));
         }
-        None
     }
+    best.map(|(_, i)| i)
+}
+
+/// Weighted random choice among the members.
+fn pick_random(servers: &[Arc<Backend>], member: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let members: Vec<&Arc<Backend>> = servers.iter().filter(|b| member(b.index)).collect();
+    let total: u64 = members.iter().map(|b| b.weight() as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = rand::random::<u64>() % total;
+    for b in members {
+        if ticket < b.weight() as u64 {
+            return Some(b.index);
+        }
+        ticket -= b.weight() as u64;
+    }
+    None
+}
+
+/// Runs `task(index)` for every server, and for each server a reload adds, until the process ends (a task ends
+/// on its own when its server is retired). The monitor's probe loops and the on-demand checkers use it.
+pub async fn per_server<F, Fut>(router: &Router, task: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut added = router.watch_added();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut started = 0;
+    loop {
+        let n = router.servers.len();
+        for index in started..n {
+            tasks.spawn(task(index));
+        }
+        started = started.max(n);
+        tokio::select! {
+            changed = added.changed() => if changed.is_err() { break },
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The pools of one (user, database): per server, a write pool (used while it is the primary) and a read pool
-/// (used while it is a replica, or for reads on the primary). Pools open connections only when used.
-pub struct PoolSet {
-    /// Write pools, by server index.
-    pub write: Vec<Pool>,
-    /// Read pools, by server index.
-    pub read: Vec<Pool>,
-    /// The ParameterStatus values a server reported at the last greeting (for logins while the pools are busy).
-    pub greeting:
-        std::sync::Mutex<Option<std::sync::Arc<std::collections::HashMap<String, String>>>>,
-    /// What every pool here logs in with; a client's pass-through login replaces it (see [`Credential`]).
-    pub credential: Arc<SharedCredential>,
-}
-
-impl PoolSet {
-    /// Creates the pools for a user and database; they log in with the user's configured server password.
-    pub fn new(config: &Config, user: &UserConfig, db: &DatabaseConfig) -> PoolSet {
-        let credential = Credential::from_password(user.server_password());
-        Self::with_credential(
-            config,
-            user,
-            db,
-            Arc::new(SharedCredential::new(credential)),
-        )
-    }
-
-    /// Creates the pools for a user and database that log in with `credential` — to rebuild a set (reload)
-    /// without losing what a client's login gave it (SCRAM pass-through keys, a looked-up md5 hash).
-    pub fn with_credential(
-        config: &Config,
-        user: &UserConfig,
-        db: &DatabaseConfig,
-        credential: Arc<SharedCredential>,
-    ) -> PoolSet {
-        let t = &config.timeouts;
-        let timeouts = PoolTimeouts {
-            connect: t.server_connect,
-            wait: t.pool_wait,
-            idle: t.server_idle,
-            lifetime: t.server_lifetime,
-        };
-        let target = |s: &ServerConfig| ServerTarget {
-            server: s.display_name(),
-            address: s.address(),
-            user: user.server_user().to_string(),
-            credential: credential.clone(),
-            database: db.server_database().to_string(),
-        };
-        PoolSet {
-            write: config
-                .servers()
-                .map(|s| Pool::new(target(s), config.pools.write_pool_size, timeouts))
-                .collect(),
-            read: config
-                .servers()
-                .map(|s| Pool::new(target(s), config.pools.read_pool_size, timeouts))
-                .collect(),
-            greeting: std::sync::Mutex::new(None),
-            credential,
-        }
-    }
-
-    /// The pool behind a target.
-    pub fn pool(&self, target: Target) -> &Pool {
-        match target {
-            Target::Primary(i) => &self.write[i],
-            Target::Replica(i) => &self.read[i],
-        }
-    }
-
-    /// Both pools of one server.
-    pub fn of_server(&self, index: usize) -> impl Iterator<Item = &Pool> {
-        self.write
-            .get(index)
-            .into_iter()
-            .chain(self.read.get(index))
-    }
-
-    /// Every pool.
-    pub fn all(&self) -> impl Iterator<Item = &Pool> {
-        self.write.iter().chain(self.read.iter())
-    }
-}
-
+mod pool_set;
 #[cfg(test)]
 mod tests;
+
+pub use pool_set::{PoolSet, ServerPools};

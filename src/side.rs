@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use crate::config::{Config, DatabaseConfig, ServerConfig, UserConfig};
+use crate::router::Backend;
 
 /// A side connection that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -107,18 +108,16 @@ fn refused(e: &tokio_postgres::Error) -> bool {
     false
 }
 
-/// A side connection to configured server `index` (0: the configured primary, then the replicas), to the first
-/// configured database, within `timeout`; its connection task runs on its own until the client is dropped. The
-/// monitor's probes and the on-demand position checks use it.
+/// A side connection to `backend`, to the first configured database, within `timeout`; its connection task runs
+/// on its own until the client is dropped. The monitor's probes and the on-demand position checks use it.
 pub async fn connect_server(
     config: &Config,
-    index: usize,
+    backend: &Backend,
     application_name: &str,
     timeout: Duration,
 ) -> Result<tokio_postgres::Client, SideError> {
-    let server = config.servers().nth(index).ok_or(SideError::NoSuchServer)?;
     let db = config.databases.first().ok_or(SideError::NoDatabase)?;
-    let side = connect(config, server, db, application_name, timeout).await?;
+    let side = connect(config, &backend.config, db, application_name, timeout).await?;
     drop(side.task);
     Ok(side.client)
 }

@@ -82,11 +82,7 @@ pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     match words.as_slice() {
         ["SHOW", what] => show(shared, what, out),
-        ["RELOAD"] => {
-            shared.classifier.request_refresh();
-            tracing::info!("RELOAD from the admin console: re-reading the function catalog");
-            messages::command_complete(out, "RELOAD");
-        }
+        ["RELOAD"] => reload(shared, out),
         ["PAUSE"] => {
             shared.set_paused(true);
             tracing::warn!("PAUSE from the admin console: new units of work wait until RESUME");
@@ -103,6 +99,25 @@ pub fn answer(shared: &Shared, text: &str, out: &mut BytesMut) {
             Severity::Error,
             sqlstate::SYNTAX_ERROR,
             &format!("unknown admin command \"{}\"; try SHOW HELP", text.trim()),
+        ),
+    }
+}
+
+/// RELOAD: re-reads the configuration file and puts it in force (a notice says what changed), or answers the
+/// refusal's error; the function catalog is read again either way.
+fn reload(shared: &Shared, out: &mut BytesMut) {
+    tracing::info!("RELOAD from the admin console");
+    shared.classifier.request_refresh();
+    match shared.reload() {
+        Ok(done) => {
+            messages::notice_response(out, "00000", &done.summary());
+            messages::command_complete(out, "RELOAD");
+        }
+        Err(refused) => messages::error_response(
+            out,
+            Severity::Error,
+            refused.sqlstate,
+            &format!("configuration reload refused: {refused}"),
         ),
     }
 }
@@ -342,16 +357,58 @@ fn show_stats(s: &Status, out: &mut BytesMut) {
     table(out, &["destination", "counter", "value"], &rows);
 }
 
-/// SHOW CONFIG: the effective configuration, one setting a row.
+/// SHOW CONFIG: the effective configuration, one setting a row, then the reload log as `# reload.…` rows.
 fn show_config(shared: &Shared, out: &mut BytesMut) {
-    let rows: Vec<Vec<Option<String>>> = shared
-        .config
+    let mut rows: Vec<Vec<Option<String>>> = shared
+        .config()
         .effective_toml()
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| vec![some(l.to_string())])
         .collect();
+    let r = super::status::reload(shared);
+    let ms = |t: Option<u128>| t.map_or("never".to_string(), utc);
+    rows.extend(
+        [
+            format!(
+                "# reload.config_file = {:?}",
+                r.config_file.unwrap_or_default()
+            ),
+            format!("# reload.reloads_ok = {}", r.reloads_ok),
+            format!("# reload.reloads_refused = {}", r.reloads_refused),
+            format!("# reload.last_reload = {}", ms(r.last_reload_unix_ms)),
+            format!("# reload.last_refused = {}", ms(r.last_refused_unix_ms)),
+            format!(
+                "# reload.last_refused_error = {:?}",
+                r.last_refused_error.unwrap_or_default()
+            ),
+        ]
+        .map(|l| vec![some(l)]),
+    );
     table(out, &["setting"], &rows);
+}
+
+/// A time in Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm UTC` (days to a civil date as in H. Hinnant's
+/// `civil_from_days`).
+fn utc(unix_ms: u128) -> String {
+    let secs = (unix_ms / 1000) as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        unix_ms % 1000
+    )
 }
 
 /// SHOW HELP: the console's commands.
@@ -372,4 +429,14 @@ fn show_help(out: &mut BytesMut) {
     .map(|c| vec![some((*c).to_string())])
     .collect();
     table(out, &["command"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(super::utc(1_796_211_084_500), "2026-12-02 11:31:24.500 UTC");
+    }
 }

@@ -35,6 +35,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     pools(&mut r, shared);
     clients(&mut r, shared);
     routing(&mut r, shared);
+    reloads(&mut r, shared);
     let mut out = String::new();
     encode(&mut out, &r)?;
     Ok(out)
@@ -61,7 +62,16 @@ fn servers(r: &mut Registry, shared: &Shared) {
         "Age of the last successful probe",
     );
     let primary = router_primary(shared);
-    for (i, s) in shared.monitor.snapshot().into_iter().enumerate() {
+    let backends = shared.router.servers.snapshot();
+    let live = backends.iter().map(|b| !b.is_drained());
+    for ((i, s), _) in shared
+        .monitor
+        .snapshot()
+        .into_iter()
+        .enumerate()
+        .zip(live)
+        .filter(|(_, l)| *l)
+    {
         let l: Labels = vec![("server", s.name.clone())];
         if let Some(lag) = s.lag {
             lag_seconds.get_or_create(&l).set(lag.as_secs_f64());
@@ -94,15 +104,15 @@ fn pools(r: &mut Registry, shared: &Shared) {
         "pool_waiting_clients",
         "Clients waiting for a connection, by pool",
     );
+    let backends = shared.router.servers.snapshot();
     for ((user, database), set) in shared.all_pools() {
-        for (kind, list) in [("write", &set.write), ("read", &set.read)] {
-            for (i, pool) in list.iter().enumerate() {
+        for (kind, list) in [("write", set.write_pools()), ("read", set.read_pools())] {
+            for (pool, b) in list.iter().zip(backends.iter()) {
+                if b.is_drained() {
+                    continue;
+                }
                 let st = pool.stats();
-                let server = shared
-                    .router
-                    .servers
-                    .get(i)
-                    .map_or_else(String::new, |b| b.name.clone());
+                let server = b.name.clone();
                 let base: Labels = vec![
                     ("user", user.clone()),
                     ("database", database.clone()),
@@ -219,6 +229,17 @@ fn routing(r: &mut Registry, shared: &Shared) {
     cache
         .get_or_create(&vec![("result", "miss".into())])
         .inc_by(misses);
+}
+
+/// Configuration reloads by result.
+fn reloads(r: &mut Registry, shared: &Shared) {
+    let log = shared.reload_log();
+    let reloads = counter_family(r, "reloads", "Configuration reloads, by result");
+    for (result, n) in [("ok", log.ok), ("refused", log.refused)] {
+        reloads
+            .get_or_create(&vec![("result", result.into())])
+            .inc_by(n);
+    }
 }
 
 fn router_primary(shared: &Shared) -> Option<usize> {

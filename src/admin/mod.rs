@@ -55,12 +55,8 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = shared
-        .config
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
+    let config = shared.config();
+    let Some(token) = config.admin_token.as_deref().filter(|t| !t.is_empty()) else {
         return next.run(request).await;
     };
     let bearer = request
@@ -129,8 +125,8 @@ async fn ready_read(State(shared): State<Arc<Shared>>) -> Response {
         .filter(|s| s.eligible)
         .map(|s| s.name.as_str())
         .collect();
-    let primary_reads = shared.config.routing.fallback == crate::config::Fallback::Primary
-        && shared.config.routing.primary_reads != crate::config::PrimaryReads::Never
+    let primary_reads = shared.config().routing.fallback == crate::config::Fallback::Primary
+        && shared.config().routing.primary_reads != crate::config::PrimaryReads::Never
         && shared.router.primary().is_ok();
     let ok = !replicas.is_empty() || primary_reads;
     let code = if ok {

@@ -27,6 +27,18 @@ pub struct Status {
     pub latency: LatencyView,
     pub classifier: ClassifierView,
     pub errors: Vec<ErrorView>,
+    pub reload: ReloadView,
+}
+
+/// Configuration reloads: how many, the last one put in force, the last one refused and why.
+#[derive(Debug, Serialize)]
+pub struct ReloadView {
+    pub config_file: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_refused: u64,
+    pub last_reload_unix_ms: Option<u128>,
+    pub last_refused_unix_ms: Option<u128>,
+    pub last_refused_error: Option<String>,
 }
 
 /// One server.
@@ -43,6 +55,9 @@ pub struct ServerView {
     pub last_probe_age_seconds: Option<f64>,
     pub probe_latency_ms: Option<f64>,
     pub replay_paused: bool,
+    pub weight: u32,
+    /// Removed by a reload, with units still running on it.
+    pub draining: bool,
     pub outstanding: usize,
     pub transitions: Vec<TransitionView>,
 }
@@ -144,7 +159,8 @@ pub struct ErrorView {
 /// Builds the status document.
 pub fn status(shared: &Shared) -> Status {
     let router = &shared.router;
-    let lag = &shared.config.lag;
+    let config = shared.config();
+    let lag = &config.lag;
     let primary = router.primary();
     let clients = shared.stats.clients.list();
     let count = |s: ClientState| clients.iter().filter(|c| c.state() == s).count();
@@ -186,18 +202,35 @@ pub fn status(shared: &Shared) -> Status {
             .into_iter()
             .map(|(class, count)| ErrorView { class, count })
             .collect(),
+        reload: reload(shared),
     }
 }
 
-/// Every server as the monitor sees it, with its units in flight.
+/// The reload log.
+pub fn reload(shared: &Shared) -> ReloadView {
+    let log = shared.reload_log();
+    let ms = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    ReloadView {
+        config_file: shared.config_path.as_ref().map(|p| p.display().to_string()),
+        reloads_ok: log.ok,
+        reloads_refused: log.refused,
+        last_reload_unix_ms: log.last_ok.map(ms),
+        last_refused_unix_ms: log.last_refused.as_ref().map(|(t, _)| ms(*t)),
+        last_refused_error: log.last_refused.map(|(_, e)| e),
+    }
+}
+
+/// Every server as the monitor sees it, with its units in flight; a removed server shows as draining until its
+/// last unit ends.
 fn servers(shared: &Shared) -> Vec<ServerView> {
-    let router = &shared.router;
+    let backends = shared.router.servers.snapshot();
     shared
         .monitor
         .snapshot()
         .into_iter()
-        .enumerate()
-        .map(|(i, s)| ServerView {
+        .zip(backends.iter())
+        .filter(|(_, b)| !b.is_drained())
+        .map(|(s, b)| ServerView {
             role: s.role.label(),
             up: s.up,
             eligible: s.eligible,
@@ -207,9 +240,9 @@ fn servers(shared: &Shared) -> Vec<ServerView> {
             last_probe_age_seconds: s.last_ok.map(|t| t.elapsed().as_secs_f64()),
             probe_latency_ms: s.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
             replay_paused: s.probe.replay_paused,
-            outstanding: router.servers.get(i).map_or(0, |b| {
-                b.outstanding.load(std::sync::atomic::Ordering::Relaxed)
-            }),
+            weight: b.weight(),
+            draining: b.is_retired(),
+            outstanding: b.outstanding.load(std::sync::atomic::Ordering::Relaxed),
             transitions: s
                 .transitions
                 .iter()
@@ -225,21 +258,21 @@ fn servers(shared: &Shared) -> Vec<ServerView> {
         .collect()
 }
 
-/// Every pool of every (user, database), write pools then read pools, by server.
+/// Every pool of every (user, database), write pools then read pools, by server (a drained server's omitted).
 fn pools(shared: &Shared) -> Vec<PoolView> {
-    let router = &shared.router;
+    let backends = shared.router.servers.snapshot();
     let mut pools = Vec::new();
     for ((user, database), set) in shared.all_pools() {
-        for (kind, list) in [("write", &set.write), ("read", &set.read)] {
-            for (i, pool) in list.iter().enumerate() {
+        for (kind, list) in [("write", set.write_pools()), ("read", set.read_pools())] {
+            for (pool, b) in list.iter().zip(backends.iter()) {
+                if b.is_drained() {
+                    continue;
+                }
                 let st = pool.stats();
                 pools.push(PoolView {
                     user: user.clone(),
                     database: database.clone(),
-                    server: router
-                        .servers
-                        .get(i)
-                        .map_or_else(String::new, |b| b.name.clone()),
+                    server: b.name.clone(),
                     kind,
                     active: st.active,
                     idle: st.idle,

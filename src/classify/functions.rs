@@ -140,17 +140,36 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "row",
 ];
 
+/// The configured `write_functions`: as given (lower case), and by their last name part.
+struct ExtraWrites {
+    qualified: HashSet<String>,
+    names: HashSet<String>,
+}
+
+impl ExtraWrites {
+    fn new(write_functions: &[String]) -> ExtraWrites {
+        let qualified: HashSet<String> = write_functions
+            .iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
+        let names = qualified
+            .iter()
+            .map(|f| f.rsplit('.').next().unwrap_or(f).to_string())
+            .collect();
+        ExtraWrites { qualified, names }
+    }
+}
+
 /// What the classifier knows of functions and tables: the built-in lists, the configured `write_functions`, and
 /// the primary's catalog once it has been read. Meeting a function the catalog does not know has it read again.
 pub(super) struct Functions {
-    /// Configured write functions, as given (lower case) and by their last name part.
-    extra_write_functions: HashSet<String>,
-    extra_write_names: HashSet<String>,
+    /// Configured write functions, as given (lower case) and by their last name part (a reload swaps them).
+    extra: RwLock<Arc<ExtraWrites>>,
     catalog: RwLock<Option<Arc<FunctionCatalog>>>,
     /// Set when a statement called a function the catalog does not know; the loader then reloads it.
     unknown_function: AtomicBool,
     /// `volatile_functions = "catalog"`: until the catalog is read, every function call is a write.
-    catalog_required: bool,
+    catalog_required: AtomicBool,
     /// Wakes the catalog loader.
     refresh: Arc<Notify>,
 }
@@ -159,27 +178,27 @@ impl Functions {
     /// Also treats `write_functions` (case-insensitive; `name` or `schema.name`) as writes; `refresh` wakes the
     /// catalog loader.
     pub(super) fn new(write_functions: &[String], refresh: Arc<Notify>) -> Functions {
-        let extra: HashSet<String> = write_functions
-            .iter()
-            .map(|f| f.to_ascii_lowercase())
-            .collect();
-        let names = extra
-            .iter()
-            .map(|f| f.rsplit('.').next().unwrap_or(f).to_string())
-            .collect();
         Functions {
-            extra_write_functions: extra,
-            extra_write_names: names,
+            extra: RwLock::new(Arc::new(ExtraWrites::new(write_functions))),
             catalog: RwLock::new(None),
             unknown_function: AtomicBool::new(false),
-            catalog_required: false,
+            catalog_required: AtomicBool::new(false),
             refresh,
         }
     }
 
     /// Until the catalog has been read, every call of a function outside the SQL syntax list is a write.
     pub(super) fn require_catalog(&mut self) {
-        self.catalog_required = true;
+        self.catalog_required.store(true, Ordering::Relaxed);
+    }
+
+    /// Uses these `write_functions` and `volatile_functions` mode from now on (reload).
+    pub(super) fn configure(&self, write_functions: &[String], catalog_required: bool) {
+        if let Ok(mut extra) = self.extra.write() {
+            *extra = Arc::new(ExtraWrites::new(write_functions));
+        }
+        self.catalog_required
+            .store(catalog_required, Ordering::Relaxed);
     }
 
     /// Installs the catalog, and forgets that a function was unknown.
@@ -218,14 +237,17 @@ impl Functions {
         }
         let Some(n) = parts.last() else { return true };
         let qualified = parts.join(".");
+        let extra = self.extra.read().map(|e| e.clone()).ok();
         if WRITE_FUNCTIONS.contains(&n.as_str())
             || WRITE_FUNCTION_PREFIXES.iter().any(|p| n.starts_with(p))
-            || self.extra_write_names.contains(n)
-            || self.extra_write_functions.contains(&qualified)
+            || extra.as_ref().is_none_or(|e| e.names.contains(n))
+            || extra
+                .as_ref()
+                .is_none_or(|e| e.qualified.contains(&qualified))
         {
             return true;
         }
-        if !self.catalog_required {
+        if !self.catalog_required.load(Ordering::Relaxed) {
             return false;
         }
         let catalog = self.catalog();

@@ -71,6 +71,15 @@ impl Classifier {
         self
     }
 
+    /// Uses these `write_functions` and `volatile_functions = "catalog"` (`require_catalog`) from now on, and
+    /// forgets cached decisions (reload).
+    pub fn configure(&self, write_functions: &[String], require_catalog: bool) {
+        self.functions.configure(write_functions, require_catalog);
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
     /// Installs what the catalog says about functions (`volatile_functions = "catalog"`), and forgets cached
     /// decisions made without it.
     pub fn set_catalog(&self, catalog: FunctionCatalog) {

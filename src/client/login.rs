@@ -207,7 +207,7 @@ async fn listed(
             Ok(None)
         }
         AuthMethod::ScramSha256 => {
-            let Some(verifier) = shared.verifiers.get(user) else {
+            let Some(verifier) = shared.verifier(user) else {
                 let mut scram = ScramServer::mock(&shared.mock_secret, user);
                 scram_exchange(socket, buf, &mut scram, user).await?;
                 return Err(failed(user));

@@ -96,7 +96,7 @@ async fn open(
     // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
-    let login_timeout = shared.config.timeouts.client_login;
+    let login_timeout = shared.config().timeouts.client_login;
     let opened = tokio::time::timeout(
         login_timeout,
         log_in(&shared, &mut socket, &mut buf, &slots),
@@ -171,7 +171,7 @@ async fn log_in(
         login::Opening::Cancel { pid, secret } => {
             shared
                 .cancels
-                .cancel(pid, secret, shared.config.timeouts.server_connect)
+                .cancel(pid, secret, shared.config().timeouts.server_connect)
                 .await;
             return Ok(None);
         }
@@ -216,7 +216,7 @@ async fn log_in(
                 ),
             });
         }
-    } else if shared.config.database(&database).is_none() {
+    } else if shared.config().database(&database).is_none() {
         return Err(login::LoginError {
             code: sqlstate::INVALID_CATALOG_NAME,
             message: format!("database \"{database}\" does not exist"),

@@ -123,7 +123,12 @@ impl fmt::Display for FieldPath {
 }
 
 /// Keys whose values are secrets and must never appear in a message.
-const SECRET_KEYS: [&str; 3] = ["password", "server_password", "scram_verifier"];
+const SECRET_KEYS: [&str; 4] = [
+    "password",
+    "server_password",
+    "scram_verifier",
+    "admin_token",
+];
 
 /// Maps between field paths and lines of the source text, using toml's spanned parse tree.
 pub(super) struct Locator<'a> {

@@ -9,13 +9,14 @@
 //!
 //! Here: [`Config`] and its rendering. `sections`: the tables of the file and their defaults. `load`: reading a
 //! file and the `Locator` that ties an error to its line and field. `validate`: the checks serde cannot make.
-//! `duration`: duration strings.
+//! `duration`: duration strings. `diff`: what a reload changes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod diff;
 mod duration;
 mod load;
 mod sections;
@@ -23,6 +24,7 @@ mod sections;
 mod tests;
 mod validate;
 
+pub use diff::{diff, keeping_restart_settings, ConfigDiff};
 pub use duration::{format_duration, parse_duration};
 pub use load::ConfigError;
 pub use sections::{
@@ -30,6 +32,10 @@ pub use sections::{
     PrimaryReads, PrimaryUnknown, RoutingConfig, ServerConfig, Timeouts, UserConfig,
     VolatileFunctions,
 };
+
+/// The configuration in force, swappable (reload): sessions read it at unit boundaries, background tasks each
+/// tick.
+pub type LiveConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
 
 /// What secrets are replaced with in [`Config::effective_toml`] and in `Debug` output.
 pub const REDACTED: &str = "<redacted>";

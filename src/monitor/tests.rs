@@ -67,7 +67,7 @@ fn replicas_that_caught_up_take_reads_and_the_primary_takes_writes() {
     assert!(!s[0].eligible && s[0].reason == "primary");
     assert!(s[1].eligible && s[2].eligible, "{s:?}");
     assert_eq!(s[1].lag_bytes, Some(0));
-    assert!(r.servers[1].is_usable() && r.servers[2].is_usable());
+    assert!(r.servers.load()[1].is_usable() && r.servers.load()[2].is_usable());
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn a_replica_too_far_behind_is_excluded_and_readmitted_under_half_the_threshold(
         "{:?}",
         s[2]
     );
-    assert!(!r.servers[2].is_usable());
+    assert!(!r.servers.load()[2].is_usable());
     record(&m, &r, 2, replica_at(9_400));
     let s = m.snapshot();
     assert!(
@@ -97,7 +97,11 @@ fn a_replica_too_far_behind_is_excluded_and_readmitted_under_half_the_threshold(
     );
     record(&m, &r, 2, replica_at(9_900));
     let s = m.snapshot();
-    assert!(s[2].eligible && r.servers[2].is_usable(), "{:?}", s[2]);
+    assert!(
+        s[2].eligible && r.servers.load()[2].is_usable(),
+        "{:?}",
+        s[2]
+    );
     // Out from its first probe (no transition), then admitted.
     assert_eq!(s[2].transitions.len(), 1);
     assert!(s[2].transitions[0].eligible);

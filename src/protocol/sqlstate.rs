@@ -1,5 +1,9 @@
 //! SQLSTATE codes pgsplit itself sends, as named constants.
 
+/// F0000: the configuration file is invalid (a refused reload).
+pub const CONFIG_FILE_ERROR: &str = "F0000";
+/// 55000: the operation cannot be done in the current state (a reload that cannot be applied).
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// 08P01: the peer broke the wire protocol.
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 /// 08006: a server connection failed.

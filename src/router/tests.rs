@@ -18,7 +18,7 @@ fn router(routing: &str, weights: &[u32]) -> Router {
     toml.push_str(&format!("[routing]\n{routing}\n"));
     let config = Config::from_toml_str(&toml, "<test>").expect("config");
     let router = Router::new(&config);
-    for b in &router.servers[1..] {
+    for b in &router.servers.load()[1..] {
         b.set_eligible(true);
     }
     router
@@ -69,11 +69,11 @@ fn round_robin_honours_weights_smoothly() {
 #[test]
 fn round_robin_skips_ineligible_failed_and_excluded_replicas() {
     let r = router("balancer = \"round_robin\"", &[1, 1, 1]);
-    r.servers[2].set_eligible(false);
+    r.servers.load()[2].set_eligible(false);
     assert_eq!(spread(&r, 60), vec![0, 30, 0, 30]);
-    r.servers[3].mark_failed();
+    r.servers.load()[3].mark_failed();
     assert_eq!(spread(&r, 10), vec![0, 10, 0, 0]);
-    r.servers[3].mark_ok();
+    r.servers.load()[3].mark_ok();
     for _ in 0..10 {
         assert_eq!(r.choose_read(Some(1)), ReadTarget::Replica(3));
     }
@@ -82,16 +82,16 @@ fn round_robin_skips_ineligible_failed_and_excluded_replicas() {
 #[test]
 fn least_connections_picks_the_least_loaded_per_weight() {
     let r = router("balancer = \"least_connections\"", &[1, 1]);
-    let _busy = Load::new(&r.servers[1]);
+    let _busy = Load::new(&r.servers.load()[1]);
     for _ in 0..20 {
         assert_eq!(r.choose_read(None), ReadTarget::Replica(2));
     }
     // Weight 2 with two in flight is as loaded as weight 1 with one: ties.
     let r = router("balancer = \"least_connections\"", &[1, 2]);
-    let _a = Load::new(&r.servers[1]);
-    let _b = Load::new(&r.servers[2]);
+    let _a = Load::new(&r.servers.load()[1]);
+    let _b = Load::new(&r.servers.load()[2]);
     assert_eq!(r.choose_read(None), ReadTarget::Replica(2), "1/2 < 1/1");
-    let _c = Load::new(&r.servers[2]);
+    let _c = Load::new(&r.servers.load()[2]);
     let counts = spread(&r, 400);
     assert!(
         counts[1] > 100 && counts[2] > 100,
@@ -105,15 +105,16 @@ fn least_connections_spreads_ties_and_counts_only_live_loads() {
     let counts = spread(&r, 900);
     assert!(counts[1..].iter().all(|&n| n > 200), "{counts:?}");
     {
-        let _a = Load::new(&r.servers[1]);
-        let _b = Load::new(&r.servers[2]);
+        let _a = Load::new(&r.servers.load()[1]);
+        let _b = Load::new(&r.servers.load()[2]);
         assert_eq!(r.choose_read(None), ReadTarget::Replica(3));
     }
     assert!(r
         .servers
+        .load()
         .iter()
         .all(|b| b.outstanding.load(Ordering::Relaxed) == 0));
-    r.servers[3].set_eligible(false);
+    r.servers.load()[3].set_eligible(false);
     let counts = spread(&r, 400);
     assert_eq!(
         counts[3], 0,
@@ -129,7 +130,7 @@ fn random_honours_weights_and_skips_ineligible_replicas() {
         (700..1300).contains(&counts[1]) && (2700..3300).contains(&counts[2]),
         "{counts:?}"
     );
-    r.servers[2].set_eligible(false);
+    r.servers.load()[2].set_eligible(false);
     assert_eq!(spread(&r, 100), vec![0, 100, 0]);
 }
 
@@ -144,13 +145,13 @@ fn the_primary_is_never_read_as_a_replica() {
 #[test]
 fn without_an_eligible_replica_reads_fall_back_or_are_refused() {
     let r = router("", &[1]);
-    r.servers[1].set_eligible(false);
+    r.servers.load()[1].set_eligible(false);
     assert_eq!(
         r.choose_read(None),
         ReadTarget::Primary(PrimaryRead::NoEligibleReplica)
     );
     let r = router("fallback = \"error\"", &[1]);
-    r.servers[1].set_eligible(false);
+    r.servers.load()[1].set_eligible(false);
     assert_eq!(
         r.choose_read(None),
         ReadTarget::Refused(NoReadServer::NoneEligible(vec!["replica1".into()]))
@@ -215,16 +216,16 @@ fn no_primary_says_why() {
 fn a_read_with_a_floor_goes_only_to_replicas_known_to_have_replayed_it() {
     let r = router("balancer = \"round_robin\"", &[1, 1]);
     let at = Instant::now();
-    r.servers[1].note_position(true, 100, at);
-    r.servers[2].note_position(true, 300, at);
+    r.servers.load()[1].note_position(true, 100, at);
+    r.servers.load()[2].note_position(true, 300, at);
     for _ in 0..4 {
         assert_eq!(r.choose_read_from(None, 200), ReadTarget::Replica(2));
     }
     // None there yet: behind (the caller may wait); an excluded or failed one does not count.
     assert_eq!(r.choose_read_from(None, 400), ReadTarget::Behind);
     assert_eq!(r.choose_read_from(Some(2), 200), ReadTarget::Behind);
-    r.servers[1].set_eligible(false);
-    r.servers[2].set_eligible(false);
+    r.servers.load()[1].set_eligible(false);
+    r.servers.load()[2].set_eligible(false);
     assert_eq!(
         r.choose_read_from(None, 200),
         ReadTarget::Primary(PrimaryRead::NoEligibleReplica)
@@ -234,7 +235,7 @@ fn a_read_with_a_floor_goes_only_to_replicas_known_to_have_replayed_it() {
 #[test]
 fn positions_grow_within_a_role_and_start_afresh_when_it_changes() {
     let r = router("", &[1]);
-    let b = &r.servers[1];
+    let b = &r.servers.load()[1];
     let before = Instant::now();
     assert!(!b.position_read_since(before));
     std::thread::sleep(Duration::from_millis(2));
@@ -248,4 +249,80 @@ fn positions_grow_within_a_role_and_start_afresh_when_it_changes() {
     // Promoted (or rebuilt as a replica of another timeline): its own WAL position from now on.
     assert!(b.note_position(false, 450, Instant::now()));
     assert_eq!(b.position(), 450);
+}
+
+#[test]
+fn a_retired_server_takes_no_reads_and_an_added_one_gets_the_next_index() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    r.retire(1);
+    let counts = spread(&r, 100);
+    assert_eq!(counts[1], 0, "{counts:?}");
+    assert!(r.servers.load()[1].is_retired());
+    let added = r.add_server(&ServerConfig {
+        name: Some("r3".into()),
+        host: "127.0.0.1".into(),
+        port: 6000,
+        weight: 1,
+    });
+    assert_eq!(added.index, 3);
+    assert_eq!(r.servers.len(), 4);
+    assert!(!added.is_usable(), "no reads before its first good probe");
+    added.set_eligible(true);
+    let counts = spread(&r, 100);
+    assert_eq!((counts[1], counts[2], counts[3]), (0, 50, 50), "{counts:?}");
+    assert_eq!(r.servers.by_name("r3").map(|b| b.index), Some(3));
+    assert!(r.servers.by_name("replica1").is_none(), "retired");
+}
+
+#[test]
+fn weights_and_routing_settings_change_live() {
+    let r = router("balancer = \"round_robin\"", &[1, 1]);
+    r.servers.load()[2].set_weight(3);
+    let counts = spread(&r, 400);
+    assert_eq!((counts[1], counts[2]), (100, 300), "{counts:?}");
+    let routing = crate::config::RoutingConfig {
+        read_write_split: false,
+        ..Default::default()
+    };
+    r.set_routing(&routing);
+    assert_eq!(
+        r.choose_read(None),
+        ReadTarget::Primary(PrimaryRead::SplitOff)
+    );
+}
+
+#[tokio::test]
+async fn a_pool_set_grows_with_the_servers_and_never_panics_on_an_unknown_index() {
+    let r = router("", &[1]);
+    let toml =
+        "[primary]\nhost = \"h\"\n[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\n\
+                password = \"secret\"\n[pools]\nread_pool_size = 2\n";
+    let config = Config::from_toml_str(toml, "<test>").expect("config");
+    let (user, db) = (&config.users[0], &config.databases[0]);
+    let set = PoolSet::new(&config, user, db, &r.servers.snapshot());
+    assert!(set.pool(Target::Replica(2)).is_none());
+    r.add_server(&ServerConfig {
+        name: Some("r2".into()),
+        host: "127.0.0.1".into(),
+        port: 6000,
+        weight: 1,
+    });
+    r.retire(1);
+    let config = Config {
+        pools: crate::config::PoolsConfig {
+            read_pool_size: 5,
+            ..config.pools.clone()
+        },
+        ..config.clone()
+    };
+    set.apply(&config, user, db, &r.servers.snapshot());
+    let pool = set
+        .pool(Target::Replica(2))
+        .expect("the added server's pool");
+    assert_eq!(pool.stats().size, 5);
+    assert_eq!(
+        set.pool(Target::Replica(0)).map(|p| p.stats().size),
+        Some(5)
+    );
+    assert_eq!(set.all().len(), 6);
 }

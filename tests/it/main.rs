@@ -15,4 +15,5 @@ mod drivers;
 mod extended;
 mod failover;
 mod proxy;
+mod reload;
 mod routing;

@@ -20,7 +20,7 @@ use crate::stats::{CausalOutcome, ClientState, Destination, PrimaryRead};
 /// A server connection the client is using.
 pub(super) struct Held {
     /// Counts this unit as in flight on its backend (for the balancer).
-    _load: Load,
+    _load: Option<Load>,
     /// When it was checked out (unit latency).
     pub since: Instant,
     pub conn: PooledConn,
@@ -219,7 +219,7 @@ impl Session {
                 self.shared
                     .stats
                     .routed(destination(held.target), decision.reason);
-                tracing::debug!(client = self.id, server = %self.shared.router.backend(held.target).name, reason = decision.reason.label(), "routed");
+                tracing::debug!(client = self.id, server = %held.conn.server, reason = decision.reason.label(), "routed");
                 self.held = Some(held);
                 Ok(true)
             }
@@ -255,17 +255,24 @@ impl Session {
     /// Whether every pool a unit of this route could use is at its size (checking one out would wait).
     pub(super) fn pools_full(&self, route: Route) -> bool {
         let full = |t: Target| {
-            let s = self.pools.pool(t).stats();
-            s.active >= s.size
+            self.pools.pool(t).is_none_or(|p| {
+                let s = p.stats();
+                s.active >= s.size
+            })
         };
         let primary = self.shared.router.primary().map(Target::Primary);
         match route {
             Route::Write => primary.is_ok_and(full),
             Route::Read => {
                 primary.is_ok_and(full)
-                    && (0..self.shared.router.servers.len())
-                        .filter(|&i| Ok(i) != self.shared.router.primary())
-                        .all(|i| full(Target::Replica(i)))
+                    && self
+                        .shared
+                        .router
+                        .servers
+                        .load()
+                        .iter()
+                        .filter(|b| Ok(b.index) != self.shared.router.primary() && !b.is_retired())
+                        .all(|b| full(Target::Replica(b.index)))
             }
         }
     }
@@ -286,9 +293,10 @@ impl Session {
         let router = &self.shared.router;
         let parked = self.parked.iter().position(|h| match (h.target, target) {
             (Target::Primary(a), Target::Primary(b)) => a == b,
-            (Target::Replica(a), Target::Replica(_)) => {
-                router.servers[a].is_usable() && router.servers[a].position() >= floor
-            }
+            (Target::Replica(a), Target::Replica(_)) => router
+                .servers
+                .get(a)
+                .is_some_and(|b| b.is_usable() && b.position() >= floor),
             _ => false,
         });
         if let Some(i) = parked {
@@ -298,9 +306,14 @@ impl Session {
         }
         let mut tried_replica = false;
         let conn = loop {
-            match self.pools.pool(target).checkout().await {
+            let (Some(pool), Some(backend)) = (self.pools.pool(target), router.backend(target))
+            else {
+                let lost = format!("server {} is not configured", target.index());
+                return Err(Checkout::Failed(Error::Unavailable(lost)));
+            };
+            match pool.checkout().await {
                 Ok(c) => {
-                    router.backend(target).mark_ok();
+                    backend.mark_ok();
                     break c;
                 }
                 Err(e) => match target {
@@ -309,8 +322,8 @@ impl Session {
                     Target::Replica(i)
                         if e.retryable() && !matches!(e, Error::PoolTimeout { .. }) =>
                     {
-                        tracing::warn!(server = %router.backend(target).name, error = %e, "replica unavailable; trying another server");
-                        router.backend(target).mark_failed();
+                        tracing::warn!(server = %backend.name, error = %e, "replica unavailable; trying another server");
+                        backend.mark_failed();
                         if tried_replica {
                             return Err(Checkout::Failed(e));
                         }
@@ -318,7 +331,7 @@ impl Session {
                         target = self.read_target(Some(i), floor).await?;
                     }
                     _ => {
-                        tracing::warn!(server = %router.backend(target).name, error = %e, "server unavailable");
+                        tracing::warn!(server = %backend.name, error = %e, "server unavailable");
                         return Err(Checkout::Failed(e));
                     }
                 },
@@ -371,7 +384,7 @@ impl Session {
     /// after it), and capped when it is above what the primary has written since it was set (a failover).
     pub(super) async fn settle_floor(&mut self) {
         let router = &self.shared.router;
-        let wait = self.shared.config.lag.probe_timeout;
+        let wait = self.shared.config_now().lag.probe_timeout;
         if let Some(committed) = self.causal.unsettled_write() {
             match freshness::primary_position_since(router, committed, wait).await {
                 Some(lsn) => self.causal.settle(lsn),
@@ -389,7 +402,7 @@ impl Session {
 
     /// The primary's position now; without it no replica can be shown to be fresh (the primary serves the read).
     async fn primary_now(&self) -> u64 {
-        let wait = self.shared.config.lag.probe_timeout;
+        let wait = self.shared.config_now().lag.probe_timeout;
         freshness::primary_position_since(&self.shared.router, std::time::Instant::now(), wait)
             .await
             .unwrap_or(u64::MAX)
@@ -407,7 +420,7 @@ impl Session {
         }
         let mut waited = false;
         if choice == ReadTarget::Behind && floor != u64::MAX {
-            let wait = self.shared.config.routing.causal_wait;
+            let wait = self.shared.config_now().routing.causal_wait;
             choice = freshness::wait_for_replica(router, exclude, floor, wait).await;
             waited = true;
         }
@@ -441,7 +454,7 @@ impl Session {
 
     pub(super) fn new_held(&self, conn: PooledConn, target: Target) -> Box<Held> {
         Box::new(Held {
-            _load: Load::new(self.shared.router.backend(target)),
+            _load: self.shared.router.backend(target).map(|b| Load::new(&b)),
             since: Instant::now(),
             conn,
             target,
@@ -533,11 +546,10 @@ impl Session {
         self.cancel.clear();
         self.cancel_armed = false;
         self.sout.clear();
-        let backend = self.shared.router.backend(h.target).clone();
-        let err = Error::server_io(&backend.name, detail);
-        tracing::warn!(client = self.id, server = %backend.name, error = %err, "server connection lost");
-        if matches!(h.target, Target::Replica(_)) {
-            backend.mark_failed();
+        let err = Error::server_io(&h.conn.server, detail);
+        tracing::warn!(client = self.id, server = %h.conn.server, error = %err, "server connection lost");
+        if let (Target::Replica(_), Some(b)) = (h.target, self.shared.router.backend(h.target)) {
+            b.mark_failed();
         }
         let in_transaction = h.in_transaction();
         let (pending, unsynced) = (h.lease.pending(), h.lease.unsynced());

@@ -111,7 +111,7 @@ impl Session {
             Message::Sync | Message::Query { .. } => self.batch_messages = 0,
             _ => return false,
         }
-        let cap = self.shared.config.limits.max_batch_messages;
+        let cap = self.shared.config_now().limits.max_batch_messages;
         if self.batch_messages <= cap {
             return false;
         }
@@ -216,7 +216,11 @@ impl Session {
             return Step::Done;
         }
         let named = !parse.name.is_empty();
-        let cap = self.shared.config.limits.max_prepared_statements_per_client;
+        let cap = self
+            .shared
+            .config_now()
+            .limits
+            .max_prepared_statements_per_client;
         if named && self.statements.get(&parse.name).is_none() && self.statements.named_len() >= cap
         {
             let message = format!(

@@ -39,7 +39,10 @@ impl Session {
     /// connection): when no connection is free, the last greeting's values serve, with this client's own.
     async fn greeting_params(&mut self) -> Result<Arc<HashMap<String, String>>, End> {
         let free = match self.shared.router.primary() {
-            Ok(i) => self.pools.pool(Target::Primary(i)).try_checkout().await,
+            Ok(i) => match self.pools.pool(Target::Primary(i)) {
+                Some(pool) => pool.try_checkout().await,
+                None => None,
+            },
             Err(_) => None,
         };
         let cached = self.pools.greeting.lock().ok().and_then(|g| g.clone());

@@ -75,7 +75,7 @@ impl Session {
 
     /// `SET`, `RESET` or `SHOW` of a `pgsplit.*` parameter.
     async fn run_pgsplit_command(&mut self, command: PgsplitCommand) {
-        let configured = self.shared.config.routing.consistency;
+        let configured = self.shared.config_now().routing.consistency;
         let tag = match command {
             PgsplitCommand::SetRoute(setting) => {
                 self.route_override = setting.route();

@@ -95,7 +95,11 @@ impl Session {
 
     /// Closes the least recently used statement on the held connection when it is at its cap.
     fn make_room(&mut self) {
-        let cap = self.shared.config.pools.prepared_statements_per_server;
+        let cap = self
+            .shared
+            .config_now()
+            .pools
+            .prepared_statements_per_server;
         let Some(h) = self.held.as_mut() else { return };
         while h.conn.prepared.len() >= cap {
             let Some(victim) = h.conn.prepared.lru_victim(b"") else {

@@ -149,6 +149,14 @@ fn syntax_and_type_errors_name_line_and_field() {
         "secret",
     );
     assert!(!e.to_string().contains("123456789"), "{e}");
+    // Nor a mistyped admin token (a refused reload's message reaches the console and /status).
+    let e = expect_err(
+        &format!("admin_token = 987654321\n{MINIMAL}"),
+        Some(1),
+        Some("admin_token"),
+        "secret",
+    );
+    assert!(!e.to_string().contains("987654321"), "{e}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! binary, pgsplit proxies running on a background runtime in front of it, and raw frontend messages ([`wire`]).
 #![allow(dead_code)]
 
+pub mod file_proxy;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -22,7 +23,8 @@ pub struct Env {
 static ENV: OnceLock<Env> = OnceLock::new();
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+/// The background runtime the tests' proxies run on.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

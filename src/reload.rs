@@ -1,0 +1,134 @@
+//! Live reload (SIGHUP, console `RELOAD`): re-read the file the configuration came from with the same loader and
+//! validation as at start, refuse it whole when it is invalid or cannot be applied, else put it in force
+//! ([`Shared::apply`]) without dropping clients. What needs a restart is logged as such; the rest applies.
+//! Every attempt is recorded in a [`ReloadLog`] (`SHOW CONFIG`, `/status`, `pgsplit_reloads_total`).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{diff, keeping_restart_settings, Config, ConfigDiff};
+use crate::protocol::sqlstate;
+use crate::state::Shared;
+
+/// A refused reload: the SQLSTATE the console answers with, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// F0000 (the file does not load) or 55000 (no file, or a change that cannot be applied now).
+    pub sqlstate: &'static str,
+    /// The loader's file:line:field message, or what cannot be applied; never a secret.
+    pub message: String,
+}
+
+/// What the reloads so far did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadLog {
+    /// Reloads put in force.
+    pub ok: u64,
+    /// Reloads refused.
+    pub refused: u64,
+    /// When the last reload was put in force.
+    pub last_ok: Option<SystemTime>,
+    /// When the last reload was refused, and why (the loader's file:line:field message; never a secret).
+    pub last_refused: Option<(SystemTime, String)>,
+}
+
+/// A reload put in force: what changed.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// What changed.
+    pub diff: ConfigDiff,
+}
+
+impl Reloaded {
+    /// One line for a person: what changed, and what waits for a restart.
+    pub fn summary(&self) -> String {
+        let d = &self.diff;
+        let mut out = if d.is_empty() {
+            "configuration reloaded: nothing changed".to_string()
+        } else if d.changed.is_empty() {
+            "configuration reloaded".to_string()
+        } else {
+            format!("configuration reloaded: {} changed", d.changed.join(", "))
+        };
+        if !d.restart_needed.is_empty() {
+            out.push_str(&format!(
+                "; {} changed: takes effect after a restart",
+                d.restart_needed.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+impl Shared {
+    /// Re-reads the configuration file and puts it in force; a file that does not load, or a change that cannot
+    /// be applied, is refused and the configuration in force stays entirely. Logged and recorded either way.
+    pub fn reload(&self) -> Result<Reloaded, Refused> {
+        let Some(path) = self.config_path.clone() else {
+            let why =
+                "pgsplit was not started from a configuration file: there is no file to reload";
+            return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why.into()));
+        };
+        match Config::load(&path) {
+            Ok(config) => self.reload_with(config),
+            Err(e) => Err(self.refuse(sqlstate::CONFIG_FILE_ERROR, e.to_string())),
+        }
+    }
+
+    /// Puts a validated configuration in force, as [`Shared::reload`] does with the file's.
+    pub fn reload_with(&self, new: Config) -> Result<Reloaded, Refused> {
+        let mut log = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.config();
+        let diff = diff(&old, &new);
+        if let Err(why) = self.check_applicable(&diff) {
+            drop(log);
+            return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why));
+        }
+        // What can fail to build from the new file (e.g. TLS: reading the certificate and key) is built here,
+        // before anything changes, and refused with F0000 when it fails; `apply` then only swaps it in.
+        self.apply(Arc::new(keeping_restart_settings(new, &old)), &diff);
+        log.ok += 1;
+        log.last_ok = Some(SystemTime::now());
+        let done = Reloaded { diff };
+        for setting in &done.diff.restart_needed {
+            tracing::warn!("{setting} changed: takes effect after a restart");
+        }
+        tracing::info!(changed = ?done.diff.changed, "{}", done.summary());
+        Ok(done)
+    }
+
+    /// A change is refused when it would remove the server that takes writes now.
+    fn check_applicable(&self, diff: &ConfigDiff) -> Result<(), String> {
+        let Ok(primary) = self.router.primary() else {
+            return Ok(());
+        };
+        let Some(b) = self.router.servers.get(primary) else {
+            return Ok(());
+        };
+        if diff.removed.contains(&b.name) {
+            return Err(format!(
+                "the reload would remove server \"{}\" ({}), which takes writes now; keep it in the file (same \
+                 name, host and port) until another server has been promoted",
+                b.name, b.address
+            ));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, sqlstate: &'static str, message: String) -> Refused {
+        tracing::error!(error = %message, "configuration reload refused: the configuration in force stays");
+        let mut log = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+        log.refused += 1;
+        log.last_refused = Some((SystemTime::now(), message.clone()));
+        Refused { sqlstate, message }
+    }
+
+    /// A copy of the reload log.
+    pub fn reload_log(&self) -> ReloadLog {
+        self.reloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
