@@ -626,3 +626,93 @@ async fn a_removed_replica_finishes_its_running_transaction_then_disappears() {
         );
     }
 }
+
+/// (current_user, server port) of a hinted-to-primary statement and of a plain read.
+async fn who_where(client: &tokio_postgres::Client) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for sql in [
+        "/* pgsplit:primary */ SELECT current_user, inet_server_port()",
+        "SELECT current_user, inet_server_port()",
+    ] {
+        for m in client.simple_query(sql).await.expect("query") {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                let port = r.get(1).expect("port").parse().expect("port");
+                out.push((r.get(0).expect("user").to_string(), port));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn looked_up_and_pass_through_users_keep_working_across_a_reload() {
+    let e = env();
+    // pg_hba requires SCRAM for members of scram_login: pgsplit holds no password for either role, so every new
+    // server connection logs in with the key the client's login gave (pass-through).
+    e.cluster
+        .psql(
+            "primary",
+            "CREATE ROLE rl_looked LOGIN PASSWORD 'looked-pw' IN ROLE scram_login; \
+             CREATE ROLE rl_listed LOGIN PASSWORD 'listed-pw' IN ROLE scram_login",
+        )
+        .expect("roles");
+    let verifier = e
+        .cluster
+        .psql(
+            "primary",
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'rl_listed'",
+        )
+        .expect("verifier");
+    let verifier = verifier.trim().to_string();
+    let text = |pool: usize| {
+        file(
+            &e.cluster,
+            &["replica1", "replica2"],
+            (pool, pool),
+            "auth_user = \"trustclient\"",
+        ) + &format!("[[users]]\nname = \"rl_listed\"\nscram_verifier = \"{verifier}\"\n")
+    };
+    let proxy = FileProxy::start(&text(2));
+    let looked = connect_to(proxy.addr, ("rl_looked", "looked-pw"))
+        .await
+        .expect("looked-up login");
+    let listed = connect_to(proxy.addr, ("rl_listed", "listed-pw"))
+        .await
+        .expect("pass-through login");
+    assert_eq!(
+        who_where(&looked).await[0],
+        ("rl_looked".into(), primary_port())
+    );
+    assert_eq!(
+        who_where(&listed).await[0],
+        ("rl_listed".into(), primary_port())
+    );
+
+    // Bigger pools: the reload rebuilds every pool set's targets. The servers then drop every connection of both
+    // roles, so the next statements of the clients already logged in need new server connections, opened with
+    // the keys their logins gave (no new login has given them again).
+    proxy.write(&text(4));
+    proxy.reload().await.expect("reload");
+    for server in ["primary", "replica1", "replica2"] {
+        e.cluster
+            .psql(
+                server,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE usename IN ('rl_looked', 'rl_listed')",
+            )
+            .expect("terminate");
+    }
+    for (client, user) in [(&looked, "rl_looked"), (&listed, "rl_listed")] {
+        for (who, port) in who_where(client).await {
+            assert_eq!(who, user);
+            assert!(port == primary_port() || replica_ports().contains(&port));
+        }
+    }
+    // New logins of both users still work.
+    for (user, pw) in [("rl_looked", "looked-pw"), ("rl_listed", "listed-pw")] {
+        let fresh = connect_to(proxy.addr, (user, pw))
+            .await
+            .expect("login after the reload");
+        assert_eq!(who_where(&fresh).await[0].0, user);
+    }
+}
