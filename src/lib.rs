@@ -36,3 +36,4 @@ pub mod side;
 pub mod sql;
 pub mod state;
 pub mod stats;
+pub mod tls;

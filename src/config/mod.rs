@@ -20,6 +20,7 @@ mod load;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
@@ -28,6 +29,9 @@ pub use sections::{
     AuthMethod, Balancer, DatabaseConfig, Fallback, LagConfig, LimitsConfig, PoolMode, PoolsConfig,
     PrimaryReads, PrimaryUnknown, RoutingConfig, ServerConfig, Timeouts, UserConfig,
     VolatileFunctions,
+};
+pub use tls::{
+    check_pair, read_certs, read_key, ClientTlsMode, PemError, ServerTlsMode, TlsConfig,
 };
 
 /// What secrets are replaced with in [`Config::effective_toml`] and in `Debug` output.
@@ -96,6 +100,9 @@ pub struct Config {
     /// Users who may connect (`[[users]]`); at least one.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// TLS towards clients and servers (`[tls]`).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -112,6 +119,11 @@ impl Config {
     /// The database called `name` (as clients name it).
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The TLS mode towards `server`: its own `tls_mode`, else `tls.server_mode`.
+    pub fn server_tls_mode(&self, server: &ServerConfig) -> ServerTlsMode {
+        server.tls_mode.unwrap_or(self.tls.server_mode)
     }
 
     /// Every server: the primary first, then the replicas in file order.

@@ -247,6 +247,6 @@ impl Config {
                 AuthMethod::Trust => {}
             }
         }
-        Ok(())
+        self.validate_tls(loc)
     }
 }

@@ -129,6 +129,9 @@ fn server_names_are_filled_in() {
         host: "h".into(),
         port: 1,
         weight: 1,
+        tls_mode: None,
+        tls_ca_file: None,
+        tls_server_name: None,
     };
     assert_eq!(unnamed.display_name(), "h:1");
 }

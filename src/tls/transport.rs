@@ -1,0 +1,373 @@
+//! [`Transport`]: a TCP socket, plain or carrying TLS, with the readiness-based non-blocking calls the data path
+//! makes (`readable`, [`Transport::read_available`], `writable`, [`Transport::try_write`]) and tokio's
+//! `AsyncRead`/`AsyncWrite` for the login and the console.
+//!
+//! Plain TCP goes straight to the socket: no cost when TLS is off. With TLS, reads pull ciphertext with
+//! `try_read` into rustls and copy *all* the plaintext it has into the caller's buffer, so nothing waits inside
+//! rustls between wake-ups (`buffered` covers plaintext left by the handshake or an `AsyncRead` call); writes
+//! hand plaintext to rustls and push ciphertext with `try_write`. Ciphertext that did not fit waits in rustls:
+//! [`Transport::wants_write`] tells the loop to wait for `writable` until it is sent.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::net;
+
+/// Plaintext copied out of rustls by one [`Transport::read_available`] before it yields (fairness).
+const MAX_READ_PER_CALL: usize = 512 * 1024;
+
+/// A client or server connection: TCP, with TLS when negotiated.
+pub struct Transport {
+    tcp: TcpStream,
+    tls: Option<Box<Tls>>,
+}
+
+struct Tls {
+    conn: rustls::Connection,
+    /// rustls may hold plaintext not yet copied out: the next read must not wait for the socket.
+    buffered: bool,
+}
+
+/// `io::Read`/`io::Write` over a tokio socket's non-blocking calls (readiness is cleared on `WouldBlock`).
+struct Sock<'a>(&'a TcpStream);
+
+impl Read for Sock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for Sock<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl Transport {
+    /// A plain TCP connection.
+    pub fn plain(tcp: TcpStream) -> Transport {
+        Transport { tcp, tls: None }
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Whether TLS is in use.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS connection, when TLS is in use (peer certificates, ALPN, …).
+    pub fn tls_connection(&self) -> Option<&rustls::Connection> {
+        self.tls.as_deref().map(|t| &t.conn)
+    }
+
+    /// Runs a TLS handshake over this (plain) connection. `early` holds bytes already read from the socket that
+    /// belong to the handshake (direct TLS). Plaintext that arrived with the handshake's end stays for the next
+    /// read.
+    pub async fn handshake(
+        &mut self,
+        conn: impl Into<rustls::Connection>,
+        early: &[u8],
+    ) -> io::Result<()> {
+        let mut conn = conn.into();
+        let mut early = early;
+        while !early.is_empty() {
+            conn.read_tls(&mut early)?;
+            conn.process_new_packets().map_err(tls_error)?;
+        }
+        self.tls = Some(Box::new(Tls {
+            conn,
+            buffered: true,
+        }));
+        std::future::poll_fn(|cx| self.poll_handshake(cx)).await
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Transport { tcp, tls } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            while tls.conn.wants_write() {
+                match tls.conn.write_tls(&mut Sock(tcp)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(tcp.poll_write_ready(cx))?;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if !tls.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            match tls.conn.read_tls(&mut Sock(tcp)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed during the TLS handshake",
+                    )))
+                }
+                Ok(_) => {
+                    if let Err(e) = tls.conn.process_new_packets() {
+                        // Send the alert that says why, then fail.
+                        let _ = tls.conn.write_tls(&mut Sock(tcp));
+                        return Poll::Ready(Err(tls_error(e)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(tcp.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Waits until a read may find something: at once when rustls holds plaintext.
+    pub async fn readable(&self) -> io::Result<()> {
+        match &self.tls {
+            Some(t) if t.buffered => Ok(()),
+            _ => self.tcp.readable().await,
+        }
+    }
+
+    /// Waits until the socket takes writes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.tcp.writable().await
+    }
+
+    /// Whether ciphertext waits to be sent: keep waiting for `writable` and call [`Transport::try_write`].
+    pub fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.conn.wants_write())
+    }
+
+    /// Reads what is available into `buf` (plaintext). `Ok(0)` is end of stream; `WouldBlock` when nothing was
+    /// waiting. With TLS, all the plaintext rustls has is copied (`buf` grows as needed).
+    pub fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let Transport { tcp, tls } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            return net::read_available(tcp, buf);
+        };
+        let mut got = tls.drain_plaintext(buf)?;
+        while got < MAX_READ_PER_CALL {
+            match tls.conn.read_tls(&mut Sock(tcp)) {
+                Ok(0) => {
+                    if got > 0 {
+                        // The end is seen again by the next read.
+                        return Ok(got);
+                    }
+                    return Ok(0);
+                }
+                Ok(_) => {
+                    if let Err(e) = tls.conn.process_new_packets() {
+                        let _ = tls.conn.write_tls(&mut Sock(tcp));
+                        return Err(tls_error(e));
+                    }
+                    got += tls.drain_plaintext(buf)?;
+                    // Key updates and the like: answered right away when the socket takes them.
+                    tls.flush(tcp)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            if tls.closed() {
+                return Ok(0);
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    }
+
+    /// Writes as much of `data` as the connection takes now; `WouldBlock` when it takes nothing. With TLS the
+    /// plaintext is accepted into rustls (bounded) and ciphertext sent as far as the socket allows; call it
+    /// with an empty `data` to push ciphertext still waiting.
+    pub fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Transport { tcp, tls } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            return tcp.try_write(data);
+        };
+        tls.flush(tcp)?;
+        let n = if data.is_empty() {
+            0
+        } else {
+            tls.conn.writer().write(data)?
+        };
+        tls.flush(tcp)?;
+        if n == 0 && !data.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    /// Whether the connection looks idle and open: nothing unsolicited arrived and it did not close. Consumes
+    /// pending TLS records (a session ticket is harmless).
+    pub fn is_quiet(&mut self) -> bool {
+        let mut probe = BytesMut::with_capacity(64);
+        match &mut self.tls {
+            None => {
+                let mut b = [0u8; 1];
+                matches!(self.tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Some(_) => matches!(self.read_available(&mut probe),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        }
+    }
+}
+
+impl Tls {
+    /// Copies every byte of plaintext rustls holds into `buf`.
+    fn drain_plaintext(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut got = 0;
+        loop {
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 * 1024);
+            }
+            // Zeroed room handed out as `&mut [u8]`: bounded, so a buffer reserved for a large frame is not
+            // zeroed whole on every read.
+            let room = (buf.capacity() - buf.len()).min(64 * 1024);
+            let start = buf.len();
+            buf.resize(start + room, 0);
+            let result = self.conn.reader().read(&mut buf[start..]);
+            match result {
+                Ok(0) => {
+                    buf.truncate(start);
+                    break;
+                }
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf.truncate(start);
+                    break;
+                }
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        self.buffered = false;
+        Ok(got)
+    }
+
+    /// Whether the peer closed (close_notify, or the socket ended).
+    fn closed(&mut self) -> bool {
+        matches!(self.conn.process_new_packets(), Ok(s) if s.peer_has_closed())
+    }
+
+    /// Sends ciphertext while the socket takes it (`WouldBlock` is not an error here).
+    fn flush(&mut self, tcp: &TcpStream) -> io::Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut Sock(tcp)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Transport { tcp, tls } = this;
+        let Some(tls) = tls.as_deref_mut() else {
+            return Pin::new(tcp).poll_read(cx, out);
+        };
+        loop {
+            match tls.conn.reader().read(out.initialize_unfilled()) {
+                Ok(n) => {
+                    out.advance(n);
+                    // There may be more: the next readiness wait must not block on the socket.
+                    tls.buffered = n > 0;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tls.buffered = false,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match tls.conn.read_tls(&mut Sock(tcp)) {
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(_) => {
+                    if let Err(e) = tls.conn.process_new_packets() {
+                        let _ = tls.conn.write_tls(&mut Sock(tcp));
+                        return Poll::Ready(Err(tls_error(e)));
+                    }
+                    tls.flush(tcp)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(tcp.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.tls.is_none() {
+            return Pin::new(&mut this.tcp).poll_write(cx, data);
+        }
+        loop {
+            match this.try_write(data) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(this.tcp.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Transport { tcp, tls } = this;
+        if let Some(tls) = tls.as_deref_mut() {
+            while tls.conn.wants_write() {
+                tls.flush(tcp)?;
+                if tls.conn.wants_write() {
+                    ready!(tcp.poll_write_ready(cx))?;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_deref_mut() {
+            tls.conn.send_close_notify();
+        }
+        ready!(Pin::new(&mut *this).poll_flush(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
