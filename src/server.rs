@@ -14,6 +14,7 @@ use crate::protocol::backend;
 use crate::protocol::frame::{read_frame, ReadError};
 use crate::protocol::messages::{self, error_field};
 use crate::protocol::{sqlstate, startup, Frame};
+use crate::tls::Transport;
 
 /// Largest message accepted from a server (Postgres itself caps a field at 1 GiB).
 pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -31,6 +32,8 @@ pub struct ServerTarget {
     pub password: Option<String>,
     /// Database on the server.
     pub database: String,
+    /// TLS towards the server.
+    pub tls: crate::tls::ServerTls,
 }
 
 /// Statements this connection has prepared under pgsplit's names, with a use counter for LRU eviction.
@@ -91,8 +94,8 @@ impl PreparedSet {
 
 /// A logged-in server connection.
 pub struct ServerConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection (plain TCP or TLS).
+    pub stream: Transport,
     /// Bytes read from the server and not yet forwarded.
     pub rbuf: BytesMut,
     /// The server's cancel key.
@@ -147,6 +150,13 @@ impl ServerConn {
                 detail: format!("{} ({})", e, target.address),
             })?;
         let _ = stream.set_nodelay(true);
+        let stream = target.tls.negotiate(stream).await.map_err(|detail| {
+            tracing::warn!(server = %target.server, address = %target.address, tls_mode = target.tls.mode.as_str(), %detail, "cannot connect to server over TLS");
+            Error::Connect {
+                server: target.server.clone(),
+                detail: format!("{detail} ({}, tls mode {})", target.address, target.tls.mode.as_str()),
+            }
+        })?;
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -333,7 +343,11 @@ impl ServerConn {
 
     /// Writes bytes to the server.
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<()> {
-        if let Err(e) = self.stream.write_all(buf).await {
+        let sent = async {
+            self.stream.write_all(buf).await?;
+            self.stream.flush().await
+        };
+        if let Err(e) = sent.await {
             self.broken = true;
             return Err(Error::server_io(&self.server, e));
         }
@@ -435,12 +449,11 @@ impl ServerConn {
 
     /// True when nothing suggests the connection is unusable: idle status, nothing buffered, not marked broken,
     /// and the socket has neither closed nor sent unsolicited bytes.
-    pub fn is_reusable(&self) -> bool {
+    pub fn is_reusable(&mut self) -> bool {
         if self.broken || self.status != backend::IDLE || !self.rbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_quiet()
     }
 
     fn io_error(&mut self, e: impl std::fmt::Display) -> Error {

@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
-use crate::config::{Config, DatabaseConfig, ServerConfig};
+use crate::config::{Config, DatabaseConfig, ServerConfig, ServerTlsMode};
+use crate::tls::{PgTls, ServerTls};
 
 /// A side connection that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +30,19 @@ pub enum SideError {
     /// Connecting or logging in failed.
     #[error("{0}")]
     Connect(#[from] tokio_postgres::Error),
+    /// The server's TLS settings cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl SideError {
     /// Whether the server refused the TCP connection (nothing listens: it is down at once).
     pub fn refused(&self) -> bool {
         match self {
-            SideError::NoUser | SideError::NoSuchServer | SideError::NoDatabase => false,
+            SideError::NoUser
+            | SideError::NoSuchServer
+            | SideError::NoDatabase
+            | SideError::Tls(_) => false,
             SideError::Connect(e) => refused(e),
         }
     }
@@ -69,10 +77,30 @@ pub async fn connect(
     if let Some(p) = user.server_password() {
         pg.password(p);
     }
-    let (client, conn) = pg.connect(NoTls).await?;
+    let tls = ServerTls::for_server(config, server);
+    let task = match (tls.mode, tls.client_config()) {
+        (ServerTlsMode::Disable, _) => {
+            let (client, conn) = pg.connect(NoTls).await?;
+            (client, tokio::spawn(conn))
+        }
+        (mode, Some(rustls)) if tls.broken().is_none() => {
+            pg.ssl_mode(if mode == ServerTlsMode::Prefer {
+                SslMode::Prefer
+            } else {
+                SslMode::Require
+            });
+            let connector = PgTls::new(rustls, Some(tls.server_name().clone()));
+            let (client, conn) = pg.connect(connector).await?;
+            (client, tokio::spawn(conn))
+        }
+        _ => {
+            let why = tls.broken().unwrap_or("no TLS configuration").to_string();
+            return Err(SideError::Tls(why));
+        }
+    };
     Ok(SideConnection {
-        client,
-        task: tokio::spawn(conn),
+        client: task.0,
+        task: task.1,
     })
 }
 

@@ -16,6 +16,7 @@ use crate::config::{AuthMethod, Config, VolatileFunctions};
 use crate::monitor::Monitor;
 use crate::router::{PoolSet, Router};
 use crate::stats::RoutingStats;
+use crate::tls::ClientTls;
 
 /// State shared by every session.
 pub struct Shared {
@@ -41,6 +42,8 @@ pub struct Shared {
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
     /// Clients connected now.
     pub clients: AtomicUsize,
+    /// pgsplit's TLS towards clients (`None`: `tls.client_mode = "disable"`, or the files could not be used).
+    pub client_tls: Option<Arc<ClientTls>>,
     next_client_id: AtomicU64,
 }
 
@@ -61,7 +64,14 @@ impl Shared {
                 verifiers.insert(u.name.clone(), v);
             }
         }
+        let client_tls = ClientTls::from_config(&config.tls).unwrap_or_else(|e| {
+            // Checked at load: only a file changed since gets here. TLS is then not offered (fail closed:
+            // `require` still refuses plain text).
+            tracing::error!(error = %e, "TLS towards clients is not available");
+            None
+        });
         Shared {
+            client_tls,
             classifier: Arc::new(match config.routing.volatile_functions {
                 VolatileFunctions::Catalog => {
                     Classifier::new(&config.write_functions).require_catalog()

@@ -168,6 +168,13 @@ impl super::Config {
             check_pair(certs, &key).map_err(|e| err("key_file", e))?;
         }
         if let Some(ca) = &tls.client_ca_file {
+            if tls.client_mode != ClientTlsMode::Require {
+                // A plain-text client would skip the certificate check.
+                return Err(loc.error(
+                    &path.key("client_ca_file"),
+                    "needs client_mode = \"require\" (plain-text clients present no certificate)",
+                ));
+            }
             read_certs(ca).map_err(|e| err("client_ca_file", e))?;
         } else if tls.client_cert_user {
             return Err(loc.error(&path.key("client_cert_user"), "needs `client_ca_file`"));
