@@ -27,8 +27,8 @@ pub enum SideError {
     /// The configuration has no database to connect to.
     #[error("no database")]
     NoDatabase,
-    /// Connecting or logging in failed.
-    #[error("{0}")]
+    /// Connecting or logging in failed (shown with its causes: a TLS failure says why).
+    #[error("{}", describe(.0))]
     Connect(#[from] tokio_postgres::Error),
     /// The server's TLS settings cannot be used.
     #[error("TLS: {0}")]
@@ -102,6 +102,21 @@ pub async fn connect(
         client: task.0,
         task: task.1,
     })
+}
+
+/// `e` and its causes, e.g. "error performing TLS handshake: invalid peer certificate: UnknownIssuer".
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Whether an I/O error behind `e` is a refused connection.

@@ -15,3 +15,4 @@ mod extended;
 mod failover;
 mod proxy;
 mod routing;
+mod tls;
