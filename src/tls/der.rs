@@ -98,6 +98,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_signature_hash_and_common_name() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "pgsplit tests");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "app");
+        for (alg, hash) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, EndPointHash::Sha256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, EndPointHash::Sha384),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = params.clone().self_signed(&key).unwrap();
+            assert_eq!(end_point_hash(cert.der()), Some(hash));
+            assert_eq!(subject_common_name(cert.der()).as_deref(), Some("app"));
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            end_point_hash(cert.der()),
+            None,
+            "Ed25519 has no end-point hash"
+        );
+    }
+
+    #[test]
     fn malformed_input_is_none() {
         for input in [
             &[][..],

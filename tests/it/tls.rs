@@ -139,7 +139,7 @@ async fn tokio_postgres_verify_full_right_and_wrong_name() {
         .expect("TLS with the right name");
     assert_eq!(one_value(&client, "SELECT 'over tls'").await, "over tls");
     let refused = connect_tls(proxy.addr, APP, pki().pg_tls("wrong.example")).await;
-    let err = refused.err().expect("the wrong name is refused");
+    let err = refused.expect_err("the wrong name is refused");
     assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
 }
 
@@ -148,8 +148,7 @@ async fn require_refuses_plain_text_with_28000() {
     let proxy = proxy_with(&client_tls("require", ""));
     let err = common::connect_to(proxy.addr, APP)
         .await
-        .err()
-        .expect("plain text refused");
+        .expect_err("plain text refused");
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "28000", "{db:?}");
     assert!(db.message().contains("SSL required"), "{db:?}");
@@ -201,8 +200,7 @@ async fn client_certificates_accepted_and_refused() {
         with_cert(&pki.client_cert_file, &pki.client_key_file),
     )
     .await
-    .err()
-    .expect("CN app used for md5client");
+    .expect_err("CN app used for md5client");
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "28000", "{db:?}");
 }
@@ -320,8 +318,7 @@ async fn server_signed_by_another_ca_is_refused() {
         Ok(client) => client
             .simple_query("/* pgsplit:primary */ SELECT 1")
             .await
-            .err()
-            .expect("no server to run it"),
+            .expect_err("no server to run it"),
     };
     let db = err.as_db_error().expect("an ErrorResponse");
     assert!(["08001", "57P03"].contains(&db.code().code()), "{db:?}");

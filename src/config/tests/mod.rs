@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 
 mod errors;
+mod tls;
 
 const VERIFIER: &str = "SCRAM-SHA-256$4096:cGdzcGxpdC1leGFtcGxlIQ==$0n3xoMfihxm6HAUYzcDtHn5hY1AlNojFvbT/6iwzr0k=:VBmfeFF6msyoSLcz1rb44+oXsdPL/ijsCslBraQTV4w=";
 
