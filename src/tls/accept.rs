@@ -19,6 +19,8 @@ pub struct ClientTls {
     /// Whether TLS is optional or required.
     pub mode: ClientTlsMode,
     config: Arc<ServerConfig>,
+    /// The same certificate for the admin HTTP endpoint (ALPN `http/1.1`).
+    admin: Arc<ServerConfig>,
     end_point: Option<Vec<u8>>,
     cert_user: bool,
 }
@@ -58,10 +60,13 @@ impl ClientTls {
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let mut admin = config.clone();
+        admin.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         Ok(Some(Arc::new(ClientTls {
             mode: tls.client_mode,
             config: Arc::new(config),
+            admin: Arc::new(admin),
             end_point,
             cert_user: tls.client_ca_file.is_some() && tls.client_cert_user,
         })))
@@ -72,6 +77,13 @@ impl ClientTls {
         let conn = ServerConnection::new(self.config.clone())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         socket.handshake(conn, early).await
+    }
+
+    /// Runs the server side of an admin endpoint handshake on `socket`.
+    pub async fn accept_admin(&self, socket: &mut Transport) -> std::io::Result<()> {
+        let conn = ServerConnection::new(self.admin.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        socket.handshake(conn, &[]).await
     }
 
     /// The tls-server-end-point channel binding data (RFC 5929): the hash of pgsplit's certificate. `None` when

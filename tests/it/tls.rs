@@ -405,3 +405,41 @@ async fn copy_and_extended_protocol_over_tls_match_plain() {
         .await
         .expect("drop");
 }
+
+#[tokio::test]
+async fn admin_endpoint_over_tls() {
+    let proxy = proxy_with(&client_tls("prefer", ""));
+    let pki = pki();
+    let mut config = (*pki.client_config(&pki.ca_file, None)).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.admin_addr)
+        .await
+        .expect("connect");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().expect("name"), tcp)
+        .await
+        .expect("admin TLS handshake with pgsplit's certificate");
+    tls.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"servers\""), "{response}");
+
+    // Plain HTTP gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(proxy.admin_addr)
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut response)).await;
+    assert!(
+        !String::from_utf8_lossy(&response).contains("HTTP/1.1 200"),
+        "plain HTTP answered"
+    );
+}
