@@ -56,7 +56,7 @@ impl TlsListener {
         Ok(TlsListener {
             local,
             ready,
-            acceptor: acceptor,
+            acceptor,
         })
     }
 }
