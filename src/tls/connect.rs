@@ -134,12 +134,7 @@ impl ServerTls {
                     self.mode.as_str()
                 ))
             }
-            other => {
-                return Err(format!(
-                    "unexpected answer {:?} to SSLRequest",
-                    crate::client::printable(other)
-                ))
-            }
+            other => return Err(format!("unexpected answer 0x{other:02x} to SSLRequest")),
         }
         let conn = rustls::ClientConnection::new(config, self.name.clone())
             .map_err(|e| format!("TLS setup: {e}"))?;

@@ -219,15 +219,17 @@ impl Transport {
     /// Whether the connection looks idle and open: nothing unsolicited arrived and it did not close. Consumes
     /// pending TLS records (a session ticket is harmless).
     pub fn is_quiet(&mut self) -> bool {
-        let mut probe = BytesMut::with_capacity(64);
-        match &mut self.tls {
-            None => {
-                let mut b = [0u8; 1];
-                matches!(self.tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-            Some(_) => matches!(self.read_available(&mut probe),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        if self.tls.is_none() {
+            let mut b = [0u8; 1];
+            return matches!(self.tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         }
+        // Nothing arrived since the socket was last drained: quiet, without reading (the usual case).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.tcp.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        let mut probe = BytesMut::new();
+        matches!(self.read_available(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
