@@ -7,7 +7,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use sha2::Digest;
 
+use bytes::BytesMut;
+
 use super::der::{self, EndPointHash};
+use super::hello;
 use super::transport::Transport;
 use crate::config::{read_certs, read_key, ClientTlsMode, TlsConfig};
 
@@ -73,10 +76,21 @@ impl ClientTls {
     }
 
     /// Runs the server side of a handshake on `socket`; `early` holds handshake bytes already read (direct TLS).
+    /// An SNI that is no host name (libpq's socket directory) fails in rustls: logged with the fix (see `hello`).
     pub async fn accept(&self, socket: &mut Transport, early: &[u8]) -> std::io::Result<()> {
         let conn = ServerConnection::new(self.config.clone())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        socket.handshake(conn, early).await
+        let mut first = BytesMut::from(early);
+        hello::read_first_record(socket.tcp(), &mut first).await?;
+        if let Some(name) = hello::unusable_sni(&first) {
+            tracing::info!(
+                peer = ?socket.tcp().peer_addr().ok(),
+                sni = %name,
+                "TLS client sent a server name that is no host name (libpq with `hostaddr` and no `host`): \
+                 the handshake fails; give the client `host=<name>` or `sslsni=0`"
+            );
+        }
+        socket.handshake(conn, &first).await
     }
 
     /// Runs the server side of an admin endpoint handshake on `socket`.

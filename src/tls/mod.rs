@@ -4,11 +4,12 @@
 //! side of a client's handshake (certificate, client certificates, ALPN, the channel binding data);
 //! [`ServerTls`] is how pgsplit connects to one server (SSLRequest, the mode's certificate checks, SNI);
 //! [`PgTls`] does the same for tokio-postgres side connections. `der` reads the two certificate fields pgsplit
-//! needs; `verify` holds the `verify-ca` and `require` certificate checks.
+//! needs; `hello` explains a refused SNI; `verify` holds the `verify-ca` and `require` certificate checks.
 
 mod accept;
 mod connect;
 mod der;
+mod hello;
 mod pg;
 mod transport;
 mod verify;

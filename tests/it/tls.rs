@@ -443,3 +443,119 @@ async fn admin_endpoint_over_tls() {
         "plain HTTP answered"
     );
 }
+
+/// Cancel requests reach pgsplit over TLS (tokio-postgres cancels the way it connected) and in plain text (libpq
+/// 15 sends them so, whatever sslmode), even under `client_mode = "require"`.
+#[tokio::test]
+async fn cancel_over_tls_and_plain_text() {
+    let proxy = proxy_with(&client_tls("require", ""));
+    let client = connect_tls(proxy.addr, APP, pki().pg_tls("localhost"))
+        .await
+        .expect("tls");
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token
+        .cancel_query(pki().pg_tls("localhost"))
+        .await
+        .expect("cancel over TLS");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancelled in time")
+        .expect("task");
+    let err = result.expect_err("the sleep was cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+
+    // psql on TLS, interrupted: libpq 15 sends the CancelRequest on a plain socket.
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=app dbname=app sslmode=require",
+        proxy.addr.port()
+    );
+    let child = Command::new("psql")
+        .args(["-X", "-d", &conninfo, "-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", APP.1)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id() as i32;
+    // SIGINT to the psql this test started, by its pid: psql then sends the cancel.
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("psql output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+}
+
+/// pgsplit in front of the shared cluster as [`TLS_ONLY`] with every server's `tls_mode`, `tls_ca_file` and
+/// `tls_server_name` set.
+fn server_override_proxy(mode: &str, ca: &Path, name: &str) -> ProxyHandle {
+    let rest = format!(
+        "admin_listen = \"127.0.0.1:0\"\n\
+         [lag]\nmax_lag = \"60s\"\nlag_check_interval = \"100ms\"\n\
+         [[databases]]\nname = \"app\"\n\
+         [[users]]\nname = \"{}\"\npassword = \"{}\"\n",
+        TLS_ONLY.0, TLS_ONLY.1,
+    );
+    let mut config =
+        pgsplit::demo::local_config(&env().cluster, 0, &rest, "<test>").expect("config");
+    use pgsplit::config::ServerTlsMode as M;
+    let mode = match mode {
+        "prefer" => M::Prefer,
+        "require" => M::Require,
+        "verify-ca" => M::VerifyCa,
+        _ => M::VerifyFull,
+    };
+    for server in std::iter::once(&mut config.primary).chain(config.replicas.iter_mut()) {
+        server.tls_mode = Some(mode);
+        server.tls_ca_file = Some(ca.to_path_buf());
+        server.tls_server_name = Some(name.into());
+    }
+    start(config)
+}
+
+/// Each server mode checks what libpq's sslmode of the same name checks, per server.
+#[tokio::test]
+async fn server_modes_check_what_they_say() {
+    let pki = pki();
+    for (mode, ca, name, works) in [
+        ("require", &pki.other_ca_file, "wrong.example", true),
+        ("prefer", &pki.other_ca_file, "wrong.example", true),
+        ("verify-ca", &pki.ca_file, "wrong.example", true),
+        ("verify-ca", &pki.other_ca_file, "localhost", false),
+        ("verify-full", &pki.ca_file, "localhost", true),
+        ("verify-full", &pki.ca_file, "wrong.example", false),
+    ] {
+        let proxy = server_override_proxy(mode, ca, name);
+        let outcome = match common::connect_to(proxy.addr, TLS_ONLY).await {
+            Ok(client) => client
+                .query_one(
+                    "/* pgsplit:primary */ SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, bool>(0)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(ssl) => {
+                assert!(works, "{mode} with {name} accepted");
+                assert!(ssl, "{mode}: the server connection is encrypted");
+            }
+            Err(e) => {
+                assert!(!works, "{mode} with {name}: {e:?}");
+                let db = e.as_db_error().expect("an ErrorResponse");
+                assert!(db.message().contains("\"primary\""), "{db:?}");
+            }
+        }
+        proxy.shutdown().await;
+    }
+}
