@@ -373,3 +373,124 @@ impl AsyncWrite for Transport {
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A TLS pair over loopback: (server side, client side).
+    async fn pair() -> (Transport, Transport) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, connected) = tokio::join!(listener.accept(), TcpStream::connect(addr));
+        let mut s = Transport::plain(accepted.unwrap().0);
+        let mut c = Transport::plain(connected.unwrap());
+        let sconn = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let cconn =
+            rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap())
+                .unwrap();
+        let (a, b) = tokio::join!(s.handshake(sconn, &[]), c.handshake(cconn, &[]));
+        a.unwrap();
+        b.unwrap();
+        (s, c)
+    }
+
+    /// Writes all of `data` the way the session does: readiness, then `try_write`, until nothing is pending.
+    async fn send_all(t: &mut Transport, data: &[u8]) {
+        let mut sent = 0;
+        while sent < data.len() || t.wants_write() {
+            t.writable().await.unwrap();
+            match t.try_write(&data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    async fn receive(t: &mut Transport, want: usize) -> BytesMut {
+        let mut buf = BytesMut::new();
+        while buf.len() < want {
+            t.readable().await.unwrap();
+            match t.read_available(&mut buf) {
+                Ok(0) => panic!("closed after {} bytes", buf.len()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        buf
+    }
+
+    #[tokio::test]
+    async fn large_transfers_with_partial_writes_arrive_whole() {
+        let (mut server, mut client) = pair().await;
+        let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let (_, got) = tokio::join!(
+            send_all(&mut client, &data),
+            receive(&mut server, data.len())
+        );
+        assert_eq!(got.len(), expected.len());
+        assert!(got[..] == expected[..]);
+        // And back, through the AsyncWrite/AsyncRead side.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (w, r) = tokio::join!(
+            async {
+                server.write_all(&data).await.unwrap();
+                server.flush().await.unwrap();
+            },
+            async {
+                let mut back = vec![0u8; data.len()];
+                client.read_exact(&mut back).await.unwrap();
+                back
+            }
+        );
+        let () = w;
+        assert!(r == expected);
+    }
+
+    #[tokio::test]
+    async fn end_of_stream_is_reported() {
+        let (mut server, mut client) = pair().await;
+        send_all(&mut client, b"last words").await;
+        use tokio::io::AsyncWriteExt;
+        client.shutdown().await.unwrap();
+        drop(client);
+        assert_eq!(&receive(&mut server, 10).await[..], b"last words");
+        let mut buf = BytesMut::new();
+        loop {
+            server.readable().await.unwrap();
+            match server.read_available(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
