@@ -130,7 +130,7 @@ impl ServerTls {
             b'N' if self.mode == ServerTlsMode::Prefer => return Ok(Transport::plain(tcp)),
             b'N' => {
                 return Err(format!(
-                    "the server does not accept TLS (tls mode {})",
+                    "server does not support TLS (tls mode {})",
                     self.mode.as_str()
                 ))
             }

@@ -559,3 +559,47 @@ async fn server_modes_check_what_they_say() {
         proxy.shutdown().await;
     }
 }
+
+/// A server without TLS (its own one-server cluster, `ssl = off`): `prefer` falls back to plain text; `require`
+/// refuses, naming the server and why.
+#[tokio::test]
+async fn a_server_without_tls_prefer_falls_back_require_refuses() {
+    let cluster = common::start_cluster_with(pgsplit_harness::ClusterOptions {
+        replicas: 0,
+        ..Default::default()
+    });
+    for (mode, works) in [("prefer", true), ("require", false)] {
+        let proxy = start(common::config(
+            &cluster,
+            2,
+            2,
+            &format!("[tls]\nserver_mode = \"{mode}\"\n"),
+        ));
+        let outcome = match common::connect_to(proxy.addr, APP).await {
+            Ok(client) => client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map(|row| row.get::<_, bool>(0)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(ssl) => {
+                assert!(works, "{mode} accepted a server without TLS");
+                assert!(!ssl, "plain text after the server's N");
+            }
+            Err(e) => {
+                assert!(!works, "{mode}: {e:?}");
+                let db = e.as_db_error().expect("an ErrorResponse");
+                assert!(
+                    db.message().contains("\"primary\"")
+                        && db.message().contains("server does not support TLS"),
+                    "{db:?}"
+                );
+            }
+        }
+        proxy.shutdown().await;
+    }
+}
