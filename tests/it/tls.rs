@@ -335,6 +335,25 @@ async fn server_signed_by_another_ca_is_refused() {
                 .is_some_and(|e| e.contains("certificate"))
     })
     .await;
+    // /status says it too.
+    let mut http = tokio::net::TcpStream::connect(proxy.admin_addr)
+        .await
+        .expect("admin");
+    http.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    let _ = http.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    let body = response.split("\r\n\r\n").nth(1).expect("body");
+    let status: serde_json::Value = serde_json::from_str(body).expect("json");
+    let primary = status["servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "primary"))
+        .expect("primary in /status");
+    assert_eq!(primary["up"], false, "{primary}");
+    let reason = primary["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("invalid peer certificate"), "{reason}");
     proxy.shutdown().await;
 }
 
