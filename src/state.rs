@@ -43,7 +43,8 @@ pub struct Shared {
     /// Clients connected now.
     pub clients: AtomicUsize,
     /// pgsplit's TLS towards clients (`None`: `tls.client_mode = "disable"`, or the files could not be used).
-    pub client_tls: Option<Arc<ClientTls>>,
+    /// Swapped whole on reload ([`ClientTls::from_config`]); a handshake takes the one in force when it starts.
+    pub client_tls: arc_swap::ArcSwapOption<ClientTls>,
     next_client_id: AtomicU64,
 }
 
@@ -71,7 +72,7 @@ impl Shared {
             None
         });
         Shared {
-            client_tls,
+            client_tls: arc_swap::ArcSwapOption::new(client_tls),
             classifier: Arc::new(match config.routing.volatile_functions {
                 VolatileFunctions::Catalog => {
                     Classifier::new(&config.write_functions).require_catalog()

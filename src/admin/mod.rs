@@ -44,8 +44,8 @@ pub fn app(shared: Arc<Shared>) -> Router {
 
 /// Serves the admin endpoint on `listener` until the task is dropped; over TLS when `tls.client_mode` is not `disable` (pgsplit's certificate).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let served = match shared.client_tls.clone() {
-        Some(tls) => match tls::TlsListener::new(listener, tls) {
+    let served = match shared.client_tls.load_full() {
+        Some(_) => match tls::TlsListener::new(listener, shared.clone()) {
             Ok(listener) => axum::serve(listener, app(shared)).await,
             Err(e) => Err(e),
         },

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::tls::{ClientTls, Transport};
+use crate::state::Shared;
+use crate::tls::Transport;
 
 /// Longest TLS handshake the admin endpoint waits for.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,8 +22,9 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Accepts on `listener` and runs each handshake with `tls`.
-    pub fn new(listener: TcpListener, tls: Arc<ClientTls>) -> std::io::Result<TlsListener> {
+    /// Accepts on `listener` and runs each handshake with the client TLS settings in force at that moment
+    /// (`shared.client_tls`, swapped on reload).
+    pub fn new(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = tokio::spawn(async move {
@@ -35,7 +37,11 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (tls, tx) = (tls.clone(), tx.clone());
+                // Fail closed: TLS turned off since the endpoint started (it then needs a restart).
+                let Some(tls) = shared.client_tls.load_full() else {
+                    continue;
+                };
+                let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut socket = Transport::plain(tcp);
                     let shaken =

@@ -90,7 +90,7 @@ pub async fn read_opening(
                 }
                 let tls = shared
                     .client_tls
-                    .as_ref()
+                    .load_full()
                     .filter(|_| request == Startup::Ssl && !socket.is_tls());
                 let answer: &[u8] = if tls.is_some() { b"S" } else { b"N" };
                 if socket.write_all(answer).await.is_err() || socket.flush().await.is_err() {
@@ -146,7 +146,7 @@ pub async fn read_opening(
 /// Runs the handshake of a client that opened with TLS (`early` holds what was read of it); ALPN `postgresql`
 /// is required there, as PostgreSQL 17 requires it. `false`: the connection is to be closed.
 async fn direct_tls(shared: &Shared, socket: &mut Transport, early: &mut BytesMut) -> bool {
-    let Some(tls) = shared.client_tls.as_ref() else {
+    let Some(tls) = shared.client_tls.load_full() else {
         tracing::debug!("direct TLS connection refused: TLS is disabled (tls.client_mode)");
         return false;
     };
@@ -175,7 +175,7 @@ pub fn check_transport(shared: &Shared, socket: &Transport, user: &str) -> Resul
         }
         return Ok(());
     }
-    match &shared.client_tls {
+    match shared.client_tls.load_full() {
         Some(tls) => tls
             .check_user(socket, user)
             .map_err(|m| LoginError::new(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, m)),
@@ -221,7 +221,9 @@ pub async fn authenticate(
                 Some(verifier) => ScramServer::new(verifier.clone()),
                 None => ScramServer::mock(&shared.mock_secret, user),
             };
-            let mut scram = scram.with_channel_binding(channel_binding(shared, socket));
+            // On TLS: the end-point data of the certificate this client's handshake used (SCRAM-SHA-256-PLUS).
+            let binding = socket.channel_binding().map(<[u8]>::to_vec);
+            let mut scram = scram.with_channel_binding(binding);
             messages::auth_sasl(&mut out, scram.mechanisms());
             send(socket, &out).await?;
             // SASLInitialResponse: mechanism, length-prefixed client-first-message.
@@ -274,18 +276,6 @@ fn auth_error(e: AuthError, user: &str) -> LoginError {
         ),
         AuthError::Protocol(m) => LoginError::new(code, m),
     }
-}
-
-/// The tls-server-end-point data SCRAM-SHA-256-PLUS checks, for a client on TLS.
-fn channel_binding(shared: &Shared, socket: &Transport) -> Option<Vec<u8>> {
-    if !socket.is_tls() {
-        return None;
-    }
-    shared
-        .client_tls
-        .as_ref()
-        .and_then(|t| t.end_point())
-        .map(<[u8]>::to_vec)
 }
 
 async fn send(socket: &mut Transport, out: &[u8]) -> Result<(), LoginError> {

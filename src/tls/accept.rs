@@ -24,7 +24,7 @@ pub struct ClientTls {
     config: Arc<ServerConfig>,
     /// The same certificate for the admin HTTP endpoint (ALPN `http/1.1`).
     admin: Arc<ServerConfig>,
-    end_point: Option<Vec<u8>>,
+    end_point: Option<Arc<[u8]>>,
     cert_user: bool,
 }
 
@@ -40,7 +40,7 @@ impl ClientTls {
         };
         let certs = read_certs(cert_file).map_err(|e| e.0)?;
         let key = read_key(key_file).map_err(|e| e.0)?;
-        let end_point = certs.first().and_then(|c| end_point_data(c));
+        let end_point = certs.first().and_then(|c| end_point_data(c)).map(Arc::from);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -90,7 +90,9 @@ impl ClientTls {
                  the handshake fails; give the client `host=<name>` or `sslsni=0`"
             );
         }
-        socket.handshake(conn, &first).await
+        socket.handshake(conn, &first).await?;
+        socket.set_channel_binding(self.end_point.clone());
+        Ok(())
     }
 
     /// Runs the server side of an admin endpoint handshake on `socket`.

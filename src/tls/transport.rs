@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
@@ -29,6 +30,8 @@ pub struct Transport {
 
 struct Tls {
     conn: rustls::Connection,
+    /// tls-server-end-point data of the certificate pgsplit presented on this connection.
+    binding: Option<Arc<[u8]>>,
     /// rustls may hold plaintext not yet copied out: the next read must not wait for the socket.
     buffered: bool,
 }
@@ -93,6 +96,7 @@ impl Transport {
         }
         self.tls = Some(Box::new(Tls {
             conn,
+            binding: None,
             buffered: true,
         }));
         std::future::poll_fn(|cx| self.poll_handshake(cx)).await
@@ -136,6 +140,18 @@ impl Transport {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// Records the channel binding data of the certificate pgsplit presented here (see [`Transport::channel_binding`]).
+    pub fn set_channel_binding(&mut self, data: Option<Arc<[u8]>>) {
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.binding = data;
+        }
+    }
+
+    /// The tls-server-end-point data of this connection's certificate (pgsplit's), when on TLS and known.
+    pub fn channel_binding(&self) -> Option<&[u8]> {
+        self.tls.as_deref().and_then(|t| t.binding.as_deref())
     }
 
     /// Waits until a read may find something: at once when rustls holds plaintext.
@@ -376,8 +392,6 @@ impl AsyncWrite for Transport {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use tokio::net::TcpListener;
 
