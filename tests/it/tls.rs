@@ -622,3 +622,41 @@ async fn a_server_without_tls_prefer_falls_back_require_refuses() {
         proxy.shutdown().await;
     }
 }
+
+/// The reload interface: new client TLS settings stored in `Shared::client_tls` serve the next handshakes (a
+/// rotated certificate), while connections made before keep going; SCRAM-PLUS binds to the certificate each saw.
+#[tokio::test]
+async fn a_rotated_certificate_serves_new_handshakes() {
+    let pki = pki();
+    let proxy = proxy_with(&client_tls("prefer", ""));
+    let before = connect_tls(proxy.addr, APP, pki.pg_tls("localhost"))
+        .await
+        .expect("the first certificate");
+    let mut rotated = proxy.shared.config.tls.clone();
+    rotated.cert_file = Some(pki.other_server_cert_file.clone());
+    rotated.key_file = Some(pki.other_server_key_file.clone());
+    let tls = pgsplit::tls::ClientTls::from_config(&rotated).expect("new settings");
+    proxy.shared.client_tls.store(tls);
+
+    assert!(
+        connect_tls(proxy.addr, APP, pki.pg_tls("localhost"))
+            .await
+            .is_err(),
+        "the old CA no longer matches"
+    );
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1")
+        .port(proxy.addr.port())
+        .user(APP.0)
+        .password(APP.1)
+        .dbname("app")
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .channel_binding(tokio_postgres::config::ChannelBinding::Require);
+    let (after, conn) = pg
+        .connect(pki.pg_tls_trusting(&pki.other_ca_file, "localhost"))
+        .await
+        .expect("the rotated certificate, with channel binding");
+    tokio::spawn(conn);
+    assert_eq!(one_value(&after, "SELECT 2").await, "2");
+    assert_eq!(one_value(&before, "SELECT 1").await, "1");
+}

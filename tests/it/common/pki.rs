@@ -24,6 +24,9 @@ pub struct Pki {
     pub server_key_file: PathBuf,
     pub server_cert_pem: String,
     pub server_key_pem: String,
+    /// Another server certificate (localhost, 127.0.0.1), signed by the other CA, and its key.
+    pub other_server_cert_file: PathBuf,
+    pub other_server_key_file: PathBuf,
     /// Client certificate for user `app`, signed by the CA, and its key.
     pub client_cert_file: PathBuf,
     pub client_key_file: PathBuf,
@@ -78,6 +81,12 @@ pub fn pki() -> &'static Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
             &main,
         );
+        let (other_server_cert, other_server_key) = leaf(
+            &["localhost", "127.0.0.1"],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            &other,
+        );
         let (client_cert, client_key) =
             leaf(&[], "app", ExtendedKeyUsagePurpose::ClientAuth, &main);
         let (stranger_cert, stranger_key) =
@@ -89,6 +98,8 @@ pub fn pki() -> &'static Pki {
             server_key_file: write("server.key", &server_key_pem),
             server_cert_pem,
             server_key_pem,
+            other_server_cert_file: write("other-server.crt", &other_server_cert),
+            other_server_key_file: write("other-server.key", &other_server_key),
             client_cert_file: write("client.crt", &client_cert),
             client_key_file: write("client.key", &client_key),
             stranger_cert_file: write("stranger.crt", &stranger_cert),
@@ -133,8 +144,13 @@ impl Pki {
 
     /// tokio-postgres TLS trusting the test CA, checking `name` (verify-full).
     pub fn pg_tls(&self, name: &str) -> pgsplit::tls::PgTls {
+        self.pg_tls_trusting(&self.ca_file, name)
+    }
+
+    /// tokio-postgres TLS trusting `ca`, checking `name` (verify-full).
+    pub fn pg_tls_trusting(&self, ca: &std::path::Path, name: &str) -> pgsplit::tls::PgTls {
         pgsplit::tls::PgTls::new(
-            self.client_config(&self.ca_file, None),
+            self.client_config(ca, None),
             Some(ServerName::try_from(name.to_string()).expect("name")),
         )
     }
