@@ -31,7 +31,7 @@ fn bench(c: &mut Criterion) {
         user: "postgres".into(),
         password: None,
         database: "postgres".into(),
-        tls: pgsplit::tls::ServerTls::disabled(),
+        tls: std::sync::Arc::new(pgsplit::tls::ServerTls::disabled()),
     };
     let timeouts = PoolTimeouts {
         connect: Duration::from_secs(5),

@@ -417,7 +417,7 @@ impl PoolSet {
             user: user.server_user().to_string(),
             password: user.server_password().map(str::to_string),
             database: db.server_database().to_string(),
-            tls: crate::tls::ServerTls::for_server(config, s),
+            tls: std::sync::Arc::new(crate::tls::ServerTls::for_server(config, s)),
         };
         PoolSet {
             write: config

@@ -32,8 +32,8 @@ pub struct ServerTarget {
     pub password: Option<String>,
     /// Database on the server.
     pub database: String,
-    /// TLS towards the server.
-    pub tls: crate::tls::ServerTls,
+    /// TLS towards the server (its cancel requests follow it too).
+    pub tls: std::sync::Arc<crate::tls::ServerTls>,
 }
 
 /// Statements this connection has prepared under pgsplit's names, with a use counter for LRU eviction.
@@ -124,6 +124,8 @@ pub struct ServerConn {
     pub server: std::sync::Arc<str>,
     /// The address (for cancel requests).
     pub address: std::sync::Arc<str>,
+    /// How the server is reached (for cancel requests).
+    pub tls: std::sync::Arc<crate::tls::ServerTls>,
 }
 
 impl ServerConn {
@@ -173,6 +175,7 @@ impl ServerConn {
             unnamed_owner: None,
             server: target.server.as_str().into(),
             address: target.address.as_str().into(),
+            tls: target.tls.clone(),
         };
         conn.login(target).await?;
         Ok(conn)
@@ -478,13 +481,24 @@ impl ServerConn {
     }
 }
 
-/// Sends a CancelRequest for `key` to the server at `address`.
-pub async fn send_cancel(address: &str, key: (i32, i32), timeout: Duration) -> std::io::Result<()> {
+/// Sends a CancelRequest for `key` to the server at `address`, over TLS when the server's mode says so (as
+/// libpq 17 does; PostgreSQL accepts a cancel either way).
+pub async fn send_cancel(
+    address: &str,
+    key: (i32, i32),
+    timeout: Duration,
+    tls: &crate::tls::ServerTls,
+) -> std::io::Result<()> {
     let fut = async {
-        let mut s = TcpStream::connect(address).await?;
+        let tcp = TcpStream::connect(address).await?;
+        let mut s = tls
+            .negotiate(tcp)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e))?;
         let mut out = BytesMut::new();
         startup::encode_cancel(&mut out, key.0, key.1);
         s.write_all(&out).await?;
+        s.flush().await?;
         // The server closes the connection once it has read the request.
         let mut sink = [0u8; 16];
         let _ = s.read(&mut sink).await;

@@ -305,6 +305,25 @@ async fn servers_in_verify_full_with_hostssl_only() {
         .expect("pg_stat_ssl");
     let (all, ssl): (i64, i64) = (row.get(0), row.get(1));
     assert!(all >= 2 && all == ssl, "{ssl} of {all} connections use TLS");
+
+    // A cancel goes to the server over TLS too, and works.
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        client
+            .simple_query("/* pgsplit:primary */ SELECT pg_sleep(30)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancelled in time")
+        .expect("task");
+    let err = result.expect_err("the sleep was cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
     proxy.shutdown().await;
 }
 
