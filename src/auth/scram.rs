@@ -40,6 +40,10 @@ pub enum AuthError {
     /// The client selected a SASL mechanism pgsplit does not offer (SQLSTATE 28000).
     #[error("unsupported SASL authentication mechanism \"{0}\"")]
     UnsupportedMechanism(String),
+    /// Channel binding refused: a downgrade (`y` flag while PLUS was offered) or binding data that does not match
+    /// pgsplit's certificate (SQLSTATE 28000, as PostgreSQL).
+    #[error("{0}")]
+    ChannelBinding(&'static str),
 }
 
 impl AuthError {
@@ -48,7 +52,9 @@ impl AuthError {
         match self {
             AuthError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             AuthError::Failed => sqlstate::INVALID_PASSWORD,
-            AuthError::UnsupportedMechanism(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            AuthError::UnsupportedMechanism(_) | AuthError::ChannelBinding(_) => {
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+            }
         }
     }
 }
@@ -492,7 +498,7 @@ impl ScramServer {
                 "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include \
                  channel binding data",
             )),
-            Some(b'y') if self.channel_binding.is_some() => Err(protocol(
+            Some(b'y') if self.channel_binding.is_some() => Err(AuthError::ChannelBinding(
                 "SCRAM channel binding negotiation error: the client supports SCRAM channel binding \
                  but thinks the server does not; however, this server does support channel binding",
             )),
@@ -540,11 +546,14 @@ impl ScramServer {
             .decode(binding)
             .map_err(|_| protocol("invalid base64 in channel-binding attribute"))?;
         if binding != expected {
-            return Err(protocol(if self.channel_binding.is_some() {
-                "SCRAM channel binding check failed"
-            } else {
-                "unexpected SCRAM channel-binding attribute in client-final-message"
-            }));
+            if self.channel_binding.is_some() {
+                return Err(AuthError::ChannelBinding(
+                    "SCRAM channel binding check failed",
+                ));
+            }
+            return Err(protocol(
+                "unexpected SCRAM channel-binding attribute in client-final-message",
+            ));
         }
         let final_nonce = c.attribute(b'r', "client-final-message")?;
         if final_nonce != nonce.as_slice() {

@@ -275,6 +275,7 @@ fn auth_error(e: AuthError, user: &str) -> LoginError {
             format!("client selected an invalid SASL authentication mechanism \"{m}\""),
         ),
         AuthError::Protocol(m) => LoginError::new(code, m),
+        AuthError::ChannelBinding(m) => LoginError::new(code, m),
     }
 }
 
