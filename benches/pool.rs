@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
         user: "postgres".into(),
         credential: Default::default(),
         database: "postgres".into(),
+        tls: std::sync::Arc::new(pgsplit::tls::ServerTls::disabled()),
     };
     let timeouts = PoolTimeouts {
         connect: Duration::from_secs(5),

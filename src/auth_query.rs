@@ -249,8 +249,15 @@ impl AuthQuery {
             .and_then(|name| config.user(name))
             .ok_or_else(|| LookupError("no auth_user configured".into()))?;
         let timeout = config.timeouts.server_connect;
-        let opened =
-            side::connect_as(auth_user, server, &key.1, "pgsplit auth_query", timeout).await;
+        let opened = side::connect_as(
+            config,
+            auth_user,
+            server,
+            &key.1,
+            "pgsplit auth_query",
+            timeout,
+        )
+        .await;
         match opened {
             Ok(side) => {
                 drop(side.task); // the task runs on until the client is dropped

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A server address and the backend key of one of its connections.
-type ServerKey = (Arc<str>, (i32, i32));
+use crate::tls::ServerTls;
+
+/// A server address, the backend key of one of its connections, and how to reach the server (TLS).
+type ServerKey = (Arc<str>, (i32, i32), Arc<ServerTls>);
 
 /// Where a client's current statement runs, if anywhere.
 ///
@@ -27,9 +29,9 @@ struct Slot {
 }
 
 impl CancelSlot {
-    /// Records the server connection running the client's current unit.
-    pub fn set(&self, address: Arc<str>, key: (i32, i32)) {
-        lock(&self.current).key = Some((address, key));
+    /// Records the server connection running the client's current unit (its address, backend key and TLS).
+    pub fn set(&self, address: Arc<str>, key: (i32, i32), tls: Arc<ServerTls>) {
+        lock(&self.current).key = Some((address, key, tls));
     }
 
     /// Clears it once nothing of the client is in flight there.
@@ -94,8 +96,8 @@ impl CancelRegistry {
                 return;
             }
         };
-        if let Some((address, key)) = slot.take_for_cancel() {
-            if let Err(e) = crate::server::send_cancel(&address, key, timeout).await {
+        if let Some((address, key, tls)) = slot.take_for_cancel() {
+            if let Err(e) = crate::server::send_cancel(&address, key, timeout, &tls).await {
                 tracing::warn!(%address, error = %e, "could not forward cancel request");
             }
         }

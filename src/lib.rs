@@ -6,7 +6,7 @@
 //! The modules, each above the ones it uses: [`proxy`] (the listener) → [`client`] (one session per client)
 //! and [`admin`] → [`reload`] (SIGHUP, `RELOAD`) → [`state`] (what sessions share, the configuration in force) →
 //! [`monitor`], [`catalog`], [`auth_query`] → [`router`], [`pool`],
-//! [`server`], [`side`], [`cancel`] → [`classify`], [`config`], [`stats`], [`auth`] → [`sql`], [`protocol`] → [`causal`].
+//! [`server`], [`side`], [`cancel`], [`tls`] → [`classify`], [`config`], [`stats`], [`auth`] → [`sql`], [`protocol`] → [`causal`].
 //!
 //! The data path: a client frame is split off the socket buffer as raw `Bytes` ([`protocol::Frame`]), decoded once
 //! into [`protocol::frontend::Decoded`], answered locally or classified ([`classify::Classifier`]), placed on a
@@ -39,3 +39,4 @@ pub mod side;
 pub mod sql;
 pub mod state;
 pub mod stats;
+pub mod tls;

@@ -118,7 +118,7 @@ impl Pool {
         let now = Instant::now();
         loop {
             let candidate = lock(&inner.idle).pop();
-            let Some(conn) = candidate else { break };
+            let Some(mut conn) = candidate else { break };
             if self.expired(&conn, now) || !conn.is_reusable() {
                 continue; // dropped: the socket closes
             }
@@ -154,7 +154,7 @@ impl Pool {
     pub fn reap(&self) {
         let now = Instant::now();
         let mut idle = lock(&self.0.idle);
-        idle.retain(|c| !self.expired(c, now) && c.is_reusable());
+        idle.retain_mut(|c| !self.expired(c, now) && c.is_reusable());
     }
 
     /// Closes every idle connection (used at shutdown and when a server is marked down).
@@ -330,6 +330,7 @@ mod tests {
             user: "u".into(),
             credential: Default::default(),
             database: "d".into(),
+            tls: Arc::new(crate::tls::ServerTls::disabled()),
         };
         let t = Duration::from_secs(1);
         let timeouts = PoolTimeouts {

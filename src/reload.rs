@@ -85,9 +85,20 @@ impl Shared {
             drop(log);
             return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why));
         }
-        // What can fail to build from the new file (e.g. TLS: reading the certificate and key) is built here,
-        // before anything changes, and refused with F0000 when it fails; `apply` then only swaps it in.
-        self.apply(Arc::new(keeping_restart_settings(new, &old)), &diff);
+        // What can fail to build from the new file (TLS: reading the certificate and key) is built here, before
+        // anything changes, and refused with F0000 when it fails; `apply` then only swaps it in.
+        let client_tls = match crate::tls::ClientTls::from_config(&new.tls) {
+            Ok(tls) => tls,
+            Err(e) => {
+                drop(log);
+                return Err(self.refuse(sqlstate::CONFIG_FILE_ERROR, format!("[tls]: {e}")));
+            }
+        };
+        self.apply(
+            Arc::new(keeping_restart_settings(new, &old)),
+            &diff,
+            client_tls,
+        );
         log.ok += 1;
         log.last_ok = Some(SystemTime::now());
         let done = Reloaded { diff };

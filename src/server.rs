@@ -12,6 +12,7 @@ use crate::protocol::backend;
 use crate::protocol::frame::{read_frame, ReadError};
 use crate::protocol::messages::{self, error_field};
 use crate::protocol::{sqlstate, startup, Frame};
+use crate::tls::Transport;
 
 mod auth;
 
@@ -33,6 +34,8 @@ pub struct ServerTarget {
     pub credential: std::sync::Arc<SharedCredential>,
     /// Database on the server.
     pub database: String,
+    /// TLS towards the server (its cancel requests follow it too).
+    pub tls: std::sync::Arc<crate::tls::ServerTls>,
 }
 
 /// Statements this connection has prepared under pgsplit's names, with a use counter for LRU eviction.
@@ -93,8 +96,8 @@ impl PreparedSet {
 
 /// A logged-in server connection.
 pub struct ServerConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection (plain TCP or TLS).
+    pub stream: Transport,
     /// Bytes read from the server and not yet forwarded.
     pub rbuf: BytesMut,
     /// The server's cancel key.
@@ -123,6 +126,8 @@ pub struct ServerConn {
     pub server: std::sync::Arc<str>,
     /// The address (for cancel requests).
     pub address: std::sync::Arc<str>,
+    /// How the server is reached (for cancel requests).
+    pub tls: std::sync::Arc<crate::tls::ServerTls>,
 }
 
 impl ServerConn {
@@ -149,6 +154,13 @@ impl ServerConn {
                 detail: format!("{} ({})", e, target.address),
             })?;
         let _ = stream.set_nodelay(true);
+        let stream = target.tls.negotiate(stream).await.map_err(|detail| {
+            tracing::warn!(server = %target.server, address = %target.address, tls_mode = target.tls.mode.as_str(), %detail, "cannot connect to server over TLS");
+            Error::Connect {
+                server: target.server.clone(),
+                detail: format!("{detail} ({}, tls mode {})", target.address, target.tls.mode.as_str()),
+            }
+        })?;
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -165,6 +177,7 @@ impl ServerConn {
             unnamed_owner: None,
             server: target.server.as_str().into(),
             address: target.address.as_str().into(),
+            tls: target.tls.clone(),
         };
         conn.login(target).await?;
         Ok(conn)
@@ -275,7 +288,11 @@ impl ServerConn {
 
     /// Writes bytes to the server.
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<()> {
-        if let Err(e) = self.stream.write_all(buf).await {
+        let sent = async {
+            self.stream.write_all(buf).await?;
+            self.stream.flush().await
+        };
+        if let Err(e) = sent.await {
             self.broken = true;
             return Err(Error::server_io(&self.server, e));
         }
@@ -377,12 +394,11 @@ impl ServerConn {
 
     /// True when nothing suggests the connection is unusable: idle status, nothing buffered, not marked broken,
     /// and the socket has neither closed nor sent unsolicited bytes.
-    pub fn is_reusable(&self) -> bool {
+    pub fn is_reusable(&mut self) -> bool {
         if self.broken || self.status != backend::IDLE || !self.rbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_quiet()
     }
 
     fn io_error(&mut self, e: impl std::fmt::Display) -> Error {
@@ -407,13 +423,24 @@ impl ServerConn {
     }
 }
 
-/// Sends a CancelRequest for `key` to the server at `address`.
-pub async fn send_cancel(address: &str, key: (i32, i32), timeout: Duration) -> std::io::Result<()> {
+/// Sends a CancelRequest for `key` to the server at `address`, over TLS when the server's mode says so (as
+/// libpq 17 does; PostgreSQL accepts a cancel either way).
+pub async fn send_cancel(
+    address: &str,
+    key: (i32, i32),
+    timeout: Duration,
+    tls: &crate::tls::ServerTls,
+) -> std::io::Result<()> {
     let fut = async {
-        let mut s = TcpStream::connect(address).await?;
+        let tcp = TcpStream::connect(address).await?;
+        let mut s = tls
+            .negotiate(tcp)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e))?;
         let mut out = BytesMut::new();
         startup::encode_cancel(&mut out, key.0, key.1);
         s.write_all(&out).await?;
+        s.flush().await?;
         // The server closes the connection once it has read the request.
         let mut sink = [0u8; 16];
         let _ = s.read(&mut sink).await;

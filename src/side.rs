@@ -9,10 +9,12 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
-use crate::config::{Config, DatabaseConfig, ServerConfig, UserConfig};
+use crate::config::{Config, DatabaseConfig, ServerConfig, ServerTlsMode, UserConfig};
 use crate::router::Backend;
+use crate::tls::{PgTls, ServerTls};
 
 /// A side connection that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -26,16 +28,22 @@ pub enum SideError {
     /// The configuration has no database to connect to.
     #[error("no database")]
     NoDatabase,
-    /// Connecting or logging in failed.
-    #[error("{0}")]
+    /// Connecting or logging in failed (shown with its causes: a TLS failure says why).
+    #[error("{}", describe(.0))]
     Connect(#[from] tokio_postgres::Error),
+    /// The server's TLS settings cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl SideError {
     /// Whether the server refused the TCP connection (nothing listens: it is down at once).
     pub fn refused(&self) -> bool {
         match self {
-            SideError::NoUser | SideError::NoSuchServer | SideError::NoDatabase => false,
+            SideError::NoUser
+            | SideError::NoSuchServer
+            | SideError::NoDatabase
+            | SideError::Tls(_) => false,
             SideError::Connect(e) => refused(e),
         }
     }
@@ -61,6 +69,7 @@ pub async fn connect(
 ) -> Result<SideConnection, SideError> {
     let user = config.users.first().ok_or(SideError::NoUser)?;
     connect_as(
+        config,
         user,
         server,
         database.server_database(),
@@ -71,8 +80,10 @@ pub async fn connect(
 }
 
 /// Opens a side connection as `user` (its `server_user` and `server_password`) to database `dbname` on
-/// `server`, within `timeout`. The auth_query lookup logs in this way as `auth_user`.
+/// `server`, within `timeout`, with `config`'s TLS settings for that server. The auth_query lookup logs in this
+/// way as `auth_user`.
 pub async fn connect_as(
+    config: &Config,
     user: &UserConfig,
     server: &ServerConfig,
     dbname: &str,
@@ -89,11 +100,46 @@ pub async fn connect_as(
     if let Some(p) = user.server_password() {
         pg.password(p);
     }
-    let (client, conn) = pg.connect(NoTls).await?;
+    let tls = ServerTls::for_server(config, server);
+    let task = match (tls.mode, tls.client_config()) {
+        (ServerTlsMode::Disable, _) => {
+            let (client, conn) = pg.connect(NoTls).await?;
+            (client, tokio::spawn(conn))
+        }
+        (mode, Some(rustls)) if tls.broken().is_none() => {
+            pg.ssl_mode(if mode == ServerTlsMode::Prefer {
+                SslMode::Prefer
+            } else {
+                SslMode::Require
+            });
+            let connector = PgTls::new(rustls, Some(tls.server_name().clone()));
+            let (client, conn) = pg.connect(connector).await?;
+            (client, tokio::spawn(conn))
+        }
+        _ => {
+            let why = tls.broken().unwrap_or("no TLS configuration").to_string();
+            return Err(SideError::Tls(why));
+        }
+    };
     Ok(SideConnection {
-        client,
-        task: tokio::spawn(conn),
+        client: task.0,
+        task: task.1,
     })
+}
+
+/// `e` and its causes, e.g. "error performing TLS handshake: invalid peer certificate: UnknownIssuer".
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Whether an I/O error behind `e` is a refused connection.

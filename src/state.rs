@@ -24,6 +24,7 @@ use crate::reload::ReloadLog;
 use crate::router::{PoolSet, Router};
 use crate::server::Credential;
 use crate::stats::RoutingStats;
+use crate::tls::ClientTls;
 
 /// Who a client's user name is.
 #[derive(Debug)]
@@ -90,6 +91,9 @@ pub struct Shared {
     pub(crate) client_slots: Arc<Semaphore>,
     /// Clients connected now.
     pub clients: AtomicUsize,
+    /// pgsplit's TLS towards clients (`None`: `tls.client_mode = "disable"`, or the files could not be used).
+    /// Swapped whole on reload ([`ClientTls::from_config`]); a handshake takes the one in force when it starts.
+    pub client_tls: arc_swap::ArcSwapOption<ClientTls>,
     next_client_id: AtomicU64,
     /// Reloads so far: when, how many, the last refused one. Its lock also serializes reloads.
     pub(crate) reloads: Mutex<ReloadLog>,
@@ -98,7 +102,14 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared state from a validated configuration.
     pub fn new(config: Config) -> Shared {
+        let client_tls = ClientTls::from_config(&config.tls).unwrap_or_else(|e| {
+            // Checked at load: only a file changed since gets here. TLS is then not offered (fail closed:
+            // `require` still refuses plain text).
+            tracing::error!(error = %e, "TLS towards clients is not available");
+            None
+        });
         Shared {
+            client_tls: arc_swap::ArcSwapOption::new(client_tls),
             classifier: Arc::new(match config.routing.volatile_functions {
                 VolatileFunctions::Catalog => {
                     Classifier::new(&config.write_functions).require_catalog()
@@ -192,9 +203,11 @@ impl Shared {
     /// `diff` is [`crate::config::diff`] of the configuration in force and `new`; the caller (`reload`) has
     /// checked that it can be applied and serializes calls. **Every piece of state derived from the
     /// configuration is rebuilt here, one step each.**
-    pub fn apply(&self, new: Arc<Config>, diff: &ConfigDiff) {
+    pub fn apply(&self, new: Arc<Config>, diff: &ConfigDiff, client_tls: Option<Arc<ClientTls>>) {
         // 1. The configuration itself: sessions and background tasks read it from here on.
         let old = self.live.swap(new.clone());
+        // The servers' TLS client configurations are rebuilt from their CA files as they are next needed.
+        crate::tls::clear_cache();
         // 2. Classification: `write_functions`, `volatile_functions` (the decision cache is dropped if they changed).
         let mode = new.routing.volatile_functions;
         if old.write_functions != new.write_functions || old.routing.volatile_functions != mode {
@@ -214,7 +227,10 @@ impl Shared {
         // 7. Client slots.
         let (was, now) = (old.max_client_connections, new.max_client_connections);
         crate::pool::resize_semaphore(&self.client_slots, was, now);
-        // 8. (TLS) rebuild the acceptor and connector from `new.tls` here (certificate rotation).
+        // 8. TLS towards clients: the certificate and settings (built by the caller: reading them can fail).
+        //    Handshakes under way finish with what they started with. (The servers' CA files are read again
+        //    by the pools' new targets, step 6, and by side connections, which follow `new`.)
+        self.client_tls.store(client_tls);
         // 9. auth_query: looked-up verifiers are forgotten when how they are looked up changed.
         if (&old.auth_user, &old.auth_query, &old.auth_database)
             != (&new.auth_user, &new.auth_query, &new.auth_database)

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::tls::Transport;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::status::Status;
 use crate::protocol::frame::{read_frame, ReadError};
@@ -17,8 +17,14 @@ use crate::state::Shared;
 /// Largest message the console accepts.
 const MAX_MESSAGE: usize = 1 << 20;
 
+/// Writes `out` and pushes it out (TLS buffers it otherwise).
+async fn send(socket: &mut Transport, out: &[u8]) -> std::io::Result<()> {
+    socket.write_all(out).await?;
+    socket.flush().await
+}
+
 /// Serves an authenticated admin client until it leaves.
-pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut) {
+pub async fn serve(shared: Arc<Shared>, mut socket: Transport, mut buf: BytesMut) {
     let mut out = BytesMut::new();
     messages::authentication(&mut out, messages::AUTH_OK, &[]);
     for (k, v) in [
@@ -33,7 +39,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut
     }
     messages::backend_key_data(&mut out, 0, 0);
     messages::ready_for_query(&mut out, backend::IDLE);
-    if socket.write_all(&out).await.is_err() {
+    if send(&mut socket, &out).await.is_err() {
         return;
     }
     loop {
@@ -45,7 +51,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut
                     sqlstate::PROTOCOL_VIOLATION,
                     &e.to_string(),
                 );
-                let _ = socket.write_all(&msg).await;
+                let _ = send(&mut socket, &msg).await;
                 return;
             }
             Err(ReadError::Closed | ReadError::Io(_)) => return,
@@ -66,7 +72,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream, mut buf: BytesMut
                 "the pgsplit admin console speaks the simple query protocol only",
             ),
         }
-        if socket.write_all(&out).await.is_err() {
+        if send(&mut socket, &out).await.is_err() {
             return;
         }
     }

@@ -4,6 +4,7 @@
 pub mod console;
 pub mod metrics;
 pub mod status;
+mod tls;
 
 use std::sync::Arc;
 
@@ -41,9 +42,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves the admin endpoint on `listener` until the task is dropped.
+/// Serves the admin endpoint on `listener` until the task is dropped; over TLS when `tls.client_mode` is not `disable` (pgsplit's certificate).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    if let Err(e) = axum::serve(listener, app(shared)).await {
+    let served = match shared.client_tls.load_full() {
+        Some(_) => match tls::TlsListener::new(listener, shared.clone()) {
+            Ok(listener) => axum::serve(listener, app(shared)).await,
+            Err(e) => Err(e),
+        },
+        None => axum::serve(listener, app(shared)).await,
+    };
+    if let Err(e) = served {
         tracing::warn!(error = %e, "admin endpoint stopped");
     }
 }

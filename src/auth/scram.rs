@@ -16,6 +16,8 @@ use crate::protocol::sqlstate;
 
 /// The only SASL mechanism pgsplit offers to clients.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism name with tls-server-end-point channel binding.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// Iteration count used for verifiers derived by pgsplit (PostgreSQL's default).
 const DEFAULT_ITERATIONS: u32 = 4096;
@@ -38,6 +40,10 @@ pub enum AuthError {
     /// The client selected a SASL mechanism pgsplit does not offer (SQLSTATE 28000).
     #[error("unsupported SASL authentication mechanism \"{0}\"")]
     UnsupportedMechanism(String),
+    /// Channel binding refused: a downgrade (`y` flag while PLUS was offered) or binding data that does not match
+    /// pgsplit's certificate (SQLSTATE 28000, as PostgreSQL).
+    #[error("{0}")]
+    ChannelBinding(&'static str),
 }
 
 impl AuthError {
@@ -46,7 +52,9 @@ impl AuthError {
         match self {
             AuthError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             AuthError::Failed => sqlstate::INVALID_PASSWORD,
-            AuthError::UnsupportedMechanism(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            AuthError::UnsupportedMechanism(_) | AuthError::ChannelBinding(_) => {
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+            }
         }
     }
 }
@@ -332,7 +340,8 @@ enum State {
     Initial,
     /// server-first-message sent; waiting for the client-final-message.
     ServerFirstSent {
-        gs2_header: Vec<u8>,
+        /// What `c=` must decode to: the GS2 header, plus the channel binding data with `p=`.
+        binding: Vec<u8>,
         client_first_bare: Vec<u8>,
         server_first: Vec<u8>,
         /// client nonce + server nonce.
@@ -355,6 +364,8 @@ pub struct ScramServer {
     doomed: bool,
     /// The ClientKey recovered from a verified proof (for SCRAM pass-through).
     client_key: Option<ClientKey>,
+    /// tls-server-end-point data of pgsplit's certificate when the client is on TLS: SCRAM-SHA-256-PLUS offered.
+    channel_binding: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for ScramServer {
@@ -400,6 +411,28 @@ impl ScramServer {
             state: State::Initial,
             doomed: false,
             client_key: None,
+            channel_binding: None,
+        }
+    }
+
+    /// Offers channel binding: `data` is the tls-server-end-point hash of pgsplit's certificate (the client is
+    /// on TLS). [`ScramServer::mechanisms`] then lists SCRAM-SHA-256-PLUS first.
+    pub fn with_channel_binding(mut self, data: Option<Vec<u8>>) -> Self {
+        self.bind_channel(data);
+        self
+    }
+
+    /// [`ScramServer::with_channel_binding`] in place, before the exchange starts.
+    pub fn bind_channel(&mut self, data: Option<Vec<u8>>) {
+        self.channel_binding = data;
+    }
+
+    /// The mechanisms to offer in AuthenticationSASL, preferred first.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.channel_binding.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
         }
     }
 
@@ -422,7 +455,8 @@ impl ScramServer {
         ) {
             return Err(protocol("unexpected SASLInitialResponse"));
         }
-        if mechanism != SCRAM_SHA_256 {
+        let plus = mechanism == SCRAM_SHA_256_PLUS && self.channel_binding.is_some();
+        if mechanism != SCRAM_SHA_256 && !plus {
             return Err(AuthError::UnsupportedMechanism(
                 mechanism.chars().take(64).collect(),
             ));
@@ -430,32 +464,17 @@ impl ScramServer {
 
         let mut c = Cursor::new(data);
         // GS2 header: channel-binding flag, then the (unsupported) authzid.
-        match c.peek() {
-            Some(b'n') | Some(b'y') => {
-                // 'y': the client supports channel binding but thinks the server does not.
-                // That is true (no PLUS is offered), so it is no downgrade.
-                c.pos += 1;
-                c.expect(
-                    b',',
-                    "comma expected after channel-binding flag in client-first-message",
-                )?;
-            }
-            Some(b'p') => {
-                return Err(protocol(
-                    "the client selected SCRAM-SHA-256 without channel binding, \
-                     but the message includes channel binding data",
-                ))
-            }
-            Some(_) => return Err(protocol("unexpected channel-binding flag")),
-            None => return Err(protocol("empty client-first-message")),
-        }
+        let bound = self.gs2_flag(&mut c, plus)?;
         if c.peek() == Some(b'a') {
             return Err(protocol(
                 "client uses authorization identity, but it is not supported",
             ));
         }
         c.expect(b',', "unexpected attribute in client-first-message")?;
-        let gs2_header = data[..c.pos].to_vec();
+        let mut binding = data[..c.pos].to_vec();
+        if bound {
+            binding.extend_from_slice(self.channel_binding.as_deref().unwrap_or_default());
+        }
         let client_first_bare = c.rest().to_vec();
 
         if c.peek() == Some(b'm') {
@@ -489,7 +508,7 @@ impl ScramServer {
         );
 
         self.state = State::ServerFirstSent {
-            gs2_header,
+            binding,
             client_first_bare,
             server_first: server_first.clone(),
             nonce,
@@ -497,11 +516,48 @@ impl ScramServer {
         Ok(server_first)
     }
 
+    /// Reads the channel-binding flag and its comma; `true` when the client binds (`p=tls-server-end-point`).
+    fn gs2_flag(&self, c: &mut Cursor<'_>, plus: bool) -> Result<bool, AuthError> {
+        let comma = "comma expected after channel-binding flag in client-first-message";
+        match c.peek() {
+            Some(b'n') | Some(b'y') if plus => Err(protocol(
+                "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include \
+                 channel binding data",
+            )),
+            Some(b'y') if self.channel_binding.is_some() => Err(AuthError::ChannelBinding(
+                "SCRAM channel binding negotiation error: the client supports SCRAM channel binding \
+                 but thinks the server does not; however, this server does support channel binding",
+            )),
+            Some(b'n') | Some(b'y') => {
+                // 'y' without PLUS offered: the client is right that pgsplit does not bind here.
+                c.pos += 1;
+                c.expect(b',', comma)?;
+                Ok(false)
+            }
+            Some(b'p') if plus => {
+                let name = c.attribute(b'p', "client-first-message")?;
+                if name != b"tls-server-end-point" {
+                    return Err(protocol(format!(
+                        "unsupported SCRAM channel-binding type \"{}\"",
+                        String::from_utf8_lossy(name).chars().take(64).collect::<String>()
+                    )));
+                }
+                Ok(true)
+            }
+            Some(b'p') => Err(protocol(
+                "the client selected SCRAM-SHA-256 without channel binding, \
+                 but the message includes channel binding data",
+            )),
+            Some(_) => Err(protocol("unexpected channel-binding flag")),
+            None => Err(protocol("empty client-first-message")),
+        }
+    }
+
     /// Handles the SASLResponse (client-final-message), verifies the client's proof and
     /// returns the server-final-message (`v=...`) for AuthenticationSASLFinal.
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
         let State::ServerFirstSent {
-            gs2_header,
+            binding: expected,
             client_first_bare,
             server_first,
             nonce,
@@ -515,7 +571,12 @@ impl ScramServer {
         let binding = STANDARD
             .decode(binding)
             .map_err(|_| protocol("invalid base64 in channel-binding attribute"))?;
-        if binding != gs2_header {
+        if binding != expected {
+            if self.channel_binding.is_some() {
+                return Err(AuthError::ChannelBinding(
+                    "SCRAM channel binding check failed",
+                ));
+            }
             return Err(protocol(
                 "unexpected SCRAM channel-binding attribute in client-final-message",
             ));

@@ -3,7 +3,6 @@
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupError};
 use crate::server::Credential;
 use crate::state::{Known, Shared};
+use crate::tls::{Transport, ALPN_POSTGRESQL};
 
 /// Largest message accepted during authentication.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -49,13 +49,24 @@ pub enum Opening {
     Gone,
 }
 
-/// Reads the first packet, answering SSLRequest and GSSENCRequest with `N` (TLS is not offered yet).
+/// First byte of a TLS handshake record: a client using direct TLS (`sslnegotiation=direct`).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Reads the first packet. SSLRequest is answered `S` and the handshake run when TLS is enabled, else `N`;
+/// GSSENCRequest always `N`; a connection that opens with a TLS handshake (direct TLS) is handled as TLS at once.
 pub async fn read_opening(
-    socket: &mut TcpStream,
+    shared: &Shared,
+    socket: &mut Transport,
     buf: &mut BytesMut,
 ) -> Result<Opening, LoginError> {
     loop {
         let len = loop {
+            if buf.first() == Some(&TLS_HANDSHAKE) && !socket.is_tls() {
+                if !direct_tls(shared, socket, buf).await {
+                    return Ok(Opening::Gone);
+                }
+                continue;
+            }
             match startup::check(buf) {
                 Ok(Some(len)) => break len,
                 Ok(None) => {}
@@ -73,7 +84,7 @@ pub async fn read_opening(
         };
         let packet = buf.split_to(len);
         match startup::decode(&packet) {
-            Ok(Startup::Ssl) | Ok(Startup::GssEnc) => {
+            Ok(request @ (Startup::Ssl | Startup::GssEnc)) => {
                 if !buf.is_empty() {
                     // Bytes after the request would be read as part of a TLS handshake: a protocol violation.
                     return Err(LoginError::new(
@@ -81,8 +92,19 @@ pub async fn read_opening(
                         "received unencrypted data after SSL request",
                     ));
                 }
-                if socket.write_all(b"N").await.is_err() {
+                let tls = shared
+                    .client_tls
+                    .load_full()
+                    .filter(|_| request == Startup::Ssl && !socket.is_tls());
+                let answer: &[u8] = if tls.is_some() { b"S" } else { b"N" };
+                if socket.write_all(answer).await.is_err() || socket.flush().await.is_err() {
                     return Ok(Opening::Gone);
+                }
+                if let Some(tls) = tls {
+                    if let Err(e) = tls.accept(socket, &[]).await {
+                        tracing::debug!(error = %e, "client TLS handshake failed");
+                        return Ok(Opening::Gone);
+                    }
                 }
             }
             Ok(Startup::Cancel { pid, secret }) => return Ok(Opening::Cancel { pid, secret }),
@@ -95,7 +117,7 @@ pub async fn read_opening(
                 if minor > 0 || !unrecognized.is_empty() {
                     let mut out = BytesMut::new();
                     startup::negotiate_protocol_version(&mut out, &unrecognized);
-                    if socket.write_all(&out).await.is_err() {
+                    if socket.write_all(&out).await.is_err() || socket.flush().await.is_err() {
                         return Ok(Opening::Gone);
                     }
                 }
@@ -111,6 +133,7 @@ pub async fn read_opening(
                 out.extend_from_slice(e.to_string().as_bytes());
                 out.extend_from_slice(b"\n\0");
                 let _ = socket.write_all(&out).await;
+                let _ = socket.flush().await;
                 return Ok(Opening::Gone);
             }
             Err(e @ StartupError::Unsupported(..)) => {
@@ -121,6 +144,46 @@ pub async fn read_opening(
             }
             Err(e) => return Err(LoginError::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
         }
+    }
+}
+
+/// Runs the handshake of a client that opened with TLS (`early` holds what was read of it); ALPN `postgresql`
+/// is required there, as PostgreSQL 17 requires it. `false`: the connection is to be closed.
+async fn direct_tls(shared: &Shared, socket: &mut Transport, early: &mut BytesMut) -> bool {
+    let Some(tls) = shared.client_tls.load_full() else {
+        tracing::debug!("direct TLS connection refused: TLS is disabled (tls.client_mode)");
+        return false;
+    };
+    let bytes = early.split();
+    if let Err(e) = tls.accept(socket, &bytes).await {
+        tracing::debug!(error = %e, "client TLS handshake failed");
+        return false;
+    }
+    let alpn = socket.tls_connection().and_then(|c| c.alpn_protocol());
+    if alpn != Some(ALPN_POSTGRESQL) {
+        tracing::debug!("direct TLS connection refused: no ALPN \"postgresql\"");
+        return false;
+    }
+    true
+}
+
+/// Checks the client's transport against `[tls]` once its user is known: plain text refused under
+/// `client_mode = "require"`, the certificate's common name with `client_cert_user`.
+pub fn check_transport(shared: &Shared, socket: &Transport, user: &str) -> Result<(), LoginError> {
+    if !socket.is_tls() {
+        if shared.config_now().tls.client_mode == crate::config::ClientTlsMode::Require {
+            return Err(LoginError::new(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("SSL required: pgsplit accepts only TLS connections (user \"{user}\")"),
+            ));
+        }
+        return Ok(());
+    }
+    match shared.client_tls.load_full() {
+        Some(tls) => tls
+            .check_user(socket, user)
+            .map_err(|m| LoginError::new(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, m)),
+        None => Ok(()),
     }
 }
 
@@ -136,7 +199,7 @@ pub struct Authenticated {
 /// been sent yet past the exchange.
 pub async fn authenticate(
     shared: &Shared,
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
     user: &str,
     database: &str,
@@ -189,7 +252,7 @@ pub async fn authenticate(
 /// ClientKey is the pass-through credential.
 async fn listed(
     shared: &Shared,
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
     cfg: &UserConfig,
 ) -> Result<Option<Credential>, LoginError> {
@@ -230,7 +293,7 @@ async fn listed(
 
 /// A user found by auth_query, by the kind of its hash; returns what pgsplit logs in to the servers with.
 async fn looked_up(
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
     user: &str,
     secret: &Secret,
@@ -269,7 +332,7 @@ fn failed(user: &str) -> LoginError {
 
 /// An md5 challenge; `check(salt, response)` says whether the response is right.
 async fn md5_exchange(
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
     user: &str,
     check: impl FnOnce([u8; 4], &[u8]) -> bool,
@@ -289,13 +352,15 @@ async fn md5_exchange(
 
 /// A whole SCRAM-SHA-256 exchange against `scram`; on success the client has its AuthenticationSASLFinal.
 async fn scram_exchange(
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
     scram: &mut ScramServer,
     user: &str,
 ) -> Result<(), LoginError> {
     let mut out = BytesMut::new();
-    messages::auth_sasl(&mut out, &[crate::auth::scram::SCRAM_SHA_256]);
+    // On TLS: the end-point data of the certificate this client's handshake used (SCRAM-SHA-256-PLUS offered).
+    scram.bind_channel(socket.channel_binding().map(<[u8]>::to_vec));
+    messages::auth_sasl(&mut out, scram.mechanisms());
     send(socket, &out).await?;
     // SASLInitialResponse: mechanism, length-prefixed client-first-message.
     let body = read_password(socket, buf).await?;
@@ -341,11 +406,16 @@ fn auth_error(e: AuthError, user: &str) -> LoginError {
             format!("client selected an invalid SASL authentication mechanism \"{m}\""),
         ),
         AuthError::Protocol(m) => LoginError::new(code, m),
+        AuthError::ChannelBinding(m) => LoginError::new(code, m),
     }
 }
 
-async fn send(socket: &mut TcpStream, out: &[u8]) -> Result<(), LoginError> {
-    socket.write_all(out).await.map_err(|e| {
+async fn send(socket: &mut Transport, out: &[u8]) -> Result<(), LoginError> {
+    let sent = async {
+        socket.write_all(out).await?;
+        socket.flush().await
+    };
+    sent.await.map_err(|e| {
         LoginError::new(
             sqlstate::CONNECTION_FAILURE,
             format!("client connection lost: {e}"),
@@ -355,7 +425,7 @@ async fn send(socket: &mut TcpStream, out: &[u8]) -> Result<(), LoginError> {
 
 /// Reads the next message, which must be a password-type message (`p`).
 async fn read_password(
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, LoginError> {
     match read_frame(socket, buf, MAX_AUTH_MESSAGE).await {
@@ -387,9 +457,10 @@ pub fn printable(tag: u8) -> char {
 }
 
 /// Sends a FATAL ErrorResponse and closes.
-pub async fn fatal(socket: &mut TcpStream, code: &str, message: &str) {
+pub async fn fatal(socket: &mut Transport, code: &str, message: &str) {
     let mut out = BytesMut::new();
     messages::error_response(&mut out, Severity::Fatal, code, message);
     let _ = socket.write_all(&out).await;
+    let _ = socket.flush().await;
     let _ = socket.shutdown().await;
 }

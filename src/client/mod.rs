@@ -17,6 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::sqlstate;
 use crate::state::Shared;
+use crate::tls::Transport;
 
 pub use login::printable;
 
@@ -47,14 +48,14 @@ impl Session {
 /// An authenticated admin console client: the socket, and what it sent after its login. It holds one of the
 /// client slots while it lives, as a session does.
 pub struct ConsoleRequest {
-    socket: TcpStream,
+    socket: Transport,
     buf: BytesMut,
     slot: OwnedSemaphorePermit,
 }
 
 impl ConsoleRequest {
     /// The socket, the bytes read, and the client slot to keep for as long as the console runs.
-    pub fn into_parts(self) -> (TcpStream, BytesMut, OwnedSemaphorePermit) {
+    pub fn into_parts(self) -> (Transport, BytesMut, OwnedSemaphorePermit) {
         (self.socket, self.buf, self.slot)
     }
 }
@@ -87,12 +88,13 @@ struct LoggedIn {
 /// console.
 async fn open(
     shared: Arc<Shared>,
-    mut socket: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     login: OwnedSemaphorePermit,
     slots: Arc<Semaphore>,
 ) -> Opened {
+    let mut socket = Transport::plain(socket);
     // Small: a startup packet and a password are a few hundred bytes, and an idle client should not keep a
     // large buffer's pages resident after login (it grows when a client sends more).
     let mut buf = BytesMut::with_capacity(1024);
@@ -162,11 +164,11 @@ async fn open(
 /// open (a cancel request, forwarded here, or a client that went away).
 async fn log_in(
     shared: &Shared,
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     buf: &mut BytesMut,
     slots: &Arc<Semaphore>,
 ) -> Result<Option<LoggedIn>, login::LoginError> {
-    let params = match login::read_opening(socket, buf).await? {
+    let params = match login::read_opening(shared, socket, buf).await? {
         login::Opening::Startup { params } => params,
         login::Opening::Cancel { pid, secret } => {
             shared
@@ -202,6 +204,7 @@ async fn log_in(
         .map(|(_, v)| v.clone())
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
+    login::check_transport(shared, socket, &user)?;
     // Authenticate first, as Postgres does, so that database names do not leak to strangers.
     let login::Authenticated {
         user: who,

@@ -22,6 +22,7 @@ mod load;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 pub use diff::{diff, keeping_restart_settings, ConfigDiff};
@@ -31,6 +32,9 @@ pub use sections::{
     AuthMethod, Balancer, DatabaseConfig, Fallback, LagConfig, LimitsConfig, PoolMode, PoolsConfig,
     PrimaryReads, PrimaryUnknown, RoutingConfig, ServerConfig, Timeouts, UserConfig,
     VolatileFunctions,
+};
+pub use tls::{
+    check_pair, read_certs, read_key, ClientTlsMode, PemError, ServerTlsMode, TlsConfig,
 };
 
 /// The configuration in force, swappable (reload): sessions read it at unit boundaries, background tasks each
@@ -118,6 +122,9 @@ pub struct Config {
     /// Users who may connect (`[[users]]`); at least one.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// TLS towards clients and servers (`[tls]`).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -134,6 +141,11 @@ impl Config {
     /// The database called `name` (as clients name it).
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// The TLS mode towards `server`: its own `tls_mode`, else `tls.server_mode`.
+    pub fn server_tls_mode(&self, server: &ServerConfig) -> ServerTlsMode {
+        server.tls_mode.unwrap_or(self.tls.server_mode)
     }
 
     /// Every server: the primary first, then the replicas in file order.

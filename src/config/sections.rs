@@ -37,6 +37,15 @@ pub struct ServerConfig {
     /// Relative share of reads (balancer weight). Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// TLS towards this server; default `tls.server_mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<super::tls::ServerTlsMode>,
+    /// CA file for this server's certificate; default `tls.server_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Name sent as SNI and checked in `verify-full`; default `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 /// How statements are routed.

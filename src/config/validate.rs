@@ -247,7 +247,8 @@ impl Config {
                 AuthMethod::Trust => {}
             }
         }
-        self.validate_auth_query(loc)
+        self.validate_auth_query(loc)?;
+        self.validate_tls(loc)
     }
 
     fn validate_auth_query(&self, loc: &Locator<'_>) -> Result<(), ConfigError> {

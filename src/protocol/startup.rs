@@ -134,6 +134,12 @@ pub fn encode_startup(out: &mut BytesMut, params: &[(&str, &str)]) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends an SSLRequest.
+pub fn encode_ssl_request(out: &mut BytesMut) {
+    out.put_u32(8);
+    out.put_u32(SSL_REQUEST);
+}
+
 /// Appends a CancelRequest for a server's backend key.
 pub fn encode_cancel(out: &mut BytesMut, pid: i32, secret: i32) {
     out.put_u32(16);

@@ -76,6 +76,7 @@ impl PoolSet {
             user: user.server_user().to_string(),
             credential: self.credential.clone(),
             database: db.server_database().to_string(),
+            tls: Arc::new(crate::tls::ServerTls::for_server(config, &b.config)),
         };
         if user.server_password().is_some() {
             self.credential

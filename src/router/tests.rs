@@ -263,6 +263,9 @@ fn a_retired_server_takes_no_reads_and_an_added_one_gets_the_next_index() {
         host: "127.0.0.1".into(),
         port: 6000,
         weight: 1,
+        tls_mode: None,
+        tls_ca_file: None,
+        tls_server_name: None,
     });
     assert_eq!(added.index, 3);
     assert_eq!(r.servers.len(), 4);
@@ -306,6 +309,9 @@ async fn a_pool_set_grows_with_the_servers_and_never_panics_on_an_unknown_index(
         host: "127.0.0.1".into(),
         port: 6000,
         weight: 1,
+        tls_mode: None,
+        tls_ca_file: None,
+        tls_server_name: None,
     });
     r.retire(1);
     let config = Config {

@@ -17,3 +17,4 @@ mod failover;
 mod proxy;
 mod reload;
 mod routing;
+mod tls;

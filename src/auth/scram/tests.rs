@@ -398,3 +398,78 @@ fn random_input_never_panics() {
         let _ = ScramVerifier::parse(&String::from_utf8_lossy(&random));
     }
 }
+
+/// Channel binding data as pgsplit would derive it from its certificate (any bytes do here).
+const END_POINT: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn plus_server() -> ScramServer {
+    ScramServer::new(verifier("pw")).with_channel_binding(Some(END_POINT.to_vec()))
+}
+
+#[test]
+fn plus_is_offered_only_with_binding_data() {
+    assert_eq!(
+        ScramServer::new(verifier("pw")).mechanisms(),
+        [SCRAM_SHA_256]
+    );
+    assert_eq!(
+        plus_server().mechanisms(),
+        [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+    );
+    // Without TLS, PLUS is an unknown mechanism.
+    let mut server = ScramServer::new(verifier("pw"));
+    let r = server.client_first(SCRAM_SHA_256_PLUS, b"p=tls-server-end-point,,n=,r=abc");
+    assert!(matches!(r, Err(AuthError::UnsupportedMechanism(_))));
+}
+
+#[test]
+fn plus_exchange_checks_the_binding_data() {
+    for (data, accepted) in [(END_POINT.to_vec(), true), (b"other".to_vec(), false)] {
+        let mut server = plus_server();
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(data));
+        let first = server
+            .client_first(SCRAM_SHA_256_PLUS, client.message())
+            .expect("client-first accepted");
+        client.update(&first).expect("server-first");
+        let verdict = server.client_final(client.message());
+        assert_eq!(verdict.is_ok(), accepted, "{verdict:?}");
+        if !accepted {
+            let err = verdict.expect_err("refused");
+            assert_eq!(err.sqlstate(), "28000", "{err}");
+            assert!(
+                err.to_string().contains("channel binding check failed"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn binding_flags_that_do_not_fit_the_mechanism_are_refused() {
+    // 'y': the client thinks pgsplit cannot bind, but PLUS was offered: a downgrade, refused.
+    let err = plus_server()
+        .client_first(SCRAM_SHA_256, b"y,,n=,r=abc")
+        .expect_err("a downgrade");
+    assert_eq!(err.sqlstate(), "28000", "{err}");
+    assert!(err.to_string().contains("negotiation error"), "{err}");
+    // 'y' is fine when PLUS was not offered, 'n' always with plain SCRAM-SHA-256.
+    assert!(ScramServer::new(verifier("pw"))
+        .client_first(SCRAM_SHA_256, b"y,,n=,r=abc")
+        .is_ok());
+    assert!(plus_server()
+        .client_first(SCRAM_SHA_256, b"n,,n=,r=abc")
+        .is_ok());
+    // PLUS selected but no binding, or binding without PLUS, or another binding type.
+    for (mechanism, message) in [
+        (SCRAM_SHA_256_PLUS, &b"n,,n=,r=abc"[..]),
+        (SCRAM_SHA_256, b"p=tls-server-end-point,,n=,r=abc"),
+        (SCRAM_SHA_256_PLUS, b"p=tls-unique,,n=,r=abc"),
+        (SCRAM_SHA_256_PLUS, b"p,,n=,r=abc"),
+    ] {
+        let r = plus_server().client_first(mechanism, message);
+        assert!(
+            matches!(r, Err(AuthError::Protocol(_))),
+            "{mechanism} {message:?}: {r:?}"
+        );
+    }
+}

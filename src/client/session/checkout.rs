@@ -488,7 +488,11 @@ impl Session {
         let busy = self.held.as_ref().filter(|h| h.busy());
         match busy {
             Some(h) if !self.cancel_armed => {
-                self.cancel.set(h.conn.address.clone(), h.conn.backend_key);
+                self.cancel.set(
+                    h.conn.address.clone(),
+                    h.conn.backend_key,
+                    h.conn.tls.clone(),
+                );
                 self.cancel_armed = true;
             }
             None if self.cancel_armed => {

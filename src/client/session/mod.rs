@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use self::checkout::Held;
@@ -35,7 +34,6 @@ use super::statements::Statements;
 use crate::cancel::CancelSlot;
 use crate::classify::Route;
 use crate::config::PoolMode;
-use crate::net;
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::frontend::Decoded;
 use crate::protocol::messages::{self, Severity};
@@ -45,6 +43,7 @@ use crate::server::ServerConn;
 use crate::sql::SessionEvent;
 use crate::state::Shared;
 use crate::stats::ClientInfo;
+use crate::tls::Transport;
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const BUFFER_LIMIT: usize = 256 * 1024;
@@ -67,7 +66,7 @@ enum Event {
     /// The idle timer: time to check the idle timeout and buffer release.
     Timer,
     ServerReadable(std::io::Result<()>),
-    ServerWrote(std::io::Result<usize>),
+    ServerWritable(std::io::Result<()>),
     Shutdown,
     Progress,
 }
@@ -78,7 +77,7 @@ pub struct Session {
     id: u64,
     /// What the admin console shows of this client.
     info: Arc<ClientInfo>,
-    client: TcpStream,
+    client: Transport,
     peer: SocketAddr,
     /// Bytes read from the client, not yet dispatched.
     crbuf: BytesMut,
@@ -140,7 +139,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Arc<Shared>,
-        client: TcpStream,
+        client: Transport,
         peer: SocketAddr,
         crbuf: BytesMut,
         user: String,
@@ -248,8 +247,9 @@ impl Session {
                     .and_then(|()| self.write_client()),
                 Event::Timer => self.on_timer(),
                 Event::ServerReadable(Ok(())) => self.read_server(),
-                Event::ServerWrote(Ok(_)) | Event::Shutdown | Event::Progress => Ok(()),
-                Event::ServerReadable(Err(e)) | Event::ServerWrote(Err(e)) => {
+                Event::ServerWritable(Ok(())) => self.write_server(),
+                Event::Shutdown | Event::Progress => Ok(()),
+                Event::ServerReadable(Err(e)) | Event::ServerWritable(Err(e)) => {
                     self.server_lost(&e.to_string())
                 }
             };
@@ -269,7 +269,7 @@ impl Session {
         if room < want.min(READ_CHUNK) / 2 || (want > READ_CHUNK && room < want) {
             self.crbuf.reserve(want);
         }
-        match net::read_available(&self.client, &mut self.crbuf) {
+        match self.client.read_available(&mut self.crbuf) {
             Ok(0) => Err(End::ClientGone),
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -289,6 +289,21 @@ impl Session {
         }
     }
 
+    /// Writes what waits for the held server.
+    fn write_server(&mut self) -> Result<(), End> {
+        let Some(h) = self.held.as_mut() else {
+            return Ok(());
+        };
+        match h.conn.stream.try_write(&self.sout) {
+            Ok(n) => {
+                self.sout.advance(n);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => self.server_lost(&e.to_string()),
+        }
+    }
+
     /// Reads what the held server sent and relays it.
     fn read_server(&mut self) -> Result<(), End> {
         let Some(h) = self.held.as_mut() else {
@@ -298,7 +313,7 @@ impl Session {
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
             rbuf.reserve(READ_CHUNK);
         }
-        match net::read_available(stream, rbuf) {
+        match stream.read_available(rbuf) {
             Ok(0) => self.server_lost("the server closed the connection"),
             Ok(_) => self.relay_server(),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -354,30 +369,24 @@ impl Session {
         // that goes away is noticed at once.
         let read_client =
             (stalled.is_none() || crbuf.len() < BUFFER_LIMIT) && sout.len() < BUFFER_LIMIT;
-        let has_server = held.is_some();
-        let (sread, mut swrite) = match held {
-            Some(h) => {
-                let (r, w) = h.conn.stream.split();
-                (Some(r), Some(w))
-            }
-            None => (None, None),
-        };
-        let client: &TcpStream = client;
+        let server = held.as_ref().map(|h| &h.conn.stream);
+        let server_writes = server.is_some_and(|s| !sout.is_empty() || s.wants_write());
+        let client: &Transport = client;
         tokio::select! {
             r = client.readable(), if read_client => Event::ClientReadable(r),
-            r = client.writable(), if !cout.is_empty() => Event::ClientWritable(r),
+            r = client.writable(), if !cout.is_empty() || client.wants_write() => Event::ClientWritable(r),
             r = async {
-                match sread.as_ref() {
-                    Some(r) => r.readable().await,
+                match server {
+                    Some(s) => s.readable().await,
                     None => std::future::pending().await,
                 }
-            }, if has_server && cout.len() < BUFFER_LIMIT => Event::ServerReadable(r),
+            }, if server.is_some() && cout.len() < BUFFER_LIMIT => Event::ServerReadable(r),
             r = async {
-                match swrite.as_mut() {
-                    Some(w) => w.write_buf(sout).await,
+                match server {
+                    Some(s) => s.writable().await,
                     None => std::future::pending().await,
                 }
-            }, if has_server && !sout.is_empty() => Event::ServerWrote(r),
+            }, if server_writes => Event::ServerWritable(r),
             _ = stop.changed(), if between_units && !*stop.borrow() => Event::Shutdown,
             _ = idle.timer(), if timer_needed => Event::Timer,
             // Nothing to wait for (a stalled unit whose server was just released): route it now.
@@ -390,7 +399,7 @@ impl Session {
             self.client.write_all(&self.cout).await?;
             self.cout.clear();
         }
-        Ok(())
+        self.client.flush().await
     }
 
     /// Queues an ErrorResponse for the client and counts it.

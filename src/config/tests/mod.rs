@@ -7,6 +7,7 @@ use super::*;
 
 mod diff;
 mod errors;
+mod tls;
 
 const VERIFIER: &str = "SCRAM-SHA-256$4096:cGdzcGxpdC1leGFtcGxlIQ==$0n3xoMfihxm6HAUYzcDtHn5hY1AlNojFvbT/6iwzr0k=:VBmfeFF6msyoSLcz1rb44+oXsdPL/ijsCslBraQTV4w=";
 
@@ -130,6 +131,9 @@ fn server_names_are_filled_in() {
         host: "h".into(),
         port: 1,
         weight: 1,
+        tls_mode: None,
+        tls_ca_file: None,
+        tls_server_name: None,
     };
     assert_eq!(unnamed.display_name(), "h:1");
 }

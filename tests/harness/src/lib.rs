@@ -86,6 +86,18 @@ pub struct ClusterOptions {
     /// `recovery_min_apply_delay = '300ms'`. A name that is not one of the replicas is refused
     /// ([`ClusterError::UnknownServer`]) before anything starts.
     pub replica_conf: BTreeMap<String, Vec<String>>,
+    /// TLS for every server: the certificate and key (PEM) are written into the primary's data directory (the
+    /// replicas copy them) and `ssl = on` is set. Combine with `hostssl`/`hostnossl` lines in `hba`.
+    pub ssl: Option<SslFiles>,
+}
+
+/// A server certificate and its private key, PEM, made by the caller (e.g. with rcgen).
+#[derive(Debug, Clone, Default)]
+pub struct SslFiles {
+    /// The certificate chain, leaf first.
+    pub cert_pem: String,
+    /// The private key.
+    pub key_pem: String,
 }
 
 impl Default for ClusterOptions {
@@ -96,6 +108,7 @@ impl Default for ClusterOptions {
             conf: Vec::new(),
             setup_sql: Vec::new(),
             replica_conf: BTreeMap::new(),
+            ssl: None,
         }
     }
 }
@@ -316,6 +329,18 @@ impl Cluster {
             port = primary.port,
             sock = conf_quote(&self.run.dir.to_string_lossy()),
         );
+        if let Some(ssl) = &opts.ssl {
+            let dir = &primary.data_dir;
+            self.run
+                .write_file(&dir.join("server.crt"), ssl.cert_pem.as_bytes(), false)?;
+            let key = dir.join("server.key");
+            self.run.write_file(&key, ssl.key_pem.as_bytes(), false)?;
+            // PostgreSQL refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| ClusterError::io(format!("chmod {}", key.display()), e))?;
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         for line in &opts.conf {
             conf.push_str(line);
             conf.push('\n');

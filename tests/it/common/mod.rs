@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod file_proxy;
+pub mod pki;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ pub fn env() -> &'static Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("PGSPLIT_LOG").unwrap_or_else(|_| "warn".into()))
             .try_init();
-        let cluster = start_cluster();
+        let cluster = start_cluster_with(shared_options());
         // Round robin: tests that check reads spread over both replicas do not depend on other tests' load.
         let proxy = spawn_proxy(config(
             &cluster,
@@ -55,6 +56,30 @@ pub fn env() -> &'static Env {
         ));
         Env { cluster, proxy }
     })
+}
+
+/// A role the shared cluster lets in over TLS only (`hostssl`), with a password: (name, password).
+pub const TLS_ONLY: (&str, &str) = ("tlsonly", "tls-only-secret");
+
+/// The shared cluster's options: TLS on every server with the test PKI's server certificate, and a role
+/// ([`TLS_ONLY`]) that `pg_hba.conf` admits over TLS only. Plain connections of other roles work as before.
+fn shared_options() -> ClusterOptions {
+    let pki = pki::pki();
+    ClusterOptions {
+        ssl: Some(pgsplit_harness::SslFiles {
+            cert_pem: pki.server_cert_pem.clone(),
+            key_pem: pki.server_key_pem.clone(),
+        }),
+        hba: vec![
+            format!("hostssl all {} 127.0.0.1/32 scram-sha-256", TLS_ONLY.0),
+            format!("host all {} 127.0.0.1/32 reject", TLS_ONLY.0),
+        ],
+        setup_sql: vec![format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{}'",
+            TLS_ONLY.0, TLS_ONLY.1
+        )],
+        ..ClusterOptions::default()
+    }
 }
 
 /// A new cluster (primary + 2 streaming replicas) with the test users; for tests that stop, kill or promote.

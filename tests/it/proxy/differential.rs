@@ -1020,11 +1020,18 @@ static PROXY: OnceLock<SocketAddr> = OnceLock::new();
 
 fn proxy() -> SocketAddr {
     *PROXY.get_or_init(|| {
+        // TLS offered as the shared cluster's servers offer it (`ssl = on`), so SSLRequest gets `S` from both.
+        let pki = crate::common::pki::pki();
+        let tls = format!(
+            "[tls]\nclient_mode = \"prefer\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            pki.server_cert_file.display(),
+            pki.server_key_file.display()
+        );
         spawn_proxy(config(
             &env().cluster,
             2,
             2,
-            "[routing]\nbalancer = \"round_robin\"",
+            &format!("{tls}[routing]\nbalancer = \"round_robin\""),
         ))
     })
 }

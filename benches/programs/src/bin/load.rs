@@ -23,7 +23,10 @@
 //! `PGSPLIT_BENCH_WORKLOADS` (comma-separated workload names to run, default all: e.g. `write-read`),
 //! `PGSPLIT_BENCH_WORKERS` (pgsplit runtime threads, default 1: like PgBouncer's one thread, and what a 2-core
 //! machine that also runs the servers and pgbench does best with — `workers = 1` in a configuration),
-//! `PGSPLIT_LOG` (pgsplit's log filter, default `warn`).
+//! `PGSPLIT_LOG` (pgsplit's log filter, default `warn`), `PGSPLIT_BENCH_CLIENT_TLS` (`1`: clients talk TLS to
+//! pgsplit and PgBouncer — pgsplit `[tls] client_mode = "require"`, PgBouncer `client_tls_sslmode = require`, with
+//! a certificate made here — and pgbench connects with `sslmode=prefer`, so the direct rows stay plain text; run
+//! the bench with and without it, e.g. `PGSPLIT_BENCH_WORKLOADS=select-simple`, to compare the TLS cost).
 //!
 //! Measured per run: TPS (pgbench, without connection time), average latency (pgbench's `latency average`),
 //! p99 latency (computed here from pgbench's per-transaction logs, `-l`), failed transactions, and the proxy's
@@ -574,9 +577,63 @@ fn brief(r: &RunResult) -> String {
 
 /// pgsplit's configuration: the local cluster's, with a trust user and the bench's pool and lag settings;
 /// `routing` is added to `[routing]`.
+/// `PGSPLIT_BENCH_CLIENT_TLS=1`: a certificate and key for the proxies' client side, made once (rcgen), in a
+/// directory PgBouncer's user can read.
+struct ClientTlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn client_tls() -> Option<&'static ClientTlsFiles> {
+    static FILES: std::sync::OnceLock<Option<ClientTlsFiles>> = std::sync::OnceLock::new();
+    FILES
+        .get_or_init(|| {
+            if std::env::var("PGSPLIT_BENCH_CLIENT_TLS").ok().as_deref() != Some("1") {
+                return None;
+            }
+            match make_client_tls() {
+                Ok(files) => Some(files),
+                Err(e) => {
+                    eprintln!("load bench: cannot make the TLS certificate ({e}): TLS off");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn make_client_tls() -> Result<ClientTlsFiles> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+    let dir = tempfile::Builder::new()
+        .prefix("pgsplit-load-tls-")
+        .tempdir()?;
+    let files = ClientTlsFiles {
+        cert: dir.path().join("server.crt"),
+        key: dir.path().join("server.key"),
+        dir,
+    };
+    fs::write(&files.cert, cert.pem())?;
+    fs::write(&files.key, key.serialize_pem())?;
+    if let Some((uid, gid)) = postgres_owner()? {
+        for p in [files.dir.path(), &files.cert, &files.key] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(files)
+}
+
 fn proxy_config(cluster: &Cluster, split: bool, routing: &str) -> Result<Config> {
+    let tls = client_tls().map_or_else(String::new, |f| {
+        format!(
+            "[tls]\nclient_mode = \"require\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            f.cert.display(),
+            f.key.display()
+        )
+    });
     let extra = format!(
-        "admin_listen = \"127.0.0.1:0\"\n\
+        "admin_listen = \"127.0.0.1:0\"\n{tls}\
          [routing]\nread_write_split = {split}\n{routing}\
          [pools]\nwrite_pool_size = {POOL_SIZE}\nread_pool_size = {POOL_SIZE}\n\
          [lag]\nmax_lag = \"60s\"\n\
@@ -703,6 +760,10 @@ fn pgbench_command(pgbench: &Path, port: u16) -> Command {
     }
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
         .stdin(Stdio::null());
+    if client_tls().is_some() {
+        // TLS where the target offers it (the proxies), plain text to the servers (ssl off).
+        cmd.env("PGSSLMODE", "prefer");
+    }
     die_with_parent(&mut cmd);
     cmd
 }
@@ -931,8 +992,13 @@ impl PgBouncer {
              admin_users = {USER}\n\
              ignore_startup_parameters = extra_float_digits\n\
              log_connections = 0\n\
-             log_disconnections = 0\n",
-            dir = dir.display()
+             log_disconnections = 0\n{tls}",
+            dir = dir.display(),
+            tls = client_tls().map_or_else(String::new, |f| format!(
+                "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+                f.cert.display(),
+                f.key.display()
+            )),
         );
         fs::write(dir.join("pgbouncer.ini"), ini)?;
         fs::write(dir.join("userlist.txt"), format!("\"{USER}\" \"\"\n"))?;
