@@ -93,17 +93,27 @@ fn assert_no_failures(child: Child, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_under_pgbench_load_applies_servers_pools_lag_and_passwords() {
+async fn reload_under_pgbench_load_applies_servers_pools_lag_passwords_and_certificates() {
     let cluster = start_cluster_with(ClusterOptions {
         replicas: 3,
         ..ClusterOptions::default()
     });
     let (r1, r3) = (port_of(&cluster, "replica1"), port_of(&cluster, "replica3"));
+    // Clients on TLS (pgbench's default `sslmode=prefer` takes it); the reload rotates the certificate.
+    let pki = crate::common::pki::pki();
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "\n[tls]\nclient_mode = \"prefer\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            cert.display(),
+            key.display()
+        )
+    };
     let before = file(
         &cluster,
         &["replica1", "replica2"],
         (4, 4),
-        "[lag]\nmax_lag = \"60s\"",
+        &(String::from("[lag]\nmax_lag = \"60s\"")
+            + &tls(&pki.server_cert_file, &pki.server_key_file)),
     ) + &rot_user("rot-old");
     let proxy = FileProxy::start(&before);
     let url = url(proxy.addr, APP);
@@ -124,13 +134,16 @@ async fn reload_under_pgbench_load_applies_servers_pools_lag_and_passwords() {
 
     let reads = pgbench_child(&url, &["-c", "8", "-j", "2", "-T", "10", "-S", "-n"]);
     let writes = pgbench_child(&url, &["-c", "4", "-j", "2", "-T", "10", "-N", "-n"]);
+    // A new connection (TLS handshake, login) per transaction, across the certificate rotation.
+    let reconnects = pgbench_child(&url, &["-c", "2", "-j", "1", "-T", "10", "-S", "-n", "-C"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let after = file(
         &cluster,
         &["replica2", "replica3"],
         (6, 3),
-        "[lag]\nmax_lag = \"30s\"",
+        &(String::from("[lag]\nmax_lag = \"30s\"")
+            + &tls(&pki.other_server_cert_file, &pki.other_server_key_file)),
     ) + &rot_user("rot-new");
     proxy.write(&after);
     let notice = proxy.reload().await.expect("reload accepted");
@@ -151,6 +164,24 @@ async fn reload_under_pgbench_load_applies_servers_pools_lag_and_passwords() {
         .await
         .expect("the running session is untouched");
 
+    // The rotated certificate (signed by the other CA) serves new handshakes.
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1")
+        .port(proxy.addr.port())
+        .user(APP.0)
+        .password(APP.1)
+        .dbname("app")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (rotated, conn) = pg
+        .connect(pki.pg_tls_trusting(&pki.other_ca_file, "localhost"))
+        .await
+        .expect("a TLS login verified against the new certificate's CA");
+    tokio::spawn(conn);
+    rotated
+        .simple_query("SELECT 1")
+        .await
+        .expect("query over the new certificate");
+
     // Reads reach the added replica once probed, and never the removed one.
     let reader = connect_to(proxy.addr, APP).await.expect("reader");
     let mut seen = std::collections::HashSet::new();
@@ -170,11 +201,12 @@ async fn reload_under_pgbench_load_applies_servers_pools_lag_and_passwords() {
 
     assert_no_failures(reads, "pgbench -S");
     assert_no_failures(writes, "pgbench -N");
+    assert_no_failures(reconnects, "pgbench -S -C");
 
     // /status: the servers (replica1 gone once drained), the pool sizes, max_lag, one reload counted.
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let s = proxy.status();
+        let s = proxy.status_document();
         if !names(&s).contains(&"replica1".to_string()) || Instant::now() > deadline {
             break s;
         }

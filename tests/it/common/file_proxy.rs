@@ -64,6 +64,11 @@ impl FileProxy {
     pub fn status(&self) -> serde_json::Value {
         http_json(self.admin, "/status")
     }
+
+    /// The `/status` document built in process (for a proxy whose admin endpoint speaks TLS).
+    pub fn status_document(&self) -> serde_json::Value {
+        serde_json::to_value(pgsplit::admin::status::status(&self.shared)).expect("status as JSON")
+    }
 }
 
 /// `RELOAD` on the admin console of the proxy at `addr`, as the admin user `trustclient`.
