@@ -511,15 +511,29 @@ async fn without_the_token_another_connection_can_read_stale_rows() {
     let a = connect_opts(env().proxy, SYNC_COMMIT).await;
     let b = connect_opts(env().proxy, "").await;
     let select = b.prepare(SELECT_TEXT).await.expect("prepare");
+    // Each write carries ~256 kB of incompressible WAL before its commit record, so a replica replays it a
+    // little after the primary acknowledges it even on an idle machine (without it, loopback replication is
+    // often faster than the next read, and the control sees nothing).
+    a.batch_execute(
+        "CREATE TABLE IF NOT EXISTS ryw_pad (t text); \
+         ALTER TABLE ryw_pad ALTER COLUMN t SET STORAGE EXTERNAL",
+    )
+    .await
+    .expect("pad table");
     let mut stale = 0;
-    let rounds = 300;
+    let rounds = 100;
     for _ in 0..rounds {
         let id = fresh_id();
-        a.batch_execute(&format!("INSERT INTO ryw (id) VALUES ({id})"))
-            .await
-            .expect("insert");
+        a.batch_execute(&format!(
+            "BEGIN; \
+             INSERT INTO ryw_pad SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 8000); \
+             INSERT INTO ryw (id) VALUES ({id}); COMMIT"
+        ))
+        .await
+        .expect("insert");
         stale += usize::from(extended_read(&b, &select, id).await.0 == 0);
     }
+    a.batch_execute("TRUNCATE ryw_pad").await.expect("truncate");
     eprintln!("no token: {stale} stale reads of {rounds}");
     assert!(stale > 0, "the token drill cannot see stale reads");
 }
