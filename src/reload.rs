@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::config::{diff, keeping_restart_settings, Config, ConfigDiff};
 use crate::protocol::sqlstate;
-use crate::state::Shared;
+use crate::state::{ReloadLog, Shared};
 
 /// A refused reload: the SQLSTATE the console answers with, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,19 +18,6 @@ pub struct Refused {
     pub sqlstate: &'static str,
     /// The loader's file:line:field message, or what cannot be applied; never a secret.
     pub message: String,
-}
-
-/// What the reloads so far did.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadLog {
-    /// Reloads put in force.
-    pub ok: u64,
-    /// Reloads refused.
-    pub refused: u64,
-    /// When the last reload was put in force.
-    pub last_ok: Option<SystemTime>,
-    /// When the last reload was refused, and why (the loader's file:line:field message; never a secret).
-    pub last_refused: Option<(SystemTime, String)>,
 }
 
 /// A reload put in force: what changed.

@@ -20,7 +20,6 @@ use crate::cancel::CancelRegistry;
 use crate::classify::Classifier;
 use crate::config::{AuthMethod, Config, ConfigDiff, LiveConfig, UserConfig, VolatileFunctions};
 use crate::monitor::Monitor;
-use crate::reload::ReloadLog;
 use crate::router::{PoolSet, Router};
 use crate::server::Credential;
 use crate::stats::RoutingStats;
@@ -59,6 +58,19 @@ fn looked_up_user(name: &str, secret: &Secret) -> UserConfig {
         server_password: None,
         admin: false,
     }
+}
+
+/// What the reloads so far did (`reload.rs` records them; `SHOW CONFIG`, `/status` and the metrics show them).
+#[derive(Debug, Clone, Default)]
+pub struct ReloadLog {
+    /// Reloads put in force.
+    pub ok: u64,
+    /// Reloads refused.
+    pub refused: u64,
+    /// When the last reload was put in force.
+    pub last_ok: Option<std::time::SystemTime>,
+    /// When the last reload was refused, and why (the loader's file:line:field message; never a secret).
+    pub last_refused: Option<(std::time::SystemTime, String)>,
 }
 
 /// State shared by every session.
