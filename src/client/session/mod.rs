@@ -152,10 +152,11 @@ impl Session {
         let id = shared.next_client_id();
         let info = Arc::new(ClientInfo::new(id, user.clone(), database.clone(), peer));
         shared.stats.clients.add(info.clone());
-        let keep_servers = shared.config().pool_mode == PoolMode::Session;
-        let max_message = shared.config().max_message_bytes;
-        let shared_idle = shared.config().timeouts.client_idle;
-        let causal_mode = shared.config().routing.consistency;
+        let config = shared.config();
+        let keep_servers = config.pool_mode == PoolMode::Session;
+        let max_message = config.max_message_bytes;
+        let shared_idle = config.timeouts.client_idle;
+        let causal_mode = config.routing.consistency;
         Session {
             id,
             info,
