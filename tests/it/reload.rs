@@ -330,10 +330,9 @@ fn free_port() -> u16 {
 #[test]
 fn sighup_reloads_the_running_binary() {
     let e = env();
-    let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pgsplit.toml");
-    let text = |max_lag: &str| {
+    let text = |max_lag: &str, port: u16, admin: u16| {
         file(
             &e.cluster,
             &["replica1", "replica2"],
@@ -349,39 +348,59 @@ fn sighup_reloads_the_running_binary() {
             &format!("admin_listen = \"127.0.0.1:{admin}\""),
         )
     };
-    std::fs::write(&path, text("60s")).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgsplit");
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(admin_addr).is_err() {
-        assert!(Instant::now() < deadline, "pgsplit did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The ports are picked free, then bound by the binary: another test may take one in between. The binary then
+    // exits, and what answers on the admin port is someone else's pgsplit: start again with other ports until
+    // the admin endpoint that answers is this binary's (its /status names this file).
+    let (mut child, admin_addr, ports) = 'started: {
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            std::fs::write(&path, text("60s", port, admin)).expect("write");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+                .arg("run")
+                .arg("--config")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start pgsplit");
+            let admin_addr: std::net::SocketAddr =
+                format!("127.0.0.1:{admin}").parse().expect("addr");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && child.try_wait().expect("child").is_none() {
+                if std::net::TcpStream::connect(admin_addr).is_ok() {
+                    let status = http_json(admin_addr, "/status");
+                    if status["reload"]["config_file"] == path.display().to_string() {
+                        break 'started (child, admin_addr, (port, admin));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("pgsplit did not start");
+    };
     assert_eq!(http_json(admin_addr, "/status")["max_lag_seconds"], 60.0);
 
-    std::fs::write(&path, text("42s")).expect("rewrite");
+    std::fs::write(&path, text("42s", ports.0, ports.1)).expect("rewrite");
     let hup = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
         .expect("kill -HUP");
     assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut status = serde_json::Value::Null;
-    while Instant::now() < deadline + Duration::from_secs(10) {
+    while Instant::now() < deadline {
         status = http_json(admin_addr, "/status");
         if status["reload"]["reloads_ok"] == 1 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let alive = child.try_wait().expect("child").is_none();
     let _ = child.kill();
     let _ = child.wait();
+    assert!(alive, "SIGHUP ended pgsplit");
     assert_eq!(status["reload"]["reloads_ok"], 1, "{status}");
     assert_eq!(status["max_lag_seconds"], 42.0, "{status}");
 }
