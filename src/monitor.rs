@@ -13,14 +13,19 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::causal::Lsn;
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, LagConfig, LiveConfig, PrimaryUnknown};
+use crate::config::{Config, LagConfig, LiveConfig};
 use crate::router::{Backend, NoPrimary, Router};
 use crate::side::SideError;
+
+mod lag;
+use lag::{LsnHistory, PrimaryView, Verdict};
 
 /// How long primary LSN samples are kept.
 const HISTORY: Duration = Duration::from_secs(600);
 /// Eligibility transitions kept per server.
 const TRANSITIONS: usize = 32;
+/// While no server is the primary, servers are probed this many times as often as `lag_check_interval` says.
+const FAILOVER_SPEEDUP: u32 = 5;
 /// Longest back-off between probes of a server that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -136,51 +141,6 @@ pub struct ServerStatus {
     pub retired: bool,
     below_since: Option<Instant>,
     probed: bool,
-}
-
-/// Primary LSN samples on pgsplit's clock.
-#[derive(Debug, Default)]
-struct LsnHistory {
-    samples: VecDeque<(Instant, u64)>,
-}
-
-impl LsnHistory {
-    fn push(&mut self, now: Instant, lsn: u64) {
-        let n = self.samples.len();
-        // While the position does not move, keep the first time it was seen and stretch the last sample.
-        if n >= 2 && self.samples[n - 1].1 == lsn && self.samples[n - 2].1 == lsn {
-            self.samples[n - 1].0 = now;
-        } else {
-            self.samples.push_back((now, lsn));
-        }
-        while self.samples.len() > 2
-            && self
-                .samples
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > HISTORY)
-        {
-            self.samples.pop_front();
-        }
-    }
-
-    fn latest(&self) -> Option<(Instant, u64)> {
-        self.samples.back().copied()
-    }
-
-    /// The position of the first sample taken at or after `at`: at or past where the primary was then.
-    fn since(&self, at: Instant) -> Option<u64> {
-        let k = self.samples.partition_point(|(t, _)| *t < at);
-        self.samples.get(k).map(|(_, lsn)| *lsn)
-    }
-
-    /// How long ago the primary was first seen past `replayed` (zero when it never was).
-    fn lag(&self, replayed: u64, now: Instant) -> Duration {
-        let k = self.samples.partition_point(|(_, lsn)| *lsn <= replayed);
-        match self.samples.get(k) {
-            None => Duration::ZERO,
-            Some((t, _)) => now.saturating_duration_since(*t),
-        }
-    }
 }
 
 struct State {
@@ -327,13 +287,8 @@ impl Monitor {
                 st.history.push(now, lsn);
             }
         }
-        let primary_position = st
-            .history
-            .latest()
-            .filter(|(t, _)| {
-                st.owner.is_some_and(|o| fresh(&st.servers[o])) && now.duration_since(*t) <= stale
-            })
-            .map(|(_, lsn)| lsn);
+        let owner_fresh = st.owner.is_some_and(|o| fresh(&st.servers[o]));
+        let primary = PrimaryView::of(&st.history, owner_fresh, now, stale);
 
         // Which replicas may take reads.
         let backends = router.servers.load();
@@ -342,74 +297,15 @@ impl Monitor {
             if s.retired {
                 continue;
             }
-            let refused = refusal(
-                s,
-                router.primary() == Ok(i),
-                fresh(s),
-                primary_position.is_some(),
-            );
+            let refused = refusal(s, router.primary() == Ok(i), fresh(s), primary.is_known());
             let verdict = match refused {
                 Some(reason) => Verdict::no(reason),
-                None => {
-                    self.lag_verdict(&cfg, primary_position, s.probe.replay_lsn, &st.history, now)
-                }
+                None => lag::verdict(&cfg, primary, s.probe.replay_lsn, &st.history, now),
             };
             let eligible = self.admit(&mut st.servers[i], verdict, now, cfg.readmit_hold);
             if let Some(b) = backends.get(i) {
                 b.set_eligible(eligible && !b.is_retired());
             }
-        }
-    }
-
-    /// Judges a replica that passed every other check by its lag (bytes and time) against the thresholds.
-    fn lag_verdict(
-        &self,
-        cfg: &LagConfig,
-        primary_position: Option<u64>,
-        replayed: Option<u64>,
-        history: &LsnHistory,
-        now: Instant,
-    ) -> Verdict {
-        match (primary_position, replayed) {
-            (Some(p), Some(replayed)) => {
-                let bytes = p.saturating_sub(replayed);
-                let time = history.lag(replayed, now);
-                let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
-                let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
-                let (ok_now, under_readmit, reason) = if time > cfg.max_lag || over_bytes {
-                    (
-                        false,
-                        false,
-                        format!(
-                            "lag {:.3}s / {bytes} bytes over the threshold",
-                            time.as_secs_f64()
-                        ),
-                    )
-                } else {
-                    let under = time <= cfg.readmit_lag() && under_bytes;
-                    (
-                        true,
-                        under,
-                        format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
-                    )
-                };
-                Verdict {
-                    ok_now,
-                    under_readmit,
-                    reason,
-                    lag: Some(time),
-                    lag_bytes: Some(bytes),
-                }
-            }
-            (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => Verdict {
-                ok_now: true,
-                under_readmit: true,
-                reason: "primary position unknown; serving as configured".into(),
-                lag: None,
-                lag_bytes: None,
-            },
-            (None, _) => Verdict::no("lag unknown: the primary's WAL position is unknown".into()),
-            (Some(_), None) => Verdict::no("lag unknown: nothing replayed yet".into()),
         }
     }
 
@@ -455,30 +351,6 @@ impl Monitor {
             format!("waiting to be re-admitted ({reason})")
         };
         eligible
-    }
-}
-
-/// What the probes say of one server as a read target.
-struct Verdict {
-    /// Within the thresholds now.
-    ok_now: bool,
-    /// Under the (lower) re-admit threshold.
-    under_readmit: bool,
-    /// Why, for the status and the transitions.
-    reason: String,
-    lag: Option<Duration>,
-    lag_bytes: Option<u64>,
-}
-
-impl Verdict {
-    fn no(reason: String) -> Verdict {
-        Verdict {
-            ok_now: false,
-            under_readmit: false,
-            reason,
-            lag: None,
-            lag_bytes: None,
-        }
     }
 }
 
@@ -614,11 +486,17 @@ async fn probe_loop(
         } else {
             cfg.lag_check_interval
         };
-        let wait = if failed {
+        let mut wait = if failed {
             backoff
         } else {
             cfg.lag_check_interval.saturating_sub(started.elapsed())
         };
+        if router.primary().is_err() {
+            // No primary (a failover): every server, the old primary included, is probed FAILOVER_SPEEDUP
+            // times as often, so writes waiting for one (`failover_wait`) resume soon after it appears.
+            backoff = cfg.lag_check_interval;
+            wait = wait.min(cfg.lag_check_interval / FAILOVER_SPEEDUP);
+        }
         tokio::time::sleep(wait).await;
     }
 }
