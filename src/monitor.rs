@@ -140,6 +140,8 @@ pub struct ServerStatus {
     /// Removed from the configuration by a reload: no longer probed, takes nothing new (draining).
     pub retired: bool,
     below_since: Option<Instant>,
+    /// Since when its probes have found its WAL receiver stopped.
+    receiver_down_since: Option<Instant>,
     probed: bool,
 }
 
@@ -253,6 +255,10 @@ impl Monitor {
                 } else {
                     Role::Primary
                 };
+                s.receiver_down_since = match p.in_recovery && !p.receiver_up {
+                    true => Some(s.receiver_down_since.unwrap_or(now)),
+                    false => None,
+                };
                 s.probe = p;
             }
             Err(e) => {
@@ -297,7 +303,12 @@ impl Monitor {
             if s.retired {
                 continue;
             }
-            let refused = refusal(s, router.primary() == Ok(i), fresh(s), primary.is_known());
+            // A WAL receiver that stopped with the primary does not count until the primary's own probe could
+            // tell (two intervals); meanwhile the lag, judged against the primary's samples, still bounds it.
+            let orphaned = primary.is_known()
+                && s.receiver_down_since
+                    .is_some_and(|t| now.duration_since(t) >= cfg.lag_check_interval * 2);
+            let refused = refusal(s, router.primary() == Ok(i), fresh(s), orphaned);
             let verdict = match refused {
                 Some(reason) => Verdict::no(reason),
                 None => lag::verdict(&cfg, primary, s.probe.replay_lsn, &st.history, now),
@@ -398,7 +409,7 @@ fn refusal(
     s: &ServerStatus,
     is_primary: bool,
     fresh: bool,
-    primary_position_known: bool,
+    receiver_stopped: bool,
 ) -> Option<String> {
     let last_error = || s.last_error.as_deref().unwrap_or("no answer");
     if is_primary {
@@ -411,7 +422,7 @@ fn refusal(
         Some("no fresh probe".into())
     } else if s.role != Role::Replica {
         Some("not in recovery".into())
-    } else if !s.probe.receiver_up && primary_position_known {
+    } else if receiver_stopped {
         Some("WAL receiver is not running".into())
     } else {
         None
@@ -458,11 +469,15 @@ async fn probe_loop(
         let config = config.load_full();
         let cfg = &config.lag;
         let started = Instant::now();
-        let probing = probe(&config, &backend, &mut client);
-        let result = match tokio::time::timeout(cfg.probe_timeout, probing).await {
-            Ok(r) => r,
-            Err(_) => Err(ProbeError::TimedOut(cfg.probe_timeout)),
-        };
+        let mut result = timed_probe(&config, &backend, &mut client).await;
+        if matches!(result, Err(ProbeError::Query(_)))
+            && client.as_ref().is_some_and(|c| c.is_closed())
+        {
+            // The side connection was lost (a server that died closes it): a new one tells at once whether the
+            // server is gone (a refused connection marks it down) or was only restarted.
+            client = None;
+            result = timed_probe(&config, &backend, &mut client).await;
+        }
         let failed = result.is_err();
         if failed {
             client = None;
@@ -480,15 +495,14 @@ async fn probe_loop(
         if monitor.record(index, result, started.elapsed(), &router) {
             on_down(index);
         }
-        // A server that does not answer is probed again with a growing back-off.
-        backoff = if failed {
-            (backoff * 2).min(MAX_BACKOFF)
-        } else {
-            cfg.lag_check_interval
-        };
+        // A server that does not answer is probed again with a growing back-off (one interval after the first
+        // failure, then twice as long each time).
         let mut wait = if failed {
-            backoff
+            let wait = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            wait
         } else {
+            backoff = cfg.lag_check_interval;
             cfg.lag_check_interval.saturating_sub(started.elapsed())
         };
         if router.primary().is_err() {
@@ -498,6 +512,19 @@ async fn probe_loop(
             wait = wait.min(cfg.lag_check_interval / FAILOVER_SPEEDUP);
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// One probe within `probe_timeout`.
+async fn timed_probe(
+    config: &Config,
+    backend: &Backend,
+    client: &mut Option<tokio_postgres::Client>,
+) -> Result<Probe, ProbeError> {
+    let timeout = config.lag.probe_timeout;
+    match tokio::time::timeout(timeout, probe(config, backend, client)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProbeError::TimedOut(timeout)),
     }
 }
 
@@ -554,6 +581,7 @@ fn unprobed(name: String, address: String) -> ServerStatus {
         transitions: VecDeque::new(),
         retired: false,
         below_since: None,
+        receiver_down_since: None,
         probed: false,
     }
 }

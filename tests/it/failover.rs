@@ -6,18 +6,25 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use pgsplit::proxy::{Proxy, ProxyHandle};
+use pgsplit::stats::FailoverOutcome;
 use pgsplit_harness::{Cluster, StopMode};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const INTERVAL: Duration = Duration::from_millis(250);
 
 async fn start(cluster: &Cluster, lag: &str) -> ProxyHandle {
-    let cfg = config(
+    start_waiting(cluster, lag, Duration::from_secs(5)).await
+}
+
+/// [`start`] with this `timeouts.failover_wait`.
+async fn start_waiting(cluster: &Cluster, lag: &str, failover_wait: Duration) -> ProxyHandle {
+    let mut cfg = config(
         cluster,
         4,
         4,
         &format!("[lag]\nlag_check_interval = \"250ms\"\n{lag}"),
     );
+    cfg.timeouts.failover_wait = failover_wait;
     Proxy::bind(cfg)
         .await
         .expect("bind")
@@ -213,7 +220,8 @@ async fn reads_survive_a_replica_stopping_and_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_a_promoted_replica() {
     let cluster = start_cluster();
-    let proxy = start(&cluster, "").await;
+    // failover_wait = 0: a write that finds no primary fails at once.
+    let proxy = start_waiting(&cluster, "", Duration::ZERO).await;
     let shared = proxy.shared.clone();
     let c = connect_to(proxy.addr, APP).await.expect("connect");
     c.batch_execute("CREATE TABLE f (v text)")
@@ -229,8 +237,8 @@ async fn writes_follow_a_promoted_replica() {
         .await
         .expect_err("no primary");
     assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "a write while the primary is down must not hang"
+        started.elapsed() < Duration::from_secs(4),
+        "with failover_wait = 0 a write while the primary is down must not wait"
     );
     let msg = err
         .as_db_error()
@@ -300,6 +308,18 @@ async fn with_the_primary_down_replicas_stop_or_keep_serving_as_configured() {
         .stop("primary", StopMode::Fast)
         .expect("stop primary");
 
+    // First the replicas keep serving on their bounded lag (lag at the last primary sample + time since)...
+    wait_for(
+        "replicas serving on their bounded lag",
+        Duration::from_secs(5),
+        || {
+            let s = status(&strict.shared, "replica1");
+            s.eligible && s.reason.starts_with("primary unknown for")
+        },
+    )
+    .await;
+    assert!(strict.shared.router.primary().is_err());
+    // ...then, once the bound passes max_lag (1 s), they are out.
     wait_for(
         "replicas excluded (lag unknown)",
         Duration::from_secs(10),
@@ -309,11 +329,15 @@ async fn with_the_primary_down_replicas_stop_or_keep_serving_as_configured() {
         },
     )
     .await;
-    let reason = status(&strict.shared, "replica1").reason;
+    let s = status(&strict.shared, "replica1");
     assert!(
-        reason.contains("unknown") || reason.contains("WAL receiver"),
-        "{reason}"
+        s.reason.starts_with("lag unknown: primary unknown for")
+            && s.reason.contains("over the threshold"),
+        "{}",
+        s.reason
     );
+    let out = s.transitions.back().expect("an eligibility transition");
+    assert!(!out.eligible && out.reason.contains("lag bound"), "{out:?}");
     for name in ["replica1", "replica2"] {
         wait_for(
             "primary_unknown = serve keeps replicas serving",
@@ -372,4 +396,101 @@ async fn two_primaries_at_once_refuse_writes_but_reads_go_on() {
         cluster.server("replica2").port.to_string()
     );
     proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_primary_waits_for_one_then_fails_is_cancelled_or_runs_when_it_returns() {
+    let cluster = start_cluster();
+    let short = start_waiting(&cluster, "", Duration::from_secs(1)).await;
+    let long = start_waiting(&cluster, "", Duration::from_secs(5)).await;
+    for p in [&short, &long] {
+        wait_for("a primary", Duration::from_secs(10), || {
+            p.shared.router.primary().is_ok()
+        })
+        .await;
+    }
+    let c = connect_to(short.addr, APP).await.expect("connect");
+    // Logging in needs a server's parameters: the client of the long wait connects while the primary is up.
+    let c2 = connect_to(long.addr, APP).await.expect("connect");
+    c.batch_execute("CREATE TABLE w (v text)")
+        .await
+        .expect("create");
+    cluster
+        .stop("primary", StopMode::Fast)
+        .expect("stop primary");
+    for p in [&short, &long] {
+        wait_for("no primary", Duration::from_secs(10), || {
+            p.shared.router.primary().is_err()
+        })
+        .await;
+    }
+
+    // No primary comes: the write fails with 57P03 once failover_wait (1 s) has passed, not at once.
+    let started = Instant::now();
+    let err = c
+        .batch_execute("INSERT INTO w VALUES ('no primary')")
+        .await
+        .expect_err("no primary");
+    let waited = started.elapsed();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57P03", "{}", db.message());
+    assert!(db.message().contains("no primary"), "{}", db.message());
+    assert!(
+        waited >= Duration::from_millis(800),
+        "failed after {waited:?}"
+    );
+    eprintln!("a write with no primary failed after {waited:?} (failover_wait 1s)");
+    let timeouts = short.shared.stats.failover.count(FailoverOutcome::Timeout);
+    assert_eq!(timeouts, 1);
+
+    // The client cancels its waiting write: 57014, and the wait ends.
+    let c = c2;
+    let cancel = c.cancel_token();
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let r = c.batch_execute("INSERT INTO w VALUES ('cancelled')").await;
+        (r, c)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel");
+    let (r, c) = waiting.await.expect("writer");
+    let err = r.expect_err("cancelled");
+    let code = err.as_db_error().map(|e| e.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("57014"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the cancel ended the wait"
+    );
+    let cancelled = long.shared.stats.failover.count(FailoverOutcome::Cancelled);
+    assert_eq!(cancelled, 1);
+
+    // The old primary comes back within the wait: the write runs there, the client sees latency, not an error.
+    let started = Instant::now();
+    let waiting =
+        tokio::spawn(async move { c.batch_execute("INSERT INTO w VALUES ('waited')").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| cluster.start_server("primary")).expect("start primary");
+    waiting
+        .await
+        .expect("writer")
+        .expect("the write waited for the primary and ran");
+    eprintln!(
+        "a write waited {:?} for the primary to come back",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let found = long.shared.stats.failover.count(FailoverOutcome::Primary);
+    assert_eq!(found, 1);
+    let c = connect_to(long.addr, APP).await.expect("connect");
+    assert_eq!(
+        value(&c, "/* pgsplit:primary */ SELECT string_agg(v, ',') FROM w")
+            .await
+            .expect("read"),
+        "waited"
+    );
+    short.shutdown().await;
+    long.shutdown().await;
 }

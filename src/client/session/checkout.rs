@@ -618,8 +618,12 @@ impl Session {
         self.sout.clear();
         let err = Error::server_io(&h.conn.server, detail);
         tracing::warn!(client = self.id, server = %h.conn.server, error = %err, "server connection lost");
-        if let (Target::Replica(_), Some(b)) = (h.target, self.shared.router.backend(h.target)) {
-            b.mark_failed();
+        match (h.target, self.shared.router.backend(h.target)) {
+            (Target::Replica(_), Some(b)) => b.mark_failed(),
+            // The primary's other idle connections are likely dead too (it crashed): the next unit opens a new
+            // one, and a refused connection waits for the monitor's verdict instead of failing mid-unit.
+            (Target::Primary(i), _) => self.shared.close_idle_of(i),
+            _ => {}
         }
         let in_transaction = h.in_transaction();
         let (pending, unsynced) = (h.lease.pending(), h.lease.unsynced());
