@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{End, Session};
+use super::{failover, End, Session};
 use crate::classify::{Decision, Reason, Route};
 use crate::client::causal::ReadFloor;
 use crate::client::lease::Lease;
@@ -15,7 +15,7 @@ use crate::protocol::messages::{self, Severity};
 use crate::protocol::{backend, frontend, sqlstate, Frame};
 use crate::router::{Load, ReadTarget, Target};
 use crate::server::ServerConn;
-use crate::stats::{CausalOutcome, ClientState, Destination, FailoverOutcome, PrimaryRead};
+use crate::stats::{CausalOutcome, ClientState, Destination, PrimaryRead};
 
 /// A server connection the client is using.
 pub(super) struct Held {
@@ -331,9 +331,7 @@ impl Session {
                         target = self.read_target(Some(i), floor).await?;
                     }
                     // Nothing was sent: the primary may have just died; wait for the monitor's verdict.
-                    Target::Primary(i)
-                        if matches!(e, Error::Connect { .. }) && !retried_primary =>
-                    {
+                    Target::Primary(i) if failover::may_be_down(&e) && !retried_primary => {
                         retried_primary = true;
                         target = self.primary_after_failure(i, e).await?;
                     }
@@ -347,77 +345,6 @@ impl Session {
         let mut held = self.new_held(conn, target);
         self.sync_params(&mut held).await?;
         Ok(held)
-    }
-
-    /// The primary for a unit that needs it. While there is none (a failover) the unit waits up to
-    /// `timeouts.failover_wait` for one; the client's cancel or pgsplit's shutdown end the wait.
-    async fn primary_target(&self) -> Result<Target, Checkout> {
-        if let Ok(i) = self.shared.router.primary() {
-            return Ok(Target::Primary(i));
-        }
-        let wait = self.shared.config_now().timeouts.failover_wait;
-        self.wait_for_primary(wait, None).await
-    }
-
-    /// A connection to the primary `failed` could not be opened (nothing of the unit was sent): it may have just
-    /// died. Waits, within `timeouts.failover_wait`, for the monitor to find a primary other than it (its next
-    /// probe marks a refusing server down at once); fails with `error` if it still holds it for the primary.
-    async fn primary_after_failure(&self, failed: usize, error: Error) -> Result<Target, Checkout> {
-        let wait = self.shared.config_now().timeouts.failover_wait;
-        if wait.is_zero() {
-            return Err(Checkout::Failed(error));
-        }
-        tracing::warn!(client = self.id, error = %error, "the primary cannot be reached; waiting for the monitor's verdict");
-        match self.wait_for_primary(wait, Some(failed)).await {
-            Ok(Target::Primary(i)) if i == failed => Err(Checkout::Failed(error)),
-            found => found,
-        }
-    }
-
-    /// Waits up to `wait` for a primary (other than `not`), counting the wait and how it ended.
-    async fn wait_for_primary(
-        &self,
-        wait: Duration,
-        not: Option<usize>,
-    ) -> Result<Target, Checkout> {
-        let router = &self.shared.router;
-        let found = |p: &Result<usize, _>| matches!(p, Ok(i) if Some(*i) != not);
-        let started = Instant::now();
-        let waited = if wait.is_zero() {
-            Ok(router.primary())
-        } else {
-            let cancelled = self.cancel.interrupted();
-            let mut stop = self.stop.clone();
-            tokio::select! {
-                p = router.wait_for_primary(wait, found) => Ok(p),
-                _ = cancelled => Err(Error::Cancelled),
-                _ = stop.wait_for(|s| *s) => Err(Error::ShuttingDown),
-            }
-        };
-        let outcome = match &waited {
-            Ok(p) if found(p) => FailoverOutcome::Primary,
-            Ok(_) => FailoverOutcome::Timeout,
-            Err(_) => FailoverOutcome::Cancelled,
-        };
-        if !wait.is_zero() {
-            self.shared
-                .stats
-                .failover
-                .record(outcome, started.elapsed());
-            tracing::info!(
-                client = self.id,
-                outcome = outcome.label(),
-                waited_ms = started.elapsed().as_millis() as u64,
-                "waited for a primary"
-            );
-        }
-        match waited {
-            Ok(Ok(i)) => Ok(Target::Primary(i)),
-            Ok(Err(reason)) => Err(Checkout::Failed(Error::Unavailable(format!(
-                "no primary to take this statement: {reason}"
-            )))),
-            Err(e) => Err(Checkout::Failed(e)),
-        }
     }
 
     /// The WAL position a read must see (0: any), per the client's consistency mode; `strict` asks the primary
