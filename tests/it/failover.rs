@@ -484,6 +484,32 @@ async fn a_write_without_a_primary_waits_for_one_then_fails_is_cancelled_or_runs
     assert!(started.elapsed() >= Duration::from_millis(300));
     let found = long.shared.stats.failover.count(FailoverOutcome::Primary);
     assert_eq!(found, 1);
+    // The waits in /status and /metrics.
+    let (code, body) = crate::admin::http_get(long.admin_addr, "/status", None);
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let waits = &status["routing"]["failover_waits"];
+    let count = |outcome: &str| {
+        waits["outcomes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["reason"] == outcome))
+            .and_then(|o| o["count"].as_u64())
+    };
+    assert_eq!(
+        (count("primary"), count("cancelled")),
+        (Some(1), Some(1)),
+        "{waits}"
+    );
+    assert!(waits["longest_us"].as_u64() >= Some(300_000), "{waits}");
+    let (_, metrics) = crate::admin::http_get(short.admin_addr, "/metrics", None);
+    assert!(
+        metrics.contains("pgsplit_failover_waits_total{outcome=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgsplit_failover_wait_seconds_count 1"),
+        "{metrics}"
+    );
     let c = connect_to(long.addr, APP).await.expect("connect");
     assert_eq!(
         value(&c, "/* pgsplit:primary */ SELECT string_agg(v, ',') FROM w")
