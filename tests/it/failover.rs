@@ -399,11 +399,12 @@ async fn two_primaries_at_once_refuse_writes_but_reads_go_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_without_a_primary_waits_for_one_then_fails_is_cancelled_or_runs_when_it_returns() {
+async fn a_write_without_a_primary_waits_until_its_timeout_a_cancel_shutdown_or_a_primary() {
     let cluster = start_cluster();
     let short = start_waiting(&cluster, "", Duration::from_secs(1)).await;
     let long = start_waiting(&cluster, "", Duration::from_secs(5)).await;
-    for p in [&short, &long] {
+    let ending = start_waiting(&cluster, "", Duration::from_secs(30)).await;
+    for p in [&short, &long, &ending] {
         wait_for("a primary", Duration::from_secs(10), || {
             p.shared.router.primary().is_ok()
         })
@@ -412,6 +413,7 @@ async fn a_write_without_a_primary_waits_for_one_then_fails_is_cancelled_or_runs
     let c = connect_to(short.addr, APP).await.expect("connect");
     // Logging in needs a server's parameters: the client of the long wait connects while the primary is up.
     let c2 = connect_to(long.addr, APP).await.expect("connect");
+    let c3 = connect_to(ending.addr, APP).await.expect("connect");
     c.batch_execute("CREATE TABLE w (v text)")
         .await
         .expect("create");
@@ -467,6 +469,21 @@ async fn a_write_without_a_primary_waits_for_one_then_fails_is_cancelled_or_runs
     let cancelled = long.shared.stats.failover.count(FailoverOutcome::Cancelled);
     assert_eq!(cancelled, 1);
 
+    // pgsplit shuts down: the wait ends with 57P01 (not after failover_wait, nor the 30 s drain).
+    let started = Instant::now();
+    let waiting =
+        tokio::spawn(async move { c3.batch_execute("INSERT INTO w VALUES ('shutdown')").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ending.shutdown().await;
+    let err = waiting.await.expect("writer").expect_err("shut down");
+    let code = err.as_db_error().map(|e| e.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("57P01"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
     // The old primary comes back within the wait: the write runs there, the client sees latency, not an error.
     let started = Instant::now();
     let waiting =
@@ -519,4 +536,68 @@ async fn a_write_without_a_primary_waits_for_one_then_fails_is_cancelled_or_runs
     );
     short.shutdown().await;
     long.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_down_reads_with_a_floor_use_a_replica_that_has_it_or_wait_then_fail() {
+    let cluster = start_cluster();
+    let proxy = start_waiting(&cluster, "", Duration::from_secs(1)).await;
+    let shared = proxy.shared.clone();
+    wait_for("both replicas eligible", Duration::from_secs(10), || {
+        status(&shared, "replica1").eligible && status(&shared, "replica2").eligible
+    })
+    .await;
+    let c = connect_to(proxy.addr, APP).await.expect("connect");
+    c.batch_execute("CREATE TABLE ryw_down (v int); INSERT INTO ryw_down VALUES (1)")
+        .await
+        .expect("write");
+    // The read settles the session's floor (the primary's position after the write) and sees the row.
+    assert_eq!(
+        value(&c, "SELECT count(*) FROM ryw_down")
+            .await
+            .expect("read"),
+        "1"
+    );
+    cluster
+        .stop("primary", StopMode::Fast)
+        .expect("stop primary");
+    wait_for("no primary", Duration::from_secs(5), || {
+        shared.router.primary().is_err()
+    })
+    .await;
+    let s = status(&shared, "replica1");
+    if s.eligible && s.reason.starts_with("primary unknown for") {
+        // A replica known to have the floor serves the session's read on its bounded lag.
+        let row = value(
+            &c,
+            "SELECT count(*)::text || ',' || pg_is_in_recovery()::text FROM ryw_down",
+        )
+        .await
+        .expect("a read with a floor while the primary is down");
+        assert_eq!(row, "1,true");
+    } else {
+        eprintln!(
+            "the lag bound had passed already ({}): the replica read is not checked",
+            s.reason
+        );
+    }
+    // A floor no replica is known to have: it waits causal_wait (2 s here) for one while replicas may take reads,
+    // then failover_wait (1 s) for a primary, then fails with 57P03; it never runs on a replica without the floor.
+    let started = Instant::now();
+    let err = c
+        .simple_query("/* pgsplit:min_lsn=FFFF/0 */ SELECT 1")
+        .await
+        .expect_err("no server has that floor");
+    let waited = started.elapsed();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57P03", "{}", db.message());
+    assert!(
+        waited >= Duration::from_millis(800),
+        "failed after {waited:?}"
+    );
+    eprintln!(
+        "a read with an unreachable floor and no primary failed after {waited:?}: {}",
+        db.message()
+    );
+    proxy.shutdown().await;
 }
