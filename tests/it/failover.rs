@@ -366,7 +366,8 @@ async fn with_the_primary_down_replicas_stop_or_keep_serving_as_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_primaries_at_once_refuse_writes_but_reads_go_on() {
     let cluster = start_cluster();
-    let proxy = start(&cluster, "").await;
+    // failover_wait = 0: the refused write answers at once (a waiting one would fail the same, 5 s later).
+    let proxy = start_waiting(&cluster, "", Duration::ZERO).await;
     let shared = proxy.shared.clone();
     cluster
         .promote("replica1")
