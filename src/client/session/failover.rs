@@ -104,3 +104,40 @@ fn no_primary(reason: NoPrimary) -> Checkout {
         "no primary to take this statement: {reason}"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_may_mean_the_primary_is_going_away_wait_for_the_monitor() {
+        let server = || "primary".to_string();
+        let login = |sqlstate: &str| Error::ServerLogin {
+            server: server(),
+            sqlstate: sqlstate.into(),
+            detail: String::new(),
+        };
+        let unreachable = Error::Connect {
+            server: server(),
+            detail: "Connection refused".into(),
+        };
+        assert!(may_be_down(&unreachable));
+        assert!(may_be_down(&Error::server_io("primary", "reset")));
+        assert!(
+            may_be_down(&login("57P03")),
+            "the database system is starting up"
+        );
+        assert!(may_be_down(&login("57P01")), "terminating: shutting down");
+        assert!(
+            !may_be_down(&login("28P01")),
+            "a wrong password fails at once"
+        );
+        assert!(!may_be_down(&login("3D000")), "so does an unknown database");
+        let busy = Error::PoolTimeout {
+            server: server(),
+            waited_ms: 1,
+            size: 1,
+        };
+        assert!(!may_be_down(&busy), "a full pool is not a dead primary");
+    }
+}
