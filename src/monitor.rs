@@ -255,9 +255,10 @@ impl Monitor {
                 } else {
                     Role::Primary
                 };
-                s.receiver_down_since = match p.in_recovery && !p.receiver_up {
-                    true => Some(s.receiver_down_since.unwrap_or(now)),
-                    false => None,
+                s.receiver_down_since = if p.in_recovery && !p.receiver_up {
+                    Some(s.receiver_down_since.unwrap_or(now))
+                } else {
+                    None
                 };
                 s.probe = p;
             }
