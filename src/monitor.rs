@@ -5,6 +5,8 @@
 //! Time lag is measured on pgsplit's own clock: the monitor keeps recent (time, primary LSN) samples, and a
 //! replica's lag is how long ago the primary was first seen past the position the replica has replayed — zero
 //! when it has replayed everything, so an idle primary means no lag, and no clock synchronisation is needed.
+//! While the primary cannot be probed, a replica's lag is bounded by its lag at the last sample plus the time
+//! since (`lag.rs`), and every server is probed more often until a primary is found.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -260,3 +260,30 @@ fn replicas_keep_serving_after_the_primary_goes_down_until_the_bound_passes_max_
     record(&m, &r, 1, primary_at(1000));
     assert_eq!(r.primary(), Ok(1));
 }
+
+#[test]
+fn a_stopped_wal_receiver_excludes_a_replica_after_two_intervals_while_the_primary_answers() {
+    let (m, r) = setup("lag_check_interval = \"50ms\"");
+    let orphaned = || {
+        Ok(Probe {
+            receiver_up: false,
+            ..replica_at(1000).expect("probe")
+        })
+    };
+    record(&m, &r, 0, primary_at(1000));
+    record(&m, &r, 1, orphaned());
+    assert!(
+        m.snapshot()[1].eligible,
+        "not before the primary's own probe could tell: {}",
+        m.snapshot()[1].reason
+    );
+    std::thread::sleep(Duration::from_millis(110));
+    record(&m, &r, 0, primary_at(1000));
+    record(&m, &r, 1, orphaned());
+    let s = m.snapshot();
+    assert!(!s[1].eligible, "{:?}", s[1]);
+    assert_eq!(s[1].reason, "WAL receiver is not running");
+    // Streaming again: the stopped time starts afresh.
+    record(&m, &r, 1, replica_at(1000));
+    assert_eq!(m.snapshot()[1].receiver_down_since, None);
+}
