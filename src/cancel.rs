@@ -19,6 +19,8 @@ type ServerKey = (Arc<str>, (i32, i32), Arc<ServerTls>);
 #[derive(Default)]
 pub struct CancelSlot {
     current: Mutex<Slot>,
+    /// Woken by a cancel for the client: a unit waiting inside pgsplit (for a primary) gives up.
+    interrupt: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -45,6 +47,11 @@ impl CancelSlot {
         let mut slot = lock(&self.current);
         slot.key = None;
         std::mem::take(&mut slot.forwarded)
+    }
+
+    /// Completes when a cancel for the client arrives after this was called (a wait inside pgsplit ends).
+    pub fn interrupted(&self) -> tokio::sync::futures::Notified<'_> {
+        self.interrupt.notified()
     }
 
     /// The server key to cancel, noting that a cancel goes out.
@@ -96,6 +103,7 @@ impl CancelRegistry {
                 return;
             }
         };
+        slot.interrupt.notify_waiters();
         if let Some((address, key, tls)) = slot.take_for_cancel() {
             if let Err(e) = crate::server::send_cancel(&address, key, timeout, &tls).await {
                 tracing::warn!(%address, error = %e, "could not forward cancel request");

@@ -43,6 +43,12 @@ pub enum Error {
     /// No server can take the statement.
     #[error("{0}")]
     Unavailable(String),
+    /// The client cancelled a unit while it waited inside pgsplit (for a primary).
+    #[error("canceling statement due to user request")]
+    Cancelled,
+    /// pgsplit began to shut down while the unit waited inside it.
+    #[error("pgsplit is shutting down")]
+    ShuttingDown,
 }
 
 impl Error {
@@ -63,6 +69,8 @@ impl Error {
             Error::ServerIo { .. } | Error::ServerProtocol { .. } => sqlstate::CONNECTION_FAILURE,
             Error::PoolTimeout { .. } => sqlstate::QUERY_CANCELED,
             Error::Unavailable(_) => sqlstate::CANNOT_CONNECT_NOW,
+            Error::Cancelled => sqlstate::QUERY_CANCELED,
+            Error::ShuttingDown => sqlstate::ADMIN_SHUTDOWN,
         }
     }
 

@@ -5,6 +5,8 @@
 //! Time lag is measured on pgsplit's own clock: the monitor keeps recent (time, primary LSN) samples, and a
 //! replica's lag is how long ago the primary was first seen past the position the replica has replayed — zero
 //! when it has replayed everything, so an idle primary means no lag, and no clock synchronisation is needed.
+//! While the primary cannot be probed, a replica's lag is bounded by its lag at the last sample plus the time
+//! since (`lag.rs`), and every server is probed more often until a primary is found.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -13,14 +15,19 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::causal::Lsn;
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, LagConfig, LiveConfig, PrimaryUnknown};
+use crate::config::{Config, LagConfig, LiveConfig};
 use crate::router::{Backend, NoPrimary, Router};
 use crate::side::SideError;
+
+mod lag;
+use lag::{LsnHistory, PrimaryView, Verdict};
 
 /// How long primary LSN samples are kept.
 const HISTORY: Duration = Duration::from_secs(600);
 /// Eligibility transitions kept per server.
 const TRANSITIONS: usize = 32;
+/// While no server is the primary, servers are probed this many times as often as `lag_check_interval` says.
+const FAILOVER_SPEEDUP: u32 = 5;
 /// Longest back-off between probes of a server that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -135,52 +142,9 @@ pub struct ServerStatus {
     /// Removed from the configuration by a reload: no longer probed, takes nothing new (draining).
     pub retired: bool,
     below_since: Option<Instant>,
+    /// Since when its probes have found its WAL receiver stopped.
+    receiver_down_since: Option<Instant>,
     probed: bool,
-}
-
-/// Primary LSN samples on pgsplit's clock.
-#[derive(Debug, Default)]
-struct LsnHistory {
-    samples: VecDeque<(Instant, u64)>,
-}
-
-impl LsnHistory {
-    fn push(&mut self, now: Instant, lsn: u64) {
-        let n = self.samples.len();
-        // While the position does not move, keep the first time it was seen and stretch the last sample.
-        if n >= 2 && self.samples[n - 1].1 == lsn && self.samples[n - 2].1 == lsn {
-            self.samples[n - 1].0 = now;
-        } else {
-            self.samples.push_back((now, lsn));
-        }
-        while self.samples.len() > 2
-            && self
-                .samples
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > HISTORY)
-        {
-            self.samples.pop_front();
-        }
-    }
-
-    fn latest(&self) -> Option<(Instant, u64)> {
-        self.samples.back().copied()
-    }
-
-    /// The position of the first sample taken at or after `at`: at or past where the primary was then.
-    fn since(&self, at: Instant) -> Option<u64> {
-        let k = self.samples.partition_point(|(t, _)| *t < at);
-        self.samples.get(k).map(|(_, lsn)| *lsn)
-    }
-
-    /// How long ago the primary was first seen past `replayed` (zero when it never was).
-    fn lag(&self, replayed: u64, now: Instant) -> Duration {
-        let k = self.samples.partition_point(|(_, lsn)| *lsn <= replayed);
-        match self.samples.get(k) {
-            None => Duration::ZERO,
-            Some((t, _)) => now.saturating_duration_since(*t),
-        }
-    }
 }
 
 struct State {
@@ -293,6 +257,11 @@ impl Monitor {
                 } else {
                     Role::Primary
                 };
+                s.receiver_down_since = if p.in_recovery && !p.receiver_up {
+                    Some(s.receiver_down_since.unwrap_or(now))
+                } else {
+                    None
+                };
                 s.probe = p;
             }
             Err(e) => {
@@ -327,13 +296,8 @@ impl Monitor {
                 st.history.push(now, lsn);
             }
         }
-        let primary_position = st
-            .history
-            .latest()
-            .filter(|(t, _)| {
-                st.owner.is_some_and(|o| fresh(&st.servers[o])) && now.duration_since(*t) <= stale
-            })
-            .map(|(_, lsn)| lsn);
+        let owner_fresh = st.owner.is_some_and(|o| fresh(&st.servers[o]));
+        let primary = PrimaryView::of(&st.history, owner_fresh, now, stale);
 
         // Which replicas may take reads.
         let backends = router.servers.load();
@@ -342,74 +306,20 @@ impl Monitor {
             if s.retired {
                 continue;
             }
-            let refused = refusal(
-                s,
-                router.primary() == Ok(i),
-                fresh(s),
-                primary_position.is_some(),
-            );
+            // A WAL receiver that stopped with the primary does not count until the primary's own probe could
+            // tell (two intervals); meanwhile the lag, judged against the primary's samples, still bounds it.
+            let orphaned = primary.is_known()
+                && s.receiver_down_since
+                    .is_some_and(|t| now.duration_since(t) >= cfg.lag_check_interval * 2);
+            let refused = refusal(s, router.primary() == Ok(i), fresh(s), orphaned);
             let verdict = match refused {
                 Some(reason) => Verdict::no(reason),
-                None => {
-                    self.lag_verdict(&cfg, primary_position, s.probe.replay_lsn, &st.history, now)
-                }
+                None => lag::verdict(&cfg, primary, s.probe.replay_lsn, &st.history, now),
             };
             let eligible = self.admit(&mut st.servers[i], verdict, now, cfg.readmit_hold);
             if let Some(b) = backends.get(i) {
                 b.set_eligible(eligible && !b.is_retired());
             }
-        }
-    }
-
-    /// Judges a replica that passed every other check by its lag (bytes and time) against the thresholds.
-    fn lag_verdict(
-        &self,
-        cfg: &LagConfig,
-        primary_position: Option<u64>,
-        replayed: Option<u64>,
-        history: &LsnHistory,
-        now: Instant,
-    ) -> Verdict {
-        match (primary_position, replayed) {
-            (Some(p), Some(replayed)) => {
-                let bytes = p.saturating_sub(replayed);
-                let time = history.lag(replayed, now);
-                let over_bytes = cfg.max_lag_bytes > 0 && bytes > cfg.max_lag_bytes;
-                let under_bytes = cfg.max_lag_bytes == 0 || bytes <= cfg.max_lag_bytes / 2;
-                let (ok_now, under_readmit, reason) = if time > cfg.max_lag || over_bytes {
-                    (
-                        false,
-                        false,
-                        format!(
-                            "lag {:.3}s / {bytes} bytes over the threshold",
-                            time.as_secs_f64()
-                        ),
-                    )
-                } else {
-                    let under = time <= cfg.readmit_lag() && under_bytes;
-                    (
-                        true,
-                        under,
-                        format!("lag {:.3}s / {bytes} bytes", time.as_secs_f64()),
-                    )
-                };
-                Verdict {
-                    ok_now,
-                    under_readmit,
-                    reason,
-                    lag: Some(time),
-                    lag_bytes: Some(bytes),
-                }
-            }
-            (None, _) if cfg.primary_unknown == PrimaryUnknown::Serve => Verdict {
-                ok_now: true,
-                under_readmit: true,
-                reason: "primary position unknown; serving as configured".into(),
-                lag: None,
-                lag_bytes: None,
-            },
-            (None, _) => Verdict::no("lag unknown: the primary's WAL position is unknown".into()),
-            (Some(_), None) => Verdict::no("lag unknown: nothing replayed yet".into()),
         }
     }
 
@@ -458,30 +368,6 @@ impl Monitor {
     }
 }
 
-/// What the probes say of one server as a read target.
-struct Verdict {
-    /// Within the thresholds now.
-    ok_now: bool,
-    /// Under the (lower) re-admit threshold.
-    under_readmit: bool,
-    /// Why, for the status and the transitions.
-    reason: String,
-    lag: Option<Duration>,
-    lag_bytes: Option<u64>,
-}
-
-impl Verdict {
-    fn no(reason: String) -> Verdict {
-        Verdict {
-            ok_now: false,
-            under_readmit: false,
-            reason,
-            lag: None,
-            lag_bytes: None,
-        }
-    }
-}
-
 /// Decides which server takes writes: the one fresh server out of recovery; none (and why) when there is no
 /// such server or more than one (split brain). A new primary restarts the LSN history.
 fn elect_primary(st: &mut State, router: &Router, fresh: &dyn Fn(&ServerStatus) -> bool) {
@@ -526,7 +412,7 @@ fn refusal(
     s: &ServerStatus,
     is_primary: bool,
     fresh: bool,
-    primary_position_known: bool,
+    receiver_stopped: bool,
 ) -> Option<String> {
     let last_error = || s.last_error.as_deref().unwrap_or("no answer");
     if is_primary {
@@ -539,7 +425,7 @@ fn refusal(
         Some("no fresh probe".into())
     } else if s.role != Role::Replica {
         Some("not in recovery".into())
-    } else if !s.probe.receiver_up && primary_position_known {
+    } else if receiver_stopped {
         Some("WAL receiver is not running".into())
     } else {
         None
@@ -586,11 +472,15 @@ async fn probe_loop(
         let config = config.load_full();
         let cfg = &config.lag;
         let started = Instant::now();
-        let probing = probe(&config, &backend, &mut client);
-        let result = match tokio::time::timeout(cfg.probe_timeout, probing).await {
-            Ok(r) => r,
-            Err(_) => Err(ProbeError::TimedOut(cfg.probe_timeout)),
-        };
+        let mut result = timed_probe(&config, &backend, &mut client).await;
+        if matches!(result, Err(ProbeError::Query(_)))
+            && client.as_ref().is_some_and(|c| c.is_closed())
+        {
+            // The side connection was lost (a server that died closes it): a new one tells at once whether the
+            // server is gone (a refused connection marks it down) or was only restarted.
+            client = None;
+            result = timed_probe(&config, &backend, &mut client).await;
+        }
         let failed = result.is_err();
         if failed {
             client = None;
@@ -608,18 +498,36 @@ async fn probe_loop(
         if monitor.record(index, result, started.elapsed(), &router) {
             on_down(index);
         }
-        // A server that does not answer is probed again with a growing back-off.
-        backoff = if failed {
-            (backoff * 2).min(MAX_BACKOFF)
+        // A server that does not answer is probed again with a growing back-off (one interval after the first
+        // failure, then twice as long each time).
+        let mut wait = if failed {
+            let wait = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            wait
         } else {
-            cfg.lag_check_interval
-        };
-        let wait = if failed {
-            backoff
-        } else {
+            backoff = cfg.lag_check_interval;
             cfg.lag_check_interval.saturating_sub(started.elapsed())
         };
+        if router.primary().is_err() {
+            // No primary (a failover): every server, the old primary included, is probed FAILOVER_SPEEDUP
+            // times as often, so writes waiting for one (`failover_wait`) resume soon after it appears.
+            backoff = cfg.lag_check_interval;
+            wait = wait.min(cfg.lag_check_interval / FAILOVER_SPEEDUP);
+        }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// One probe within `probe_timeout`.
+async fn timed_probe(
+    config: &Config,
+    backend: &Backend,
+    client: &mut Option<tokio_postgres::Client>,
+) -> Result<Probe, ProbeError> {
+    let timeout = config.lag.probe_timeout;
+    match tokio::time::timeout(timeout, probe(config, backend, client)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProbeError::TimedOut(timeout)),
     }
 }
 
@@ -676,6 +584,7 @@ fn unprobed(name: String, address: String) -> ServerStatus {
         transitions: VecDeque::new(),
         retired: false,
         below_since: None,
+        receiver_down_since: None,
         probed: false,
     }
 }

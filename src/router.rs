@@ -291,6 +291,8 @@ pub struct Router {
     added: tokio::sync::watch::Sender<usize>,
     /// Woken whenever a server's known position grows (readers waiting for a replica to reach their floor).
     pub positions: tokio::sync::Notify,
+    /// Woken when the primary changes (units waiting for one during a failover).
+    primary_changed: tokio::sync::Notify,
 }
 
 impl Router {
@@ -312,6 +314,7 @@ impl Router {
             routing: ArcSwap::from_pointee(config.routing.clone()),
             epoch,
             positions: tokio::sync::Notify::new(),
+            primary_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -365,10 +368,35 @@ impl Router {
     /// Sets the server that takes writes (monitor): an index, or the reason there is none.
     pub fn set_primary(&self, primary: Result<usize, NoPrimary>) {
         match primary {
-            Ok(i) => self.primary.store(i, Ordering::Relaxed),
+            Ok(i) => {
+                if self.primary.swap(i, Ordering::AcqRel) != i {
+                    self.primary_changed.notify_waiters();
+                }
+            }
             Err(reason) => {
                 *lock(&self.no_primary) = reason;
-                self.primary.store(NO_PRIMARY, Ordering::Relaxed);
+                if self.primary.swap(NO_PRIMARY, Ordering::AcqRel) != NO_PRIMARY {
+                    self.primary_changed.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// The server that takes writes once `done` holds for it, waiting up to `wait` for that (a failover): the
+    /// monitor's probe that changes the primary wakes every waiter at once; no polling.
+    pub async fn wait_for_primary(
+        &self,
+        wait: Duration,
+        done: impl Fn(&Result<usize, NoPrimary>) -> bool,
+    ) -> Result<usize, NoPrimary> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.primary_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = self.primary();
+            if done(&now) || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.primary();
             }
         }
     }

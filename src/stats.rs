@@ -62,6 +62,8 @@ pub struct RoutingStats {
     pub clients: Clients,
     /// Reads that had to see a WAL position (read-your-writes), by outcome.
     pub causal: CausalReads,
+    /// Units that waited for a primary during a failover (`timeouts.failover_wait`), by outcome.
+    pub failover: FailoverWaits,
     by_reason: [[AtomicU64; Reason::ALL.len()]; 2],
     primary_reads: [AtomicU64; PrimaryRead::ALL.len()],
     pinned: [AtomicU64; 2],
@@ -191,6 +193,73 @@ impl CausalReads {
             .lock()
             .map(|h| h.value_at_percentile(p))
             .unwrap_or(0)
+    }
+}
+
+/// How a unit's wait for a primary (`timeouts.failover_wait`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverOutcome {
+    /// A primary was found (a promoted replica, or the old primary back): the unit ran there.
+    Primary,
+    /// None within the wait: the unit failed with 57P03.
+    Timeout,
+    /// The client cancelled it, or pgsplit began to shut down.
+    Cancelled,
+}
+
+impl FailoverOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [FailoverOutcome; 3] = [
+        FailoverOutcome::Primary,
+        FailoverOutcome::Timeout,
+        FailoverOutcome::Cancelled,
+    ];
+
+    /// A stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailoverOutcome::Primary => "primary",
+            FailoverOutcome::Timeout => "timeout",
+            FailoverOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Units that waited for a primary, by outcome, and how long they waited.
+pub struct FailoverWaits {
+    outcomes: [AtomicU64; FailoverOutcome::ALL.len()],
+    longest_us: AtomicU64,
+    /// The Prometheus histogram of waits (seconds).
+    pub waits: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for FailoverWaits {
+    fn default() -> Self {
+        FailoverWaits {
+            outcomes: Default::default(),
+            longest_us: AtomicU64::new(0),
+            waits: duration_histogram(),
+        }
+    }
+}
+
+impl FailoverWaits {
+    /// A unit's wait for a primary ended with `outcome` after `waited`.
+    pub fn record(&self, outcome: FailoverOutcome, waited: std::time::Duration) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.longest_us
+            .fetch_max(waited.as_micros() as u64, Ordering::Relaxed);
+        self.waits.observe(waited.as_secs_f64());
+    }
+
+    /// Waits with this outcome so far.
+    pub fn count(&self, outcome: FailoverOutcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The longest wait so far, in µs.
+    pub fn longest_us(&self) -> u64 {
+        self.longest_us.load(Ordering::Relaxed)
     }
 }
 

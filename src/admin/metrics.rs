@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::classify::Reason;
 use crate::state::Shared;
-use crate::stats::{CausalOutcome, ClientState, Destination, PrimaryRead};
+use crate::stats::{CausalOutcome, ClientState, Destination, FailoverOutcome, PrimaryRead};
 
 type Labels = Vec<(&'static str, String)>;
 type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
@@ -205,6 +205,22 @@ fn routing(r: &mut Registry, shared: &Shared) {
         "causal_wait_seconds",
         "How long reads waited for a replica to reach their floor (those that waited)",
         stats.causal.waits.clone(),
+    );
+
+    let failover = counter_family(
+        r,
+        "failover_waits",
+        "Units that found no primary and waited for one (timeouts.failover_wait), by how the wait ended",
+    );
+    for o in FailoverOutcome::ALL {
+        failover
+            .get_or_create(&vec![("outcome", o.label().into())])
+            .inc_by(stats.failover.count(o));
+    }
+    r.register(
+        "failover_wait_seconds",
+        "How long units waited for a primary during a failover",
+        stats.failover.waits.clone(),
     );
 
     r.register(

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::classify::Reason;
 use crate::state::Shared;
-use crate::stats::{CausalOutcome, ClientState, Destination, Percentiles, PrimaryRead};
+use crate::stats::{
+    CausalOutcome, ClientState, Destination, FailoverOutcome, Percentiles, PrimaryRead,
+};
 
 /// The whole status document.
 #[derive(Debug, Serialize)]
@@ -106,6 +108,9 @@ pub struct RoutingView {
     pub refused_reads: u64,
     /// Reads that had to see a WAL position (read-your-writes), by outcome, and their waits for a replica.
     pub causal_reads: CausalView,
+    /// Units that found no primary and waited for one (`timeouts.failover_wait`), by outcome (`primary`,
+    /// `timeout`, `cancelled`), and the longest wait (µs).
+    pub failover_waits: FailoverView,
     /// All units by destination (routed + pinned).
     pub total_primary: u64,
     pub total_replica: u64,
@@ -118,6 +123,13 @@ pub struct CausalView {
     pub outcomes: Vec<CountView>,
     pub wait_p50_us: u64,
     pub wait_p99_us: u64,
+}
+
+/// Waits for a primary by outcome, and the longest (µs).
+#[derive(Debug, Serialize)]
+pub struct FailoverView {
+    pub outcomes: Vec<CountView>,
+    pub longest_us: u64,
 }
 
 /// One counter by destination and reason.
@@ -334,6 +346,16 @@ fn routing(shared: &Shared) -> RoutingView {
                 .collect(),
             wait_p50_us: stats.causal.wait_percentile_us(50.0),
             wait_p99_us: stats.causal.wait_percentile_us(99.0),
+        },
+        failover_waits: FailoverView {
+            outcomes: FailoverOutcome::ALL
+                .iter()
+                .map(|&o| CountView {
+                    reason: o.label(),
+                    count: stats.failover.count(o),
+                })
+                .collect(),
+            longest_us: stats.failover.longest_us(),
         },
         total_primary,
         total_replica,

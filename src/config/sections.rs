@@ -276,7 +276,15 @@ pub struct Timeouts {
     /// On SIGINT/SIGTERM, how long running transactions may finish. Default 30s; 0 = close at once.
     #[serde(with = "duration_serde")]
     pub shutdown: Duration,
+    /// How long a unit that needs the primary (a write, a transaction's first statement, a read that must run
+    /// there) waits for one when none is known (a failover), before it fails with 57P03. Default 5s; 0 = fail at
+    /// once. At most 60s.
+    #[serde(with = "duration_serde")]
+    pub failover_wait: Duration,
 }
+
+/// Largest accepted `timeouts.failover_wait`.
+pub const MAX_FAILOVER_WAIT: Duration = Duration::from_secs(60);
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -288,6 +296,7 @@ impl Default for Timeouts {
             server_idle: Duration::from_secs(10 * 60),
             server_lifetime: Duration::from_secs(60 * 60),
             shutdown: Duration::from_secs(30),
+            failover_wait: Duration::from_secs(5),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::load::{FieldPath, Locator};
-use super::sections::MAX_CAUSAL_WAIT;
+use super::sections::{MAX_CAUSAL_WAIT, MAX_FAILOVER_WAIT};
 use super::{
     format_duration, AuthMethod, Config, ConfigError, ServerConfig, ADMIN_DATABASE,
     MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES,
@@ -124,6 +124,16 @@ impl Config {
             if value.is_zero() {
                 return Err(loc.error(&timeouts.key(key), "must be greater than 0"));
             }
+        }
+        if self.timeouts.failover_wait > MAX_FAILOVER_WAIT {
+            return Err(loc.error(
+                &timeouts.key("failover_wait"),
+                format!(
+                    "must be at most {} (a unit that needs the primary waits this long for one), got {}",
+                    format_duration(MAX_FAILOVER_WAIT),
+                    format_duration(self.timeouts.failover_wait)
+                ),
+            ));
         }
 
         // Routing.

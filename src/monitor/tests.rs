@@ -2,6 +2,7 @@
 //! the primary's election (down, split brain, failover).
 
 use super::*;
+use crate::config::PrimaryUnknown;
 
 #[test]
 fn time_lag_is_zero_when_caught_up_and_grows_from_when_the_primary_moved_on() {
@@ -147,4 +148,142 @@ fn two_servers_out_of_recovery_refuse_writes_and_a_new_primary_takes_over() {
     record(&m, &r, 2, replica_at(1));
     assert!(m.snapshot()[2].eligible);
     assert!(!m.snapshot()[1].eligible);
+}
+
+#[test]
+fn while_the_primary_is_unknown_the_lag_is_bounded_by_the_time_since_its_last_sample() {
+    let cfg = LagConfig::default(); // max_lag 1s, primary_unknown = "ineligible"
+    let t0 = Instant::now();
+    let mut h = LsnHistory::default();
+    h.push(t0, 100);
+    h.push(t0 + Duration::from_millis(500), 200);
+    h.push(t0 + Duration::from_millis(1000), 200);
+    let last = PrimaryView::Bounded {
+        lsn: 200,
+        at: t0 + Duration::from_millis(1000),
+    };
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+
+    // Caught up at the last sample: the bound is the time since it.
+    let v = lag::verdict(&cfg, last, Some(200), &h, at(1400));
+    assert!(v.ok_now && v.under_readmit, "{}", v.reason);
+    assert_eq!(v.lag, Some(Duration::from_millis(400)));
+    assert!(
+        v.reason
+            .starts_with("primary unknown for 0.4s; lag bound 0.4s"),
+        "{}",
+        v.reason
+    );
+    // 100 bytes behind: its lag at the last sample (0.5 s) plus the time since (0.4 s).
+    let v = lag::verdict(&cfg, last, Some(100), &h, at(1400));
+    assert!(v.ok_now && !v.under_readmit, "{}", v.reason);
+    assert_eq!(v.lag, Some(Duration::from_millis(900)));
+    assert_eq!(v.lag_bytes, Some(100));
+    // Past max_lag: ineligible as configured, saying why.
+    let v = lag::verdict(&cfg, last, Some(100), &h, at(1600));
+    assert!(!v.ok_now, "{}", v.reason);
+    assert!(
+        v.reason
+            .starts_with("lag unknown: primary unknown for 0.6s; lag bound 1.1s")
+            && v.reason.contains("over the threshold"),
+        "{}",
+        v.reason
+    );
+    let v = lag::verdict(&cfg, last, Some(200), &h, at(2100));
+    assert!(
+        !v.ok_now,
+        "the caught-up one passes the bound later: {}",
+        v.reason
+    );
+    // ...or serving, with primary_unknown = "serve".
+    let serve = LagConfig {
+        primary_unknown: PrimaryUnknown::Serve,
+        ..LagConfig::default()
+    };
+    let v = lag::verdict(&serve, last, Some(100), &h, at(1600));
+    assert!(
+        v.ok_now && v.reason.contains("serving as configured"),
+        "{}",
+        v.reason
+    );
+    // Never sampled: unknown, as before.
+    let v = lag::verdict(&cfg, PrimaryView::Unknown, Some(200), &h, at(1400));
+    assert!(!v.ok_now && v.reason.contains("unknown"), "{}", v.reason);
+    // Known: the bound plays no part (an idle primary means no lag).
+    let v = lag::verdict(&cfg, PrimaryView::Known(200), Some(200), &h, at(5000));
+    assert!(v.ok_now && v.lag == Some(Duration::ZERO), "{}", v.reason);
+}
+
+#[test]
+fn replicas_keep_serving_after_the_primary_goes_down_until_the_bound_passes_max_lag() {
+    let (m, r) = setup("down_after = 1\nmax_lag = \"300ms\"");
+    record(&m, &r, 0, primary_at(1000));
+    record(&m, &r, 1, replica_at(1000));
+    record(&m, &r, 2, replica_at(900));
+    assert!(m.snapshot()[1].eligible);
+    assert!(record(
+        &m,
+        &r,
+        0,
+        Err(ProbeError::TimedOut(Duration::from_secs(1)))
+    ));
+    assert!(r.primary().is_err(), "no primary");
+    // The replicas' WAL receivers stop with the primary: that does not count while it is unknown.
+    let orphaned = Ok(Probe {
+        receiver_up: false,
+        ..replica_at(1000).expect("probe")
+    });
+    record(&m, &r, 1, orphaned);
+    let s = m.snapshot();
+    assert!(s[1].eligible, "{}", s[1].reason);
+    assert!(
+        s[1].reason
+            .starts_with("primary unknown for 0.0s; lag bound 0.0s"),
+        "{}",
+        s[1].reason
+    );
+    assert!(r.servers.load()[1].is_usable());
+    std::thread::sleep(Duration::from_millis(350));
+    record(&m, &r, 1, replica_at(1000));
+    let s = m.snapshot();
+    assert!(
+        !s[1].eligible && !r.servers.load()[1].is_usable(),
+        "{:?}",
+        s[1]
+    );
+    let last = s[1].transitions.back().expect("a transition");
+    assert!(
+        !last.eligible && last.reason.contains("over the threshold"),
+        "{last:?}"
+    );
+    // A promoted replica takes writes; the other one is judged against it again.
+    record(&m, &r, 1, primary_at(1000));
+    assert_eq!(r.primary(), Ok(1));
+}
+
+#[test]
+fn a_stopped_wal_receiver_excludes_a_replica_after_two_intervals_while_the_primary_answers() {
+    let (m, r) = setup("lag_check_interval = \"50ms\"");
+    let orphaned = || {
+        Ok(Probe {
+            receiver_up: false,
+            ..replica_at(1000).expect("probe")
+        })
+    };
+    record(&m, &r, 0, primary_at(1000));
+    record(&m, &r, 1, orphaned());
+    assert!(
+        m.snapshot()[1].eligible,
+        "not before the primary's own probe could tell: {}",
+        m.snapshot()[1].reason
+    );
+    std::thread::sleep(Duration::from_millis(110));
+    record(&m, &r, 0, primary_at(1000));
+    record(&m, &r, 1, orphaned());
+    let s = m.snapshot();
+    assert!(!s[1].eligible, "{:?}", s[1]);
+    assert_eq!(s[1].reason, "WAL receiver is not running");
+    // Streaming again: the stopped time starts afresh.
+    record(&m, &r, 1, replica_at(1000));
+    assert_eq!(m.snapshot()[1].receiver_down_since, None);
 }

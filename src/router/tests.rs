@@ -332,3 +332,47 @@ async fn a_pool_set_grows_with_the_servers_and_never_panics_on_an_unknown_index(
     );
     assert_eq!(set.all().len(), 6);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_unit_waiting_for_a_primary_wakes_when_one_is_set_or_gives_up_after_its_wait() {
+    let r = std::sync::Arc::new(router("", &[1, 1]));
+    r.set_primary(Err(NoPrimary::NoneOutOfRecovery));
+    let any = |p: &Result<usize, NoPrimary>| p.is_ok();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        r.wait_for_primary(Duration::from_secs(2), any).await,
+        Err(NoPrimary::NoneOutOfRecovery)
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "waited the whole wait"
+    );
+
+    let waiter = {
+        let r = r.clone();
+        tokio::spawn(async move { r.wait_for_primary(Duration::from_secs(5), any).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let promoted = tokio::time::Instant::now();
+    r.set_primary(Ok(1));
+    assert_eq!(waiter.await.expect("waiter"), Ok(1));
+    assert_eq!(
+        promoted.elapsed(),
+        Duration::ZERO,
+        "woken at once, no polling"
+    );
+
+    // Waiting for a primary other than the one that failed: a change to none does not end it.
+    let other = |p: &Result<usize, NoPrimary>| matches!(p, Ok(i) if *i != 1);
+    let waiter = {
+        let r = r.clone();
+        tokio::spawn(async move { r.wait_for_primary(Duration::from_secs(5), other).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    r.set_primary(Err(NoPrimary::NoneOutOfRecovery));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    r.set_primary(Ok(2));
+    assert_eq!(waiter.await.expect("waiter"), Ok(2));
+}

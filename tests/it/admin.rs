@@ -14,7 +14,7 @@ use pgsplit_harness::StopMode;
 use tokio_postgres::SimpleQueryMessage;
 
 /// A minimal HTTP/1.1 GET: (status code, body).
-fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the admin endpoint");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");

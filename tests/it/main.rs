@@ -14,6 +14,7 @@ mod consistency;
 mod drivers;
 mod extended;
 mod failover;
+mod failover_load;
 mod proxy;
 mod reload;
 mod routing;

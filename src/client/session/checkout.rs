@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{End, Session};
+use super::{failover, End, Session};
 use crate::classify::{Decision, Reason, Route};
 use crate::client::causal::ReadFloor;
 use crate::client::lease::Lease;
@@ -285,7 +285,7 @@ impl Session {
             Route::Read => self.read_floor().await,
         };
         let mut target = match route {
-            Route::Write => self.primary_target()?,
+            Route::Write => self.primary_target().await?,
             Route::Read => self.read_target(None, floor).await?,
         };
         // A session that keeps its connections reuses one it holds for the same kind of server (a replica only
@@ -304,7 +304,7 @@ impl Session {
             self.sync_params(&mut held).await?;
             return Ok(held);
         }
-        let mut tried_replica = false;
+        let (mut tried_replica, mut retried_primary) = (false, false);
         let conn = loop {
             let (Some(pool), Some(backend)) = (self.pools.pool(target), router.backend(target))
             else {
@@ -330,6 +330,11 @@ impl Session {
                         tried_replica = true;
                         target = self.read_target(Some(i), floor).await?;
                     }
+                    // Nothing was sent: the primary may have just died; wait for the monitor's verdict.
+                    Target::Primary(i) if failover::may_be_down(&e) && !retried_primary => {
+                        retried_primary = true;
+                        target = self.primary_after_failure(i, e).await?;
+                    }
                     _ => {
                         tracing::warn!(server = %backend.name, error = %e, "server unavailable");
                         return Err(Checkout::Failed(e));
@@ -340,18 +345,6 @@ impl Session {
         let mut held = self.new_held(conn, target);
         self.sync_params(&mut held).await?;
         Ok(held)
-    }
-
-    fn primary_target(&self) -> Result<Target, Checkout> {
-        self.shared
-            .router
-            .primary()
-            .map(Target::Primary)
-            .map_err(|reason| {
-                Checkout::Failed(Error::Unavailable(format!(
-                    "no primary to take this statement: {reason}"
-                )))
-            })
     }
 
     /// The WAL position a read must see (0: any), per the client's consistency mode; `strict` asks the primary
@@ -439,11 +432,11 @@ impl Session {
             ReadTarget::Behind => {
                 stats.causal.record(CausalOutcome::Primary, asked.elapsed());
                 stats.primary_read(PrimaryRead::NotCaughtUp);
-                self.primary_target()
+                self.primary_target().await
             }
             ReadTarget::Primary(why) => {
                 stats.primary_read(why);
-                self.primary_target()
+                self.primary_target().await
             }
             ReadTarget::Refused(message) => {
                 stats.refused_read();
@@ -552,8 +545,12 @@ impl Session {
         self.sout.clear();
         let err = Error::server_io(&h.conn.server, detail);
         tracing::warn!(client = self.id, server = %h.conn.server, error = %err, "server connection lost");
-        if let (Target::Replica(_), Some(b)) = (h.target, self.shared.router.backend(h.target)) {
-            b.mark_failed();
+        match (h.target, self.shared.router.backend(h.target)) {
+            (Target::Replica(_), Some(b)) => b.mark_failed(),
+            // The primary's other idle connections are likely dead too (it crashed): the next unit opens a new
+            // one, and a refused connection waits for the monitor's verdict instead of failing mid-unit.
+            (Target::Primary(i), _) => self.shared.close_idle_of(i),
+            _ => {}
         }
         let in_transaction = h.in_transaction();
         let (pending, unsynced) = (h.lease.pending(), h.lease.unsynced());

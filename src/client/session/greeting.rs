@@ -81,7 +81,13 @@ impl Session {
                 Err(e) => return Err(self.refuse_greeting(e)),
             }
         } else {
-            for route in [Route::Write, Route::Read] {
+            // With no primary (a failover) a replica gives the parameters; a login waits for a primary
+            // (`failover_wait`) only when no replica can.
+            let order = match self.shared.router.primary() {
+                Ok(_) => [Route::Write, Route::Read],
+                Err(_) => [Route::Read, Route::Write],
+            };
+            for route in order {
                 match self.checkout(route).await {
                     Ok(h) => {
                         held = Some(h);

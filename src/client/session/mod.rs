@@ -12,6 +12,7 @@
 
 mod checkout;
 mod dispatch;
+mod failover;
 mod greeting;
 mod idle;
 mod local;
