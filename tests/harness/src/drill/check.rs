@@ -31,12 +31,19 @@ pub struct Window {
     pub probe_timeout: Duration,
     /// pgsplit's `max_lag`.
     pub max_lag: Duration,
+    /// The fault makes the target lag (replay paused) rather than fail: it is out once its lag passes max_lag.
+    pub lag_fault: bool,
 }
 
 impl Window {
-    /// Exclusion target: 2 probe intervals + the probe timeout.
+    /// Exclusion target: 2 probe intervals + the probe timeout (+ max_lag for a lag fault).
     pub fn exclusion_target(&self) -> Duration {
-        self.probe_interval * 2 + self.probe_timeout
+        let lag = if self.lag_fault {
+            self.max_lag
+        } else {
+            Duration::ZERO
+        };
+        self.probe_interval * 2 + self.probe_timeout + lag
     }
 }
 
@@ -171,11 +178,13 @@ async fn check_writes(ledger: &Ledger, primary_url: &str, r: &mut Report) -> Res
     Ok(())
 }
 
-/// Was the server eligible at `at_ms`, by its transitions (before the first one: the opposite of it)?
+/// Was the server eligible at `at_ms`, by its transitions?
 fn eligible_at(s: &ServerState, at_ms: u64) -> bool {
     match s.transitions.iter().rev().find(|t| t.at_ms <= at_ms) {
         Some(t) => t.eligible,
-        None => s.transitions.first().map_or(s.eligible, |t| !t.eligible),
+        // Never eligible yet: no transition at all. Before the oldest one kept (or before this pgsplit
+        // started): unknown, not counted.
+        None => s.transitions.is_empty() && s.eligible || !s.transitions.is_empty(),
     }
 }
 
@@ -186,7 +195,8 @@ fn check_reads(
     ports: &HashMap<u16, String>,
     r: &mut Report,
 ) {
-    let slack = (window.max_lag + window.exclusion_target()).as_millis() as u64;
+    let slack =
+        (window.max_lag + window.probe_interval * 2 + window.probe_timeout).as_millis() as u64;
     r.reads = ledger.reads.len();
     for read in &ledger.reads {
         let server = ports

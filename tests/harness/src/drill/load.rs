@@ -92,10 +92,15 @@ fn code(e: &tokio_postgres::Error) -> String {
         .map_or_else(|| "lost".to_string(), |c| c.code().to_string())
 }
 
-/// A committing statement's error: connection-class codes (and a lost connection) leave the outcome unknown.
+/// A committing statement's error: a lost connection, or a code saying the server connection broke while the
+/// statement may have run (08000, 08003, 08006, 57P01, 57P02, XX000), leaves the outcome unknown. Codes that say
+/// it never reached a server (08001 no connection, 57P03 cannot connect now, 53300) and all others are failures.
 fn write_outcome(e: &tokio_postgres::Error) -> Outcome {
     let c = code(e);
-    if c == "lost" || c.starts_with("08") || c.starts_with("57P0") || c == "XX000" {
+    if matches!(
+        c.as_str(),
+        "lost" | "08000" | "08003" | "08006" | "57P01" | "57P02" | "XX000"
+    ) {
         Outcome::Unknown(c)
     } else {
         Outcome::Failed(c)

@@ -1,0 +1,333 @@
+//! Fault drills under load (short versions for CI): a mixed load through pgsplit records every write and read
+//! in a ledger while a fault is injected and recovered from; then the checks (no acknowledged write lost, no read
+//! on an ineligible or stale replica, errors only while the fault lasted, exclusion/readmission times). One
+//! cluster for all drills, run in sequence; replica1 sits behind a fault-injecting relay. The full versions and
+//! the soak: `cargo run --release -p pgsplit-bench --bin drills`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::common::*;
+use pgsplit::config::Config;
+use pgsplit::proxy::{Proxy, ProxyHandle};
+use pgsplit_harness::drill::{self, now_ms, Expect, Load, LoadOptions, Report, Window};
+use pgsplit_harness::relay::{Fault, Relay};
+use pgsplit_harness::{Cluster, StopMode};
+
+const INTERVAL: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_LAG: Duration = Duration::from_secs(1);
+const CLIENTS: usize = 8;
+
+/// Everything the drills share.
+struct Ctx {
+    cluster: Cluster,
+    relay: Relay,
+    proxy: Option<ProxyHandle>,
+    listen_port: u16,
+    next_id: i64,
+    ports: HashMap<u16, String>,
+}
+
+/// pgsplit in front of the cluster, replica1 through the relay; `listen_port` 0 picks one.
+fn drill_config(cluster: &Cluster, relay: &Relay, listen_port: u16, extra: &str) -> Config {
+    let mut toml = format!(
+        "listen = \"127.0.0.1:{listen_port}\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n\
+         [lag]\nlag_check_interval = \"{}ms\"\nprobe_timeout = \"{}ms\"\nmax_lag = \"{}ms\"\n\
+         [pools]\nwrite_pool_size = 8\nread_pool_size = 8\n\
+         [timeouts]\nshutdown = \"2s\"\n\
+         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        INTERVAL.as_millis(),
+        PROBE_TIMEOUT.as_millis(),
+        MAX_LAG.as_millis(),
+        cluster.primary().port
+    );
+    for r in cluster.replicas() {
+        let port = if r.name == "replica1" {
+            relay.port()
+        } else {
+            r.port
+        };
+        toml.push_str(&format!(
+            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+            r.name
+        ));
+    }
+    toml.push_str(
+        "[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\npassword = \"app-secret\"\n",
+    );
+    Config::from_toml_str(&toml, "<drills>").expect("drill config")
+}
+
+impl Ctx {
+    fn proxy(&self) -> &ProxyHandle {
+        self.proxy.as_ref().expect("a proxy runs")
+    }
+
+    fn admin(&self) -> SocketAddr {
+        self.proxy().admin_addr
+    }
+
+    fn load(&self) -> Load {
+        Load::start(&LoadOptions {
+            url: url(self.proxy().addr, APP),
+            primary_url: Some(self.primary_url()),
+            clients: CLIENTS,
+            think: Duration::from_millis(2),
+            first_id: self.next_id,
+        })
+    }
+
+    fn primary_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/app",
+            self.cluster.primary().port
+        )
+    }
+
+    fn window(&self, name: &str, target: Option<&str>, lag_fault: bool) -> Window {
+        Window {
+            name: name.into(),
+            target: target.map(str::to_string),
+            fault_ms: 0,
+            restore_ms: 0,
+            recovered_ms: 0,
+            probe_interval: INTERVAL,
+            probe_timeout: PROBE_TIMEOUT,
+            max_lag: MAX_LAG,
+            lag_fault,
+        }
+    }
+
+    /// Ends the load, checks its ledger and prints the summary line; fails the test on a violation.
+    async fn finish(&mut self, load: Load, window: &Window, expect: &Expect) -> Report {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.next_id = load.next_id();
+        let ledger = load.stop().await;
+        let report = drill::check(
+            &ledger,
+            window,
+            &self.primary_url(),
+            self.admin(),
+            &self.ports,
+        )
+        .await
+        .expect("run the checks");
+        println!("{}", report.summary());
+        let violations = report.violations(expect);
+        assert!(
+            violations.is_empty(),
+            "drill {}: {violations:#?}\n{}",
+            window.name,
+            report.summary()
+        );
+        report
+    }
+
+    /// A replica fault: the load runs, `fault` is injected, pgsplit must exclude replica1 (when `excluded`),
+    /// `hold` passes, `restore` runs, pgsplit must readmit replica1.
+    async fn replica_drill(
+        &mut self,
+        name: &str,
+        lag_fault: bool,
+        excluded: bool,
+        hold: Duration,
+        fault: impl FnOnce(&Ctx),
+        restore: impl FnOnce(&Ctx),
+    ) -> Report {
+        let admin = self.admin();
+        drill::wait_eligible(admin, "replica1", true, Duration::from_secs(30))
+            .await
+            .expect("replica1 eligible before the drill");
+        let load = self.load();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut window = self.window(name, Some("replica1"), lag_fault);
+        window.fault_ms = now_ms();
+        tokio::task::block_in_place(|| fault(self));
+        if excluded {
+            drill::wait_eligible(admin, "replica1", false, Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("drill {name}: replica1 never excluded"));
+        }
+        tokio::time::sleep(hold).await;
+        window.restore_ms = now_ms();
+        tokio::task::block_in_place(|| restore(self));
+        window.recovered_ms =
+            drill::wait_eligible(admin, "replica1", true, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("drill {name}: replica1 never readmitted"));
+        let expect = Expect {
+            write_errors: false,
+            excluded,
+        };
+        self.finish(load, &window, &expect).await
+    }
+
+    /// The primary stopped (fast shutdown) and started again, no promotion.
+    async fn primary_restart_drill(&mut self) -> Report {
+        let load = self.load();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut window = self.window("primary-restart", None, false);
+        window.fault_ms = now_ms();
+        tokio::task::block_in_place(|| {
+            self.cluster
+                .stop("primary", StopMode::Fast)
+                .expect("stop the primary")
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        window.restore_ms = now_ms();
+        tokio::task::block_in_place(|| {
+            self.cluster
+                .start_server("primary")
+                .expect("start the primary")
+        });
+        window.recovered_ms = self.writes_flow().await;
+        for r in ["replica1", "replica2"] {
+            drill::wait_eligible(self.admin(), r, true, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("{r} readmitted after the primary came back"));
+        }
+        let expect = Expect {
+            write_errors: true,
+            excluded: false,
+        };
+        self.finish(load, &window, &expect).await
+    }
+
+    /// pgsplit drains (graceful shutdown) under load, then a new pgsplit takes the same port.
+    async fn proxy_restart_drill(&mut self) -> Report {
+        let load = self.load();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut window = self.window("pgsplit-restart", None, false);
+        window.fault_ms = now_ms();
+        self.proxy.take().expect("a proxy").shutdown().await;
+        window.restore_ms = now_ms();
+        let cfg = drill_config(&self.cluster, &self.relay, self.listen_port, "");
+        self.proxy = Some(
+            Proxy::bind(cfg)
+                .await
+                .expect("bind the same port again")
+                .spawn()
+                .expect("spawn"),
+        );
+        window.recovered_ms = self.writes_flow().await;
+        drill::wait_eligible(self.admin(), "replica1", true, Duration::from_secs(30))
+            .await
+            .expect("replicas eligible in the new pgsplit");
+        let expect = Expect {
+            write_errors: true,
+            excluded: false,
+        };
+        self.finish(load, &window, &expect).await
+    }
+
+    /// Waits until a write through pgsplit succeeds; returns when (unix ms).
+    async fn writes_flow(&self) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) = connect_to(self.proxy().addr, APP).await {
+                if c.simple_query("SELECT pg_current_xact_id()").await.is_ok() {
+                    return now_ms();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes never flowed again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drills_under_load_lose_no_acknowledged_write_and_serve_nothing_stale() {
+    let cluster = tokio::task::block_in_place(start_cluster);
+    let relay = Relay::start(cluster.server("replica1").port).expect("relay");
+    let cfg = drill_config(&cluster, &relay, 0, "");
+    let proxy = Proxy::bind(cfg)
+        .await
+        .expect("bind")
+        .spawn()
+        .expect("spawn");
+    let ports = cluster
+        .servers()
+        .iter()
+        .map(|s| (s.port, s.name.clone()))
+        .collect();
+    let mut ctx = Ctx {
+        listen_port: proxy.addr.port(),
+        cluster,
+        relay,
+        proxy: Some(proxy),
+        next_id: 1,
+        ports,
+    };
+    let c = connect_to(ctx.proxy().addr, APP).await.expect("connect");
+    c.batch_execute(drill::TABLE_SQL)
+        .await
+        .expect("ledger table");
+    drop(c);
+
+    let mut reports = Vec::new();
+    reports.push(
+        ctx.replica_drill(
+            "replica-kill",
+            false,
+            true,
+            Duration::from_millis(500),
+            |c| c.cluster.kill("replica1").expect("kill replica1"),
+            |c| c.cluster.start_server("replica1").expect("start replica1"),
+        )
+        .await,
+    );
+    reports.push(
+        ctx.replica_drill(
+            "replay-pause-3s",
+            true,
+            true,
+            Duration::from_secs(3),
+            |c| c.cluster.pause_replay("replica1").expect("pause"),
+            |c| c.cluster.resume_replay("replica1").expect("resume"),
+        )
+        .await,
+    );
+    reports.push(
+        ctx.replica_drill(
+            "replica-stall",
+            false,
+            true,
+            Duration::from_secs(2),
+            |c| c.relay.set(Fault::Stall),
+            |c| c.relay.set(Fault::Pass),
+        )
+        .await,
+    );
+    reports.push(
+        ctx.replica_drill(
+            "delay-50ms",
+            false,
+            false,
+            Duration::from_secs(2),
+            |c| c.relay.set(Fault::Delay(Duration::from_millis(50))),
+            |c| c.relay.set(Fault::Pass),
+        )
+        .await,
+    );
+    reports.push(
+        ctx.replica_drill(
+            "delay-500ms",
+            false,
+            false,
+            Duration::from_secs(3),
+            |c| c.relay.set(Fault::Delay(Duration::from_millis(500))),
+            |c| c.relay.set(Fault::Pass),
+        )
+        .await,
+    );
+    reports.push(ctx.primary_restart_drill().await);
+    reports.push(ctx.proxy_restart_drill().await);
+    for r in &reports {
+        eprintln!("{}", r.summary());
+    }
+}
