@@ -222,6 +222,117 @@ impl Ctx {
         self.finish(load, &window, &expect).await
     }
 
+    /// 10,000 idle client connections held open while the load runs, on a pgsplit whose limit is 10,000 + the
+    /// load's clients: the next connection gets 53300; the load's latency with and without them is printed.
+    async fn idle_connections_drill(&mut self) -> Report {
+        let idle = raise_fd_limit(IDLE);
+        let limit = idle + CLIENTS;
+        let extra = format!(
+            "max_client_connections = {limit}
+             [[users]]
+name = \"idle\"
+auth = \"trust\"
+server_user = \"postgres\"
+"
+        );
+        let cfg = drill_config(&self.cluster, &self.relay, 0, &extra);
+        let old = self.proxy.replace(
+            Proxy::bind(cfg)
+                .await
+                .expect("bind")
+                .spawn()
+                .expect("spawn"),
+        );
+        let addr = self.proxy().addr;
+        drill::wait_eligible(self.admin(), "replica1", true, Duration::from_secs(30))
+            .await
+            .expect("replicas eligible");
+        // Without the idle connections.
+        let mut window = self.window("baseline", None, false);
+        let load = self.load();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        window.fault_ms = now_ms();
+        window.restore_ms = window.fault_ms;
+        window.recovered_ms = window.fault_ms;
+        let baseline = self.finish(load, &window, &Expect::default()).await;
+
+        let opened = std::time::Instant::now();
+        let held = open_idle(addr, idle).await;
+        let took = opened.elapsed();
+        let mut window = self.window(&format!("idle-{idle}"), None, false);
+        let load = self.load();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Every slot is taken (idle + the load's clients): one more is refused with 53300.
+        let refused = connect_to(addr, APP)
+            .await
+            .err()
+            .and_then(|e| e.code().map(|c| c.code().to_string()));
+        window.fault_ms = now_ms();
+        window.restore_ms = window.fault_ms;
+        window.recovered_ms = window.fault_ms;
+        let report = self.finish(load, &window, &Expect::default()).await;
+        assert_eq!(
+            refused.as_deref(),
+            Some("53300"),
+            "the connection over max_client_connections"
+        );
+        println!(
+            "drill idle-{idle}: {} idle connections opened in {:.1} s; load p50/p99 {:.1}/{:.1} ms with them, \
+             {:.1}/{:.1} ms without; the next connection got {refused:?}",
+            held.len(),
+            took.as_secs_f64(),
+            report.p50_ms,
+            report.p99_ms,
+            baseline.p50_ms,
+            baseline.p99_ms
+        );
+        drop(held);
+        self.proxy.take().expect("proxy").shutdown().await;
+        self.proxy = old;
+        report
+    }
+
+    /// A control: reads straight to replica1 (not through pgsplit) while its replay is paused must be caught by
+    /// the checks as reads on an ineligible replica and as stale reads (the checks are not vacuous).
+    async fn control_drill(&mut self) {
+        let admin = self.admin();
+        let mut window = self.window("control", Some("replica1"), true);
+        let direct = format!(
+            "postgres://postgres@127.0.0.1:{}/app",
+            self.cluster.server("replica1").port
+        );
+        window.fault_ms = now_ms();
+        tokio::task::block_in_place(|| self.cluster.pause_replay("replica1").expect("pause"));
+        let writer = self.load();
+        drill::wait_eligible(admin, "replica1", false, Duration::from_secs(15))
+            .await
+            .expect("replica1 excluded");
+        let bypass = Load::start(&LoadOptions {
+            url: direct,
+            primary_url: None,
+            clients: 2,
+            think: Duration::from_millis(5),
+            first_id: 1_000_000_000,
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut ledger = bypass.stop().await;
+        window.restore_ms = now_ms();
+        tokio::task::block_in_place(|| self.cluster.resume_replay("replica1").expect("resume"));
+        window.recovered_ms = now_ms();
+        self.next_id = writer.next_id();
+        let written = writer.stop().await;
+        ledger.primary_lsn = written.primary_lsn;
+        let report = drill::check(&ledger, &window, &self.primary_url(), admin, &self.ports)
+            .await
+            .expect("checks");
+        println!("control (must show violations): {}", report.summary());
+        assert!(
+            !report.ineligible_reads.is_empty() && !report.stale_reads.is_empty(),
+            "reads straight to a paused, excluded replica were not caught: {}",
+            report.summary()
+        );
+    }
+
     /// Waits until a write through pgsplit succeeds; returns when (unix ms).
     async fn writes_flow(&self) -> u64 {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -238,6 +349,80 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Idle client connections the 10k drill holds.
+const IDLE: usize = 10_000;
+
+/// Raises this process's open-file limit so it holds `want` client sockets and the in-process pgsplit's as
+/// many (root may raise the hard limit); returns how many idle connections fit.
+fn raise_fd_limit(want: usize) -> usize {
+    let need = (want * 2 + 4096) as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a plain struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < need {
+            let raised = libc::rlimit {
+                rlim_cur: need,
+                rlim_max: need.max(lim.rlim_max),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    let fit = (lim.rlim_cur as usize).saturating_sub(4096) / 2;
+    if fit < want {
+        eprintln!(
+            "open-file limit {}: holding {fit} idle connections, not {want}",
+            lim.rlim_cur
+        );
+    }
+    want.min(fit)
+}
+
+/// Opens `n` client connections through pgsplit as the trust user `idle` and leaves them idle after login.
+async fn open_idle(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(500);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            set.spawn(login_idle(addr));
+        }
+        while let Some(s) = set.join_next().await {
+            held.push(s.expect("login task").expect("idle login"));
+        }
+        left -= batch;
+    }
+    held
+}
+
+/// One raw login: the startup packet, then everything up to ReadyForQuery.
+async fn login_idle(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(&startup_packet("idle")).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let n = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await??;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "closed during login: {:?}",
+                String::from_utf8_lossy(&got)
+            )));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,6 +512,8 @@ async fn drills_under_load_lose_no_acknowledged_write_and_serve_nothing_stale() 
     );
     reports.push(ctx.primary_restart_drill().await);
     reports.push(ctx.proxy_restart_drill().await);
+    reports.push(ctx.idle_connections_drill().await);
+    ctx.control_drill().await;
     for r in &reports {
         eprintln!("{}", r.summary());
     }
