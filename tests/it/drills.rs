@@ -24,16 +24,34 @@ const CLIENTS: usize = 8;
 struct Ctx {
     cluster: Cluster,
     relay: Relay,
-    proxy: Option<ProxyHandle>,
-    listen_port: u16,
+    /// The in-process pgsplit most drills use (dropping its handle would stop it).
+    _proxy: ProxyHandle,
+    /// Where the load connects and the checks read `/status`: the in-process proxy, or a binary's.
+    addr: SocketAddr,
+    admin: SocketAddr,
     next_id: i64,
     ports: HashMap<u16, String>,
 }
 
 /// pgsplit in front of the cluster, replica1 through the relay; `listen_port` 0 picks one.
 fn drill_config(cluster: &Cluster, relay: &Relay, listen_port: u16, extra: &str) -> Config {
+    Config::from_toml_str(
+        &drill_toml(cluster, relay, listen_port, 0, extra),
+        "<drills>",
+    )
+    .expect("drill config")
+}
+
+/// [`drill_config`]'s text, with the admin port too (0 picks one).
+fn drill_toml(
+    cluster: &Cluster,
+    relay: &Relay,
+    listen_port: u16,
+    admin_port: u16,
+    extra: &str,
+) -> String {
     let mut toml = format!(
-        "listen = \"127.0.0.1:{listen_port}\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}\n\
+        "listen = \"127.0.0.1:{listen_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{extra}\n\
          [lag]\nlag_check_interval = \"{}ms\"\nprobe_timeout = \"{}ms\"\nmax_lag = \"{}ms\"\n\
          [pools]\nwrite_pool_size = 8\nread_pool_size = 8\n\
          [timeouts]\nshutdown = \"2s\"\n\
@@ -57,21 +75,98 @@ fn drill_config(cluster: &Cluster, relay: &Relay, listen_port: u16, extra: &str)
     toml.push_str(
         "[[databases]]\nname = \"app\"\n[[users]]\nname = \"app\"\npassword = \"app-secret\"\n",
     );
-    Config::from_toml_str(&toml, "<drills>").expect("drill config")
+    toml
+}
+
+/// pgsplit as its own process (the binary), so a drill can send it SIGTERM or give it its own open-file limit.
+struct BinProxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _file: tempfile::NamedTempFile,
+}
+
+impl BinProxy {
+    /// Starts the binary on `port` (0: a free one) and waits until its admin endpoint answers. Free ports are
+    /// picked, then bound by the binary: on a race with another test it starts again with other ports.
+    async fn start(cluster: &Cluster, relay: &Relay, port: u16, extra: &str) -> BinProxy {
+        for _ in 0..5 {
+            let listen = if port == 0 { free_port() } else { port };
+            let admin_port = free_port();
+            let file = tempfile::NamedTempFile::new().expect("config file");
+            std::fs::write(
+                file.path(),
+                drill_toml(cluster, relay, listen, admin_port, extra),
+            )
+            .expect("write config");
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+                .arg("run")
+                .arg("--config")
+                .arg(file.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start pgsplit");
+            let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+            let addr = SocketAddr::from(([127, 0, 0, 1], listen));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline && child.try_wait().ok().flatten().is_none()
+            {
+                if drill::fetch_status(admin).await.is_ok()
+                    && tokio::net::TcpStream::connect(addr).await.is_ok()
+                {
+                    return BinProxy {
+                        child,
+                        addr,
+                        admin,
+                        _file: file,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("pgsplit did not start");
+    }
+
+    /// SIGTERM, then waits for the drain to end and the process to exit.
+    async fn terminate(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pgsplit did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    pgsplit_harness::free_port().expect("free port")
 }
 
 impl Ctx {
-    fn proxy(&self) -> &ProxyHandle {
-        self.proxy.as_ref().expect("a proxy runs")
-    }
-
     fn admin(&self) -> SocketAddr {
-        self.proxy().admin_addr
+        self.admin
     }
 
     fn load(&self) -> Load {
         Load::start(&LoadOptions {
-            url: url(self.proxy().addr, APP),
+            url: url(self.addr, APP),
             primary_url: Some(self.primary_url()),
             clients: CLIENTS,
             think: Duration::from_millis(2),
@@ -195,31 +290,37 @@ impl Ctx {
         self.finish(load, &window, &expect).await
     }
 
-    /// pgsplit drains (graceful shutdown) under load, then a new pgsplit takes the same port.
-    async fn proxy_restart_drill(&mut self) -> Report {
+    /// pgsplit (the binary) gets SIGTERM under load and drains; a new pgsplit starts on the same port and the
+    /// clients reconnect.
+    async fn sigterm_drill(&mut self) -> Report {
+        let old = BinProxy::start(&self.cluster, &self.relay, 0, "").await;
+        let (addr, admin) = (self.addr, self.admin);
+        (self.addr, self.admin) = (old.addr, old.admin);
+        drill::wait_eligible(self.admin, "replica1", true, Duration::from_secs(30))
+            .await
+            .expect("replicas eligible");
         let load = self.load();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut window = self.window("pgsplit-restart", None, false);
+        let mut window = self.window("pgsplit-sigterm", None, false);
         window.fault_ms = now_ms();
-        self.proxy.take().expect("a proxy").shutdown().await;
+        let port = old.addr.port();
+        old.terminate().await;
         window.restore_ms = now_ms();
-        let cfg = drill_config(&self.cluster, &self.relay, self.listen_port, "");
-        self.proxy = Some(
-            Proxy::bind(cfg)
-                .await
-                .expect("bind the same port again")
-                .spawn()
-                .expect("spawn"),
-        );
+        let new = BinProxy::start(&self.cluster, &self.relay, port, "").await;
+        assert_eq!(new.addr.port(), port, "the new pgsplit took the same port");
+        self.admin = new.admin;
         window.recovered_ms = self.writes_flow().await;
-        drill::wait_eligible(self.admin(), "replica1", true, Duration::from_secs(30))
+        drill::wait_eligible(self.admin, "replica1", true, Duration::from_secs(30))
             .await
             .expect("replicas eligible in the new pgsplit");
         let expect = Expect {
             write_errors: true,
             excluded: false,
         };
-        self.finish(load, &window, &expect).await
+        let report = self.finish(load, &window, &expect).await;
+        drop(new);
+        (self.addr, self.admin) = (addr, admin);
+        report
     }
 
     /// 10,000 idle client connections held open while the load runs, on a pgsplit whose limit is 10,000 + the
@@ -235,15 +336,9 @@ auth = \"trust\"
 server_user = \"postgres\"
 "
         );
-        let cfg = drill_config(&self.cluster, &self.relay, 0, &extra);
-        let old = self.proxy.replace(
-            Proxy::bind(cfg)
-                .await
-                .expect("bind")
-                .spawn()
-                .expect("spawn"),
-        );
-        let addr = self.proxy().addr;
+        let proxy = BinProxy::start(&self.cluster, &self.relay, 0, &extra).await;
+        let (addr, admin) = (self.addr, self.admin);
+        (self.addr, self.admin) = (proxy.addr, proxy.admin);
         drill::wait_eligible(self.admin(), "replica1", true, Duration::from_secs(30))
             .await
             .expect("replicas eligible");
@@ -257,13 +352,13 @@ server_user = \"postgres\"
         let baseline = self.finish(load, &window, &Expect::default()).await;
 
         let opened = std::time::Instant::now();
-        let held = open_idle(addr, idle).await;
+        let held = open_idle(self.addr, idle).await;
         let took = opened.elapsed();
         let mut window = self.window(&format!("idle-{idle}"), None, false);
         let load = self.load();
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Every slot is taken (idle + the load's clients): one more is refused with 53300.
-        let refused = connect_to(addr, APP)
+        let refused = connect_to(self.addr, APP)
             .await
             .err()
             .and_then(|e| e.code().map(|c| c.code().to_string()));
@@ -287,8 +382,8 @@ server_user = \"postgres\"
             baseline.p99_ms
         );
         drop(held);
-        self.proxy.take().expect("proxy").shutdown().await;
-        self.proxy = old;
+        drop(proxy);
+        (self.addr, self.admin) = (addr, admin);
         report
     }
 
@@ -337,7 +432,7 @@ server_user = \"postgres\"
     async fn writes_flow(&self) -> u64 {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(c) = connect_to(self.proxy().addr, APP).await {
+            if let Ok(c) = connect_to(self.addr, APP).await {
                 if c.simple_query("SELECT pg_current_xact_id()").await.is_ok() {
                     return now_ms();
                 }
@@ -354,10 +449,10 @@ server_user = \"postgres\"
 /// Idle client connections the 10k drill holds.
 const IDLE: usize = 10_000;
 
-/// Raises this process's open-file limit so it holds `want` client sockets and the in-process pgsplit's as
-/// many (root may raise the hard limit); returns how many idle connections fit.
+/// Raises this process's open-file limit (soft up to hard) so it holds `want` client sockets (pgsplit runs as
+/// its own process and raises its own); returns how many idle connections fit.
 fn raise_fd_limit(want: usize) -> usize {
-    let need = (want * 2 + 4096) as libc::rlim_t;
+    let need = (want + 4096) as libc::rlim_t;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -377,7 +472,7 @@ fn raise_fd_limit(want: usize) -> usize {
         }
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
-    let fit = (lim.rlim_cur as usize).saturating_sub(4096) / 2;
+    let fit = (lim.rlim_cur as usize).saturating_sub(4096);
     if fit < want {
         eprintln!(
             "open-file limit {}: holding {fit} idle connections, not {want}",
@@ -441,14 +536,15 @@ async fn drills_under_load_lose_no_acknowledged_write_and_serve_nothing_stale() 
         .map(|s| (s.port, s.name.clone()))
         .collect();
     let mut ctx = Ctx {
-        listen_port: proxy.addr.port(),
+        addr: proxy.addr,
+        admin: proxy.admin_addr,
         cluster,
         relay,
-        proxy: Some(proxy),
+        _proxy: proxy,
         next_id: 1,
         ports,
     };
-    let c = connect_to(ctx.proxy().addr, APP).await.expect("connect");
+    let c = connect_to(ctx.addr, APP).await.expect("connect");
     c.batch_execute(drill::TABLE_SQL)
         .await
         .expect("ledger table");
@@ -511,7 +607,7 @@ async fn drills_under_load_lose_no_acknowledged_write_and_serve_nothing_stale() 
         .await,
     );
     reports.push(ctx.primary_restart_drill().await);
-    reports.push(ctx.proxy_restart_drill().await);
+    reports.push(ctx.sigterm_drill().await);
     reports.push(ctx.idle_connections_drill().await);
     ctx.control_drill().await;
     for r in &reports {
