@@ -95,8 +95,10 @@ pub struct Ledger {
     pub primary_lsn: Vec<(u64, u64)>,
     /// Reconnections the clients made after losing their connection.
     pub reconnects: u64,
-    /// Latency of each answered unit (read or acknowledged write), microseconds.
-    pub latencies_us: Vec<u64>,
+    /// The first id a later load may use (every id below it was taken by this one).
+    pub next_id: i64,
+    /// Each answered unit (read or acknowledged write): when it ended (unix ms) and its latency (µs).
+    pub latencies: Vec<(u64, u64)>,
 }
 
 impl Ledger {
@@ -107,7 +109,8 @@ impl Ledger {
         self.read_errors.extend(other.read_errors);
         self.primary_lsn.extend(other.primary_lsn);
         self.reconnects += other.reconnects;
-        self.latencies_us.extend(other.latencies_us);
+        self.next_id = self.next_id.max(other.next_id);
+        self.latencies.extend(other.latencies);
     }
 
     /// The ids of acknowledged writes.
@@ -135,10 +138,20 @@ impl Ledger {
 
     /// The latency percentile `p` (0..=100) of answered units, in milliseconds.
     pub fn latency_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
+        self.latency_ms_between(p, 0, u64::MAX)
+    }
+
+    /// The latency percentile `p` of units that ended in `[from_ms, to_ms)`, in milliseconds (0 when none).
+    pub fn latency_ms_between(&self, p: f64, from_ms: u64, to_ms: u64) -> f64 {
+        let mut v: Vec<u64> = self
+            .latencies
+            .iter()
+            .filter(|(at, _)| (from_ms..to_ms).contains(at))
+            .map(|(_, us)| *us)
+            .collect();
+        if v.is_empty() {
             return 0.0;
         }
-        let mut v = self.latencies_us.clone();
         v.sort_unstable();
         let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
         v[i.min(v.len() - 1)] as f64 / 1000.0

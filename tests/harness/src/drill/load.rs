@@ -68,11 +68,6 @@ impl Load {
         }
     }
 
-    /// The next id the load will use (the first id of a later load).
-    pub fn next_id(&self) -> i64 {
-        self.next_id.load(Ordering::SeqCst)
-    }
-
     /// Stops the clients after their unit in flight and returns what they recorded.
     pub async fn stop(self) -> Ledger {
         self.stop.store(true, Ordering::SeqCst);
@@ -82,6 +77,8 @@ impl Load {
                 ledger.merge(part);
             }
         }
+        // Read after every client stopped: a unit in flight at the stop may still have taken an id.
+        ledger.next_id = self.next_id.load(Ordering::SeqCst);
         ledger
     }
 }
@@ -154,9 +151,8 @@ impl Worker {
             let started = Instant::now();
             let ok = self.unit(&c, &mut ledger).await;
             if ok {
-                ledger
-                    .latencies_us
-                    .push(started.elapsed().as_micros() as u64);
+                let us = started.elapsed().as_micros() as u64;
+                ledger.latencies.push((now_ms(), us));
             }
             if c.client.is_closed() {
                 ledger.reconnects += 1;

@@ -4,14 +4,17 @@
 //! eligibility transitions (`/status`) and returns a [`Report`] (one-line summary, assertions).
 //!
 //! Layout: `ledger.rs` (what is recorded), `load.rs` (the clients and the primary's WAL sampler), `status.rs`
-//! (pgsplit's `/status` over HTTP), `check.rs` (the checks and the report).
+//! (pgsplit's `/status` over HTTP), `check.rs` (the checks and the report), `runner.rs` (the drills: fault,
+//! wait, recover, check).
 
 mod check;
 mod ledger;
 mod load;
+mod runner;
 mod status;
 
 pub use check::{check, Expect, Report, Window};
 pub use ledger::{lsn, now_ms, Ledger, Outcome, Read, ReadError, Write, WriteKind};
 pub use load::{Load, LoadOptions, TABLE_SQL};
+pub use runner::{Drills, ReplicaFault, Timing};
 pub use status::{fetch_status, wait_eligible, ServerState, Transition};
