@@ -184,7 +184,7 @@ fn eligible_at(s: &ServerState, at_ms: u64) -> bool {
         Some(t) => t.eligible,
         // Never eligible yet: no transition at all. Before the oldest one kept (or before this pgsplit
         // started): unknown, not counted.
-        None => s.transitions.is_empty() && s.eligible || !s.transitions.is_empty(),
+        None => s.eligible || !s.transitions.is_empty(),
     }
 }
 

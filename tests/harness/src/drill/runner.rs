@@ -128,8 +128,14 @@ impl Drills<'_> {
         let r = match fault {
             ReplicaFault::Kill => self.cluster.kill(name),
             ReplicaFault::PauseReplay => self.cluster.pause_replay(name),
-            ReplicaFault::Stall => Ok(self.relay.set(Fault::Stall)),
-            ReplicaFault::Delay(d) => Ok(self.relay.set(Fault::Delay(d))),
+            ReplicaFault::Stall => {
+                self.relay.set(Fault::Stall);
+                Ok(())
+            }
+            ReplicaFault::Delay(d) => {
+                self.relay.set(Fault::Delay(d));
+                Ok(())
+            }
         };
         r.map_err(|e| e.to_string())
     }
@@ -140,7 +146,10 @@ impl Drills<'_> {
         let r = match fault {
             ReplicaFault::Kill => self.cluster.start_server(name),
             ReplicaFault::PauseReplay => self.cluster.resume_replay(name),
-            ReplicaFault::Stall | ReplicaFault::Delay(_) => Ok(self.relay.set(Fault::Pass)),
+            ReplicaFault::Stall | ReplicaFault::Delay(_) => {
+                self.relay.set(Fault::Pass);
+                Ok(())
+            }
         };
         r.map_err(|e| e.to_string())
     }
