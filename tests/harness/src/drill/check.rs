@@ -342,3 +342,83 @@ impl Report {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(transitions: &[(u64, bool)], eligible: bool) -> ServerState {
+        ServerState {
+            name: "replica1".into(),
+            role: "replica".into(),
+            up: true,
+            eligible,
+            transitions: transitions
+                .iter()
+                .map(|&(at_ms, eligible)| Transition {
+                    at_ms,
+                    eligible,
+                    reason: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn eligibility_at_a_time_follows_the_transitions_and_is_unknown_before_them() {
+        let s = server(&[(100, true), (200, false), (300, true)], true);
+        assert!(s.transitions.len() == 3);
+        assert!(eligible_at(&s, 150));
+        assert!(!eligible_at(&s, 250));
+        assert!(eligible_at(&s, 300));
+        // Before the oldest transition kept: unknown, not counted against pgsplit.
+        assert!(eligible_at(&s, 50));
+        // Never eligible: no transition at all.
+        assert!(!eligible_at(&server(&[], false), 50));
+    }
+
+    fn read(start_ms: u64, replay_lsn: u64) -> Read {
+        Read {
+            start_ms,
+            end_ms: start_ms + 1,
+            port: 1,
+            in_recovery: true,
+            replay_lsn: Some(replay_lsn),
+            in_transaction: false,
+        }
+    }
+
+    #[test]
+    fn staleness_is_how_long_before_the_read_the_primary_was_past_its_replay_position() {
+        let samples = [(1_000, 10), (2_000, 20), (3_000, 30)];
+        assert_eq!(staleness_ms(&samples, &read(5_000, 15)), Some(3_000));
+        assert_eq!(staleness_ms(&samples, &read(5_000, 30)), None);
+        assert_eq!(staleness_ms(&samples, &read(1_500, 25)), None);
+    }
+
+    #[test]
+    fn a_read_on_an_ineligible_replica_is_flagged_unless_it_became_eligible_meanwhile() {
+        let servers = [server(&[(100, true), (200, false), (400, true)], true)];
+        let ports = HashMap::from([(1u16, "replica1".to_string())]);
+        let window = Window {
+            name: "t".into(),
+            target: None,
+            fault_ms: 0,
+            restore_ms: 0,
+            recovered_ms: 0,
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_secs(1),
+            max_lag: Duration::from_secs(1),
+            lag_fault: false,
+        };
+        let ledger = Ledger {
+            reads: vec![read(150, 0), read(250, 0), read(399, 0)],
+            ..Ledger::default()
+        };
+        let mut r = Report::default();
+        check_reads(&ledger, &window, &servers, &ports, &mut r);
+        // 250..251 is inside the exclusion; 399..400 ends as it is readmitted.
+        assert_eq!(r.ineligible_reads.len(), 1, "{:?}", r.ineligible_reads);
+        assert!(r.ineligible_reads[0].contains("250..251"));
+    }
+}

@@ -157,3 +157,28 @@ impl Ledger {
         v[i.min(v.len() - 1)] as f64 / 1000.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_reads_as_postgres_prints_it() {
+        assert_eq!(lsn("0/0"), Some(0));
+        assert_eq!(lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(lsn("garbage"), None);
+        assert_eq!(lsn(""), None);
+    }
+
+    #[test]
+    fn latency_percentiles_cover_the_units_in_the_range() {
+        let l = Ledger {
+            latencies: (1..=100).map(|i| (i, i * 1000)).collect(),
+            ..Ledger::default()
+        };
+        assert_eq!(l.latency_ms(50.0), 51.0);
+        assert_eq!(l.latency_ms(99.0), 99.0);
+        assert_eq!(l.latency_ms_between(99.0, 1, 11), 10.0);
+        assert_eq!(l.latency_ms_between(50.0, 500, 600), 0.0);
+    }
+}
