@@ -298,6 +298,19 @@ async fn control_drill(d: &mut Drills<'_>) {
     );
 }
 
+/// Straight to whichever server is the primary (the drills promote one), as `postgres` in `app`.
+fn primary_url(cluster: &Cluster) -> String {
+    let hosts: Vec<String> = cluster
+        .servers()
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    format!(
+        "postgres://postgres@{}/app?target_session_attrs=read-write",
+        hosts.join(",")
+    )
+}
+
 /// Idle client connections the 10k drill holds.
 const IDLE: usize = 10_000;
 
@@ -394,10 +407,7 @@ async fn drills_under_load_lose_no_acknowledged_write_and_serve_nothing_stale() 
         target: "replica1".into(),
         url: url(proxy.addr, APP),
         admin: proxy.admin_addr,
-        primary_url: format!(
-            "postgres://postgres@127.0.0.1:{}/app",
-            cluster.primary().port
-        ),
+        primary_url: primary_url(&cluster),
         ports: cluster
             .servers()
             .iter()
@@ -422,6 +432,11 @@ async fn drills_under_load_lose_no_acknowledged_write_and_serve_nothing_stale() 
     reports.push(sigterm_drill(&mut d).await);
     reports.push(idle_connections_drill(&mut d).await);
     control_drill(&mut d).await;
+    // Last: the roles stay changed.
+    reports.push(passed(
+        d.promote_drill("replica2", "replica1", Duration::from_secs(1))
+            .await,
+    ));
     for r in &reports {
         eprintln!("{}", r.summary());
     }

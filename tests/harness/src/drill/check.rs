@@ -25,6 +25,8 @@ pub struct Window {
     pub restore_ms: u64,
     /// When service was back (e.g. the target eligible again), unix ms.
     pub recovered_ms: u64,
+    /// When writes through pgsplit succeeded again after `restore_ms` (a primary fault), unix ms.
+    pub writes_back_ms: Option<u64>,
     /// pgsplit's `lag_check_interval`.
     pub probe_interval: Duration,
     /// pgsplit's `probe_timeout`.
@@ -95,6 +97,8 @@ pub struct Report {
     pub exclusion_target: Duration,
     /// Time from the restore to the target's readmission.
     pub readmission: Option<Duration>,
+    /// Time from the restore (primary started, replica promoted) to the first write that succeeded.
+    pub writes_back: Option<Duration>,
     /// Latency of answered units: p50 and p99, ms.
     pub p50_ms: f64,
     /// See `p50_ms`.
@@ -119,6 +123,9 @@ pub async fn check(
         p50_ms: ledger.latency_ms(50.0),
         p99_ms: ledger.latency_ms(99.0),
         reconnects: ledger.reconnects,
+        writes_back: window
+            .writes_back_ms
+            .map(|at| Duration::from_millis(at.saturating_sub(window.restore_ms))),
         ..Report::default()
     };
     check_writes(ledger, primary_url, &mut r).await?;
@@ -178,13 +185,18 @@ async fn check_writes(ledger: &Ledger, primary_url: &str, r: &mut Report) -> Res
     Ok(())
 }
 
-/// Was the server eligible at `at_ms`, by its transitions?
+/// Was the server eligible at `at_ms`, by its transitions? Before the oldest one kept (or before this pgsplit
+/// started): unknown, taken as eligible (not counted against pgsplit).
 fn eligible_at(s: &ServerState, at_ms: u64) -> bool {
+    known_eligible_at(s, at_ms).unwrap_or(true)
+}
+
+/// [`eligible_at`], `None` when unknown. No transition at all: never eligible.
+fn known_eligible_at(s: &ServerState, at_ms: u64) -> Option<bool> {
     match s.transitions.iter().rev().find(|t| t.at_ms <= at_ms) {
-        Some(t) => t.eligible,
-        // Never eligible yet: no transition at all. Before the oldest one kept (or before this pgsplit
-        // started): unknown, not counted.
-        None => s.eligible || !s.transitions.is_empty(),
+        Some(t) => Some(t.eligible),
+        None if s.transitions.is_empty() => Some(s.eligible),
+        None => None,
     }
 }
 
@@ -205,7 +217,8 @@ fn check_reads(
         let Some(server) = server else { continue };
         if !read.in_recovery {
             r.reads_on_primary += 1;
-            if server.role == "replica" {
+            // Taking reads as a replica (eligible) while out of recovery.
+            if known_eligible_at(server, read.start_ms) == Some(true) {
                 r.misrouted_reads.push(describe(read, &server.name));
             }
             continue;
@@ -277,8 +290,8 @@ impl Report {
         format!(
             "drill {}: writes {} acked/{} sent, {} lost, {} unknown ({} committed), {} write errors {:?}; \
              reads {} ({} on primary), {} errors {:?}, {} on ineligible, {} stale, {} misrouted; \
-             {} errors outside the fault; excluded in {} ms (target {} ms), readmitted in {} ms; \
-             p50 {:.1} ms, p99 {:.1} ms; {} reconnects",
+             {} errors outside the fault; excluded in {} ms (target {} ms), readmitted in {} ms, \
+             writes back in {} ms; p50 {:.1} ms, p99 {:.1} ms; {} reconnects",
             self.name,
             self.acknowledged,
             self.writes,
@@ -298,6 +311,7 @@ impl Report {
             ms(self.exclusion),
             self.exclusion_target.as_millis(),
             ms(self.readmission),
+            ms(self.writes_back),
             self.p50_ms,
             self.p99_ms,
             self.reconnects,
@@ -406,6 +420,7 @@ mod tests {
             fault_ms: 0,
             restore_ms: 0,
             recovered_ms: 0,
+            writes_back_ms: None,
             probe_interval: Duration::from_millis(250),
             probe_timeout: Duration::from_secs(1),
             max_lag: Duration::from_secs(1),

@@ -88,6 +88,7 @@ impl Drills<'_> {
             fault_ms: 0,
             restore_ms: 0,
             recovered_ms: 0,
+            writes_back_ms: None,
             probe_interval: self.timing.probe_interval,
             probe_timeout: self.timing.probe_timeout,
             max_lag: self.timing.max_lag,
@@ -198,11 +199,43 @@ impl Drills<'_> {
         tokio::task::block_in_place(|| self.cluster.start_server("primary"))
             .map_err(|e| e.to_string())?;
         window.recovered_ms = self.writes_flow().await?;
+        window.writes_back_ms = Some(window.recovered_ms);
         for (_, name) in self.ports.clone() {
             if name != "primary" {
                 self.wait_eligible(&name, true).await?;
             }
         }
+        let expect = Expect {
+            write_errors: true,
+            excluded: false,
+        };
+        self.finish(load, &window, &expect).await
+    }
+
+    /// The primary killed (SIGKILL), `promote` promoted `gap` later, `follower` re-pointed at it, the old
+    /// primary rebuilt as its replica. Writes fail while there is no primary (their outcome may be unknown);
+    /// service is back when every server is eligible again. Run it last: the roles stay changed.
+    pub async fn promote_drill(
+        &mut self,
+        promote: &str,
+        follower: &str,
+        gap: Duration,
+    ) -> Result<Report, String> {
+        let load = self.load();
+        tokio::time::sleep(self.settle).await;
+        let mut window = self.window("primary-kill-promote", None, false);
+        let err = |e: crate::ClusterError| e.to_string();
+        window.fault_ms = now_ms();
+        tokio::task::block_in_place(|| self.cluster.kill("primary")).map_err(err)?;
+        tokio::time::sleep(gap).await;
+        window.restore_ms = now_ms();
+        tokio::task::block_in_place(|| self.cluster.promote(promote)).map_err(err)?;
+        window.writes_back_ms = Some(self.writes_flow().await?);
+        tokio::task::block_in_place(|| self.cluster.follow(follower, promote)).map_err(err)?;
+        tokio::task::block_in_place(|| self.cluster.rebuild_as_replica("primary", promote))
+            .map_err(err)?;
+        self.wait_eligible(follower, true).await?;
+        window.recovered_ms = self.wait_eligible("primary", true).await?;
         let expect = Expect {
             write_errors: true,
             excluded: false,
