@@ -5,7 +5,9 @@
 //! Then, each while a mixed load runs (16 clients: autocommit INSERTs, BEGIN/INSERT/UPDATE/COMMIT, reads,
 //! BEGIN READ ONLY reads, prepared INSERTs; every write in a ledger): replica1 killed (SIGKILL) and restarted,
 //! its replay paused 10 s, black-holed 10 s, 50 ms and 500 ms delay for 10 s, the primary stopped (fast) for
-//! 2.5 s and started, pgsplit drained (graceful shutdown, as on SIGTERM) and a new pgsplit bound to the same port.
+//! 2.5 s and started, pgsplit drained (graceful shutdown, as on SIGTERM) and a new pgsplit bound to the same port,
+//! and last the primary killed, replica2 promoted 1 s later, replica1 re-pointed at it and the old primary
+//! rebuilt as its replica.
 //! Each drill prints a one-line summary and the checks' verdict (`pgsplit_harness::drill`); the program fails
 //! when one fails.
 //!
@@ -171,6 +173,11 @@ async fn run() -> Result<bool> {
     let (result, new_proxy) = drain_drill(&mut d, proxy).await?;
     proxy = new_proxy;
     results.push(result);
+    // Last: the roles stay changed.
+    results.push(
+        d.promote_drill("replica2", "replica1", Duration::from_secs(1))
+            .await,
+    );
     let mut ok = true;
     for r in &results {
         match r {
