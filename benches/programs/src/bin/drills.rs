@@ -240,8 +240,11 @@ async fn soak(d: &mut Drills<'_>, length: Duration, every: Duration) -> Result<b
         ReplicaFault::Delay(Duration::from_millis(500)),
     ];
     let hold = Duration::from_secs(10).min(every / 3);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = footprint();
+    // Warm up (pools filled), then measure with the load stopped and its ledger freed.
+    let warm = d.load();
+    tokio::time::sleep(d.settle).await;
+    d.next_id = warm.stop().await.next_id;
+    let before = quiet_footprint().await;
     let start = Instant::now();
     let load = d.load();
     let mut phases: Vec<(String, u64, u64)> = Vec::new();
@@ -268,19 +271,27 @@ async fn soak(d: &mut Drills<'_>, length: Duration, every: Duration) -> Result<b
     window.recovered_ms = u64::MAX / 2;
     let ledger = load.stop().await;
     d.next_id = ledger.next_id;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = footprint();
-    for (name, from, to) in &phases {
-        println!(
-            "soak phase {name:<24} {:>6.1} s  p50 {:>7.1} ms  p99 {:>7.1} ms",
-            (to - from) as f64 / 1000.0,
-            ledger.latency_ms_between(50.0, *from, *to),
-            ledger.latency_ms_between(99.0, *from, *to)
-        );
+    let report = drill::check(&ledger, &window, &d.primary_url, d.admin, &d.ports).await?;
+    let phase_lines: Vec<String> = phases
+        .iter()
+        .map(|(name, from, to)| {
+            format!(
+                "soak phase {name:<24} {:>6.1} s  p50 {:>7.1} ms  p99 {:>7.1} ms",
+                (to - from) as f64 / 1000.0,
+                ledger.latency_ms_between(50.0, *from, *to),
+                ledger.latency_ms_between(99.0, *from, *to)
+            )
+        })
+        .collect();
+    drop(ledger);
+    let after = quiet_footprint().await;
+    for line in phase_lines {
+        println!("{line}");
     }
     println!(
-        "soak {:.0} s, {n} faults: RSS {} → {} kB, fds {} → {}, tokio tasks {} → {} (load stopped both times)",
-        start.elapsed().as_secs_f64(),
+        "soak {:.0} s, {n} faults: RSS {} → {} kB, fds {} → {}, tokio tasks {} → {} (pools warm, load stopped, \
+         its ledger freed and malloc_trim'd both times)",
+        length.as_secs_f64(),
         before.0,
         after.0,
         before.1,
@@ -288,7 +299,6 @@ async fn soak(d: &mut Drills<'_>, length: Duration, every: Duration) -> Result<b
         before.2,
         after.2
     );
-    let report = drill::check(&ledger, &window, &d.primary_url, d.admin, &d.ports).await?;
     let violations = report.violations(&Expect {
         write_errors: false,
         excluded: false,
@@ -298,6 +308,16 @@ async fn soak(d: &mut Drills<'_>, length: Duration, every: Duration) -> Result<b
         println!("FAIL soak: {violations:#?}");
     }
     Ok(violations.is_empty())
+}
+
+/// [`footprint`] after freed memory is handed back (`malloc_trim`) and 2 s of quiet (idle buffers released).
+async fn quiet_footprint() -> (u64, usize, usize) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SAFETY: glibc's malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    footprint()
 }
 
 /// One fault inside the soak: injected, held, recovered, waited out.
