@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 use super::check::{check, Expect, Report, Window};
-use super::ledger::now_ms;
+use super::ledger::{lsn, now_ms};
 use super::load::{Load, LoadOptions};
 use super::status::wait_eligible;
 use crate::relay::{Fault, Relay};
@@ -212,15 +212,39 @@ impl Drills<'_> {
         self.finish(load, &window, &expect).await
     }
 
-    /// The primary killed (SIGKILL), `promote` promoted `gap` later, `follower` re-pointed at it, the old
-    /// primary rebuilt as its replica. Writes fail while there is no primary (their outcome may be unknown);
-    /// service is back when every server is eligible again. Run it last: the roles stay changed.
-    pub async fn promote_drill(
-        &mut self,
-        promote: &str,
-        follower: &str,
-        gap: Duration,
-    ) -> Result<Report, String> {
+    /// Makes commits on the primary wait until one replica has flushed them (`synchronous_standby_names =
+    /// 'ANY 1 (every server)'`, by ALTER SYSTEM): with asynchronous replication a failover loses what the dead
+    /// primary acknowledged but had not streamed, and the ledger would (rightly) count those writes as lost.
+    pub fn synchronous(&self) -> Result<(), String> {
+        let names: Vec<&str> = self.ports.values().map(String::as_str).collect();
+        let value = format!("ANY 1 ({})", names.join(", "));
+        self.cluster
+            .set_config("primary", "synchronous_standby_names", Some(&value))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The replica that has received the most WAL (the one to promote: it holds every synchronous commit).
+    fn most_advanced(&self) -> Result<String, String> {
+        let mut best: Option<(u64, String)> = None;
+        for replica in self.cluster.replicas() {
+            let out = self
+                .cluster
+                .psql(&replica.name, "SELECT pg_last_wal_receive_lsn()")
+                .map_err(|e| e.to_string())?;
+            let at = lsn(&out).unwrap_or(0);
+            if best.as_ref().is_none_or(|(b, _)| at > *b) {
+                best = Some((at, replica.name.clone()));
+            }
+        }
+        best.map(|(_, name)| name)
+            .ok_or_else(|| "no replica to promote".to_string())
+    }
+
+    /// The primary killed (SIGKILL); `gap` later the replica that received the most WAL is promoted, the other
+    /// re-pointed at it and the old primary rebuilt as its replica. Writes fail while there is no primary (their
+    /// outcome may be unknown); service is back when every server is eligible again. Run it last: the roles stay
+    /// changed. Run [`Drills::synchronous`] first, or acknowledged writes not yet streamed are lost.
+    pub async fn promote_drill(&mut self, gap: Duration) -> Result<Report, String> {
         let load = self.load();
         tokio::time::sleep(self.settle).await;
         let mut window = self.window("primary-kill-promote", None, false);
@@ -229,13 +253,29 @@ impl Drills<'_> {
         tokio::task::block_in_place(|| self.cluster.kill("primary")).map_err(err)?;
         tokio::time::sleep(gap).await;
         window.restore_ms = now_ms();
-        tokio::task::block_in_place(|| self.cluster.promote(promote)).map_err(err)?;
+        let promote = tokio::task::block_in_place(|| {
+            let name = self.most_advanced()?;
+            self.cluster.promote(&name).map_err(err)?;
+            Ok::<_, String>(name)
+        })?;
         window.writes_back_ms = Some(self.writes_flow().await?);
-        tokio::task::block_in_place(|| self.cluster.follow(follower, promote)).map_err(err)?;
-        tokio::task::block_in_place(|| self.cluster.rebuild_as_replica("primary", promote))
+        let followers: Vec<String> = self
+            .cluster
+            .replicas()
+            .iter()
+            .filter(|r| r.name != promote)
+            .map(|r| r.name.clone())
+            .collect();
+        for follower in &followers {
+            tokio::task::block_in_place(|| self.cluster.follow(follower, &promote)).map_err(err)?;
+        }
+        tokio::task::block_in_place(|| self.cluster.rebuild_as_replica("primary", &promote))
             .map_err(err)?;
-        self.wait_eligible(follower, true).await?;
+        for follower in &followers {
+            self.wait_eligible(follower, true).await?;
+        }
         window.recovered_ms = self.wait_eligible("primary", true).await?;
+        println!("drill primary-kill-promote: promoted {promote}");
         let expect = Expect {
             write_errors: true,
             excluded: false,
