@@ -191,9 +191,11 @@ fn eligible_at(s: &ServerState, at_ms: u64) -> bool {
     known_eligible_at(s, at_ms).unwrap_or(true)
 }
 
-/// [`eligible_at`], `None` when unknown. No transition at all: never eligible.
+/// [`eligible_at`], `None` when unknown. No transition at all: never eligible. Both times are whole
+/// milliseconds, so a transition in the same millisecond as `at_ms` may have come after it: only transitions in
+/// an earlier millisecond count.
 fn known_eligible_at(s: &ServerState, at_ms: u64) -> Option<bool> {
-    match s.transitions.iter().rev().find(|t| t.at_ms <= at_ms) {
+    match s.transitions.iter().rev().find(|t| t.at_ms < at_ms) {
         Some(t) => Some(t.eligible),
         None if s.transitions.is_empty() => Some(s.eligible),
         None => None,
@@ -226,9 +228,18 @@ fn check_reads(
         let became_eligible = server
             .transitions
             .iter()
-            .any(|t| t.eligible && t.at_ms > read.start_ms && t.at_ms <= read.end_ms);
+            .any(|t| t.eligible && t.at_ms >= read.start_ms && t.at_ms <= read.end_ms);
         if !eligible_at(server, read.start_ms) && !became_eligible {
-            r.ineligible_reads.push(describe(read, &server.name));
+            let since = server
+                .transitions
+                .iter()
+                .rev()
+                .find(|t| t.at_ms < read.start_ms)
+                .map_or(0, |t| t.at_ms);
+            r.ineligible_reads.push(format!(
+                "{} (ineligible since {since} ms)",
+                describe(read, &server.name)
+            ));
         }
         if let Some(stale_ms) = staleness_ms(&ledger.primary_lsn, read) {
             if stale_ms > slack {
@@ -383,8 +394,12 @@ mod tests {
         let s = server(&[(100, true), (200, false), (300, true)], true);
         assert!(s.transitions.len() == 3);
         assert!(eligible_at(&s, 150));
+        assert!(eligible_at(&s, 100), "unknown before the first transition");
         assert!(!eligible_at(&s, 250));
-        assert!(eligible_at(&s, 300));
+        assert!(eligible_at(&s, 301));
+        // In the same millisecond as a transition: it may have come after, so the state before it holds.
+        assert!(!eligible_at(&s, 300));
+        assert!(eligible_at(&s, 200));
         // Before the oldest transition kept: unknown, not counted against pgsplit.
         assert!(eligible_at(&s, 50));
         // Never eligible: no transition at all.
