@@ -455,3 +455,62 @@ fn cluster_can_live_in_a_static() {
     assert_send_sync::<Cluster>();
     assert_send_sync::<ClusterError>();
 }
+
+/// The fault-injecting relay in front of the shared cluster's primary: pass, an added delay, a stall that holds
+/// the connection open and answers nothing until passed again, and a cut that closes connections and refuses new
+/// ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_passes_delays_stalls_and_cuts() {
+    use pgsplit_harness::relay::{Fault, Relay};
+    let env = crate::common::env();
+    let relay = Relay::start(env.cluster.primary().port).expect("relay");
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port());
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the relay");
+    let conn = tokio::spawn(conn);
+    c.simple_query("SELECT 1").await.expect("pass");
+
+    relay.set(Fault::Delay(Duration::from_millis(100)));
+    let started = Instant::now();
+    c.simple_query("SELECT 1").await.expect("delayed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "a round trip under a 100 ms delay each way took {:?}",
+        started.elapsed()
+    );
+
+    relay.set(Fault::Stall);
+    let stalled = tokio::time::timeout(Duration::from_millis(500), c.simple_query("SELECT 2"));
+    assert!(stalled.await.is_err(), "a stalled relay answered");
+    let fresh = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    );
+    assert!(
+        fresh.await.is_err(),
+        "a new connection was answered during a stall"
+    );
+    relay.set(Fault::Pass);
+    // The statement sent during the stall was held, not dropped: the connection still works.
+    c.simple_query("SELECT 3").await.expect("after the stall");
+
+    relay.set(Fault::Cut);
+    assert!(
+        c.simple_query("SELECT 4").await.is_err(),
+        "a cut connection answered"
+    );
+    let _ = conn.await;
+    assert!(
+        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "a new connection got through a cut"
+    );
+    relay.set(Fault::Pass);
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect after the cut");
+    tokio::spawn(conn);
+    c.simple_query("SELECT 5").await.expect("pass again");
+}

@@ -124,6 +124,27 @@ impl Cluster {
         self.stop(replica, StopMode::Fast)?;
         self.run.set_upstream(server, upstream.port)?;
         self.start_server(replica)?;
+        self.follow_wait(replica, new_primary)
+    }
+
+    /// Makes a (crashed or stopped) old primary a standby of `new_primary` again: stops it if it runs, replaces
+    /// its data directory with a fresh base backup of `new_primary` (no pg_rewind needed, whatever it had written
+    /// past the fork point), starts it and waits until it streams from `new_primary`. It keeps its name and port.
+    pub fn rebuild_as_replica(&self, name: &str, new_primary: &str) -> Result<()> {
+        let server = self.get(name)?;
+        let upstream = self.get(new_primary)?;
+        self.stop(name, StopMode::Immediate)?;
+        self.reap(name);
+        std::fs::remove_dir_all(&server.data_dir)
+            .map_err(|e| ClusterError::io(format!("remove {}", server.data_dir.display()), e))?;
+        self.run.make_replica(server, upstream.port, &[])?;
+        self.start_server(name)?;
+        self.follow_wait(name, new_primary)
+    }
+
+    /// Waits until `replica` streams from `new_primary`.
+    fn follow_wait(&self, replica: &str, new_primary: &str) -> Result<()> {
+        let server = self.get(replica)?;
         let deadline = Instant::now() + STREAM_TIMEOUT;
         let sql = format!(
             "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name = '{}'",

@@ -19,11 +19,16 @@
 //!
 //! Layout: this file holds the cluster's shape, its start, waits and shutdown; `control.rs` stops, kills,
 //! promotes and re-points servers; `runner.rs` runs PostgreSQL's programs; `os.rs` knows users, programs, ports,
-//! processes and temporary directories; `watchdog.rs` cleans up after an owner that vanished; `error.rs`.
+//! processes and temporary directories; `watchdog.rs` cleans up after an owner that vanished; `error.rs`;
+//! `relay.rs` is a fault-injecting TCP relay to put between pgsplit and a server; `drill/` (feature `drill`) runs
+//! a mixed load through pgsplit with a write ledger and checks its outcome after a fault.
 
 mod control;
+#[cfg(feature = "drill")]
+pub mod drill;
 mod error;
 mod os;
+pub mod relay;
 mod runner;
 mod watchdog;
 
