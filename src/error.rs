@@ -85,3 +85,16 @@ impl Error {
 
 /// Result with pgsplit's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether a failure to open a connection to a server may mean it is going away (a unit needing the primary
+    /// then waits for the monitor's verdict): it could not be reached, or it said it is shutting down or starting
+    /// up. A refused login (password, role, database) is not.
+    pub fn may_mean_server_down(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::ServerIo { .. } | Error::ServerProtocol { .. } => true,
+            Error::ServerLogin { sqlstate, .. } => sqlstate.starts_with("57"),
+            _ => false,
+        }
+    }
+}

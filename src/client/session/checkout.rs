@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{failover, End, Session};
+use super::{End, Session};
 use crate::classify::{Decision, Reason, Route};
 use crate::client::causal::ReadFloor;
 use crate::client::lease::Lease;
@@ -331,7 +331,7 @@ impl Session {
                         target = self.read_target(Some(i), floor).await?;
                     }
                     // Nothing was sent: the primary may have just died; wait for the monitor's verdict.
-                    Target::Primary(i) if failover::may_be_down(&e) && !retried_primary => {
+                    Target::Primary(i) if e.may_mean_server_down() && !retried_primary => {
                         retried_primary = true;
                         target = self.primary_after_failure(i, e).await?;
                     }

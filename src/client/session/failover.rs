@@ -12,17 +12,6 @@ use crate::error::Error;
 use crate::router::{NoPrimary, Target};
 use crate::stats::FailoverOutcome;
 
-/// Whether a failure to open a connection to the primary may mean it is going away (so the unit waits for the
-/// monitor's verdict): it could not be reached, or it said it is shutting down or starting up. A refused login
-/// (password, role, database) is not.
-pub(super) fn may_be_down(e: &Error) -> bool {
-    match e {
-        Error::Connect { .. } | Error::ServerIo { .. } | Error::ServerProtocol { .. } => true,
-        Error::ServerLogin { sqlstate, .. } => sqlstate.starts_with("57"),
-        _ => false,
-    }
-}
-
 impl Session {
     /// The primary for a unit that needs it. While there is none (a failover) the unit waits up to
     /// `timeouts.failover_wait` for one.
@@ -121,23 +110,34 @@ mod tests {
             server: server(),
             detail: "Connection refused".into(),
         };
-        assert!(may_be_down(&unreachable));
-        assert!(may_be_down(&Error::server_io("primary", "reset")));
+        assert!(Error::may_mean_server_down(&unreachable));
+        assert!(Error::may_mean_server_down(&Error::server_io(
+            "primary", "reset"
+        )));
         assert!(
-            may_be_down(&login("57P03")),
+            Error::may_mean_server_down(&login("57P03")),
             "the database system is starting up"
         );
-        assert!(may_be_down(&login("57P01")), "terminating: shutting down");
         assert!(
-            !may_be_down(&login("28P01")),
+            Error::may_mean_server_down(&login("57P01")),
+            "terminating: shutting down"
+        );
+        assert!(
+            !Error::may_mean_server_down(&login("28P01")),
             "a wrong password fails at once"
         );
-        assert!(!may_be_down(&login("3D000")), "so does an unknown database");
+        assert!(
+            !Error::may_mean_server_down(&login("3D000")),
+            "so does an unknown database"
+        );
         let busy = Error::PoolTimeout {
             server: server(),
             waited_ms: 1,
             size: 1,
         };
-        assert!(!may_be_down(&busy), "a full pool is not a dead primary");
+        assert!(
+            !Error::may_mean_server_down(&busy),
+            "a full pool is not a dead primary"
+        );
     }
 }
