@@ -219,8 +219,11 @@ fn check_reads(
         let Some(server) = server else { continue };
         if !read.in_recovery {
             r.reads_on_primary += 1;
-            // Taking reads as a replica (eligible) while out of recovery.
-            if known_eligible_at(server, read.start_ms) == Some(true) {
+            // Taking reads as a replica (eligible) while out of recovery. Not counted: a read on the server
+            // that is the primary now, placed while it was being promoted and pgsplit had not probed it since
+            // (a promotion happens outside pgsplit; such a read sees everything the new primary has, so it is
+            // never stale). A server out of recovery that did not become the primary is what this catches.
+            if known_eligible_at(server, read.start_ms) == Some(true) && server.role != "primary" {
                 r.misrouted_reads.push(describe(read, &server.name));
             }
             continue;
