@@ -213,7 +213,7 @@ impl AuthQuery {
                         conns.remove(&key);
                     }
                     return Err(LookupError(match failed {
-                        Ok(Err(e)) => format!("auth_query failed: {}", with_causes(&e)),
+                        Ok(Err(e)) => format!("auth_query failed: {}", side::describe(&e)),
                         _ => format!("auth_query timed out after {timeout:?}"),
                     }));
                 }
@@ -269,28 +269,13 @@ impl AuthQuery {
                 let why = format!(
                     "cannot connect to {} as auth_user: {}",
                     server.display_name(),
-                    with_causes(&e)
+                    side::describe(&e)
                 );
                 conns.insert(key.clone(), Conn::Failed(Instant::now(), why.clone()));
                 Err(LookupError(why))
             }
         }
     }
-}
-
-/// An error and its sources, `: `-separated (tokio-postgres puts the server's message in a source).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -127,10 +127,11 @@ pub async fn connect_as(
     })
 }
 
-/// `e` and its causes, e.g. "error performing TLS handshake: invalid peer certificate: UnknownIssuer".
-fn describe(e: &tokio_postgres::Error) -> String {
+/// `e` and its causes, `: `-separated, e.g. "error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer" (tokio-postgres puts the server's message and the TLS failure in a source).
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         let more = s.to_string();
         if !text.contains(&more) {
