@@ -33,6 +33,84 @@ async fn pgbench_extended_and_prepared_with_32_clients_over_pools_of_4() {
     .expect("pgbench runs");
 }
 
+/// A standalone prepare (Parse + Sync outside a transaction, libpq's PQprepare) never waits for a pool slot: a
+/// synchronous client whose other connection holds the slot would wait for itself (pgbench prepares on one thread
+/// for all its clients, and starved for 20 s under load). The slot here is taken by a connection still logging
+/// in through a slow relay: the pool does not look full, yet nothing is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_prepare_never_waits_for_a_pool_slot() {
+    use pgsplit_harness::relay::{Fault, Relay};
+    let env = env();
+    let relay = Relay::start(env.cluster.primary().port).expect("relay");
+    let mut cfg = config(&env.cluster, 1, 1, "");
+    cfg.primary.port = relay.port();
+    cfg.timeouts.pool_wait = Duration::from_secs(3);
+    // An idle server connection is not reused after 100 ms: the next write logs in afresh.
+    cfg.timeouts.server_idle = Duration::from_millis(100);
+    let proxy = spawn_proxy(cfg);
+    // Both as `trustclient`: one pool.
+    let a = connect_to(proxy, TRUST).await.expect("a");
+    let mut b = tokio::task::block_in_place(|| Raw::login(proxy, Duration::from_secs(10), &[]));
+    a.batch_execute(
+        "DROP TABLE IF EXISTS standalone_prepare; CREATE TABLE standalone_prepare (id int)",
+    )
+    .await
+    .expect("table");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    relay.set(Fault::Delay(Duration::from_millis(200)));
+    let a = tokio::spawn(async move {
+        a.batch_execute("BEGIN; INSERT INTO standalone_prepare VALUES (1)")
+            .await
+            .map(|()| a)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The write holds the primary pool's only slot while it logs in, then stays in its transaction until this
+    // prepare has been answered, as a synchronous client's would.
+    let prepared = tokio::task::block_in_place(|| {
+        // In one write, as libpq sends it.
+        b.send(
+            &[
+                wire::parse("insert", "INSERT INTO standalone_prepare VALUES (2)", &[]),
+                wire::sync(),
+            ]
+            .concat(),
+        );
+        b.until_ready()
+    });
+    relay.set(Fault::Pass);
+    let a = a.await.expect("task").expect("the first write");
+    let tags: Vec<u8> = prepared.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        tags,
+        b"1Z",
+        "ParseComplete while the pool's only slot is taken: {:?}",
+        prepared
+            .iter()
+            .map(|(t, body)| (*t as char, String::from_utf8_lossy(body).into_owned()))
+            .collect::<Vec<_>>()
+    );
+    a.batch_execute("COMMIT").await.expect("commit");
+    // Prepared on the server the Bind went to.
+    let executed = tokio::task::block_in_place(|| {
+        b.bind_execute("insert");
+        b.sync();
+        b.until_ready()
+    });
+    assert!(executed.iter().any(|(t, _)| *t == b'C'), "{executed:?}");
+    let rows = a
+        .query_one(
+            "/* pgsplit:primary */ SELECT count(*)::int4 FROM standalone_prepare WHERE id IN (1, 2)",
+            &[],
+        )
+        .await
+        .expect("count");
+    assert_eq!(rows.get::<_, i32>(0), 2);
+    a.batch_execute("DROP TABLE standalone_prepare")
+        .await
+        .expect("drop");
+}
+
 #[tokio::test]
 async fn pipelined_queries_and_an_error_mid_pipeline() {
     let c = connect().await;

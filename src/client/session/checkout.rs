@@ -69,6 +69,8 @@ pub(super) enum Placed {
     Wait,
     /// No server could be had; the client has been told: drop the message.
     Dropped,
+    /// A unit that takes a server only if one is free found none: it is answered here.
+    Busy,
 }
 
 /// Why a checkout failed.
@@ -77,6 +79,8 @@ pub(super) enum Checkout {
     Server(Frame),
     /// No usable connection.
     Failed(Error),
+    /// Asked for a connection only if one was free, and none was.
+    Busy,
 }
 
 impl From<Error> for Checkout {
@@ -90,6 +94,7 @@ impl Session {
     /// makes sure a server is held for it, sending a deferred BEGIN first.
     pub(super) async fn place(&mut self, tag: u8, decision: &mut Decision) -> Result<Placed, End> {
         self.settle_route(decision);
+        let if_free = std::mem::take(&mut self.prepare_if_free);
         match self.placement(decision.route) {
             Placement::Wait => return Ok(Placed::Wait),
             Placement::SyncThenWait => {
@@ -104,11 +109,10 @@ impl Session {
                     self.shared.stats.pinned(destination(h.target));
                 }
             }
-            Placement::Route => {
-                if !self.acquire(decision, tag).await? {
-                    return Ok(Placed::Dropped);
-                }
-            }
+            Placement::Route => match self.acquire(decision, tag, if_free).await? {
+                Placed::Send => {}
+                other => return Ok(other),
+            },
         }
         if let Some(h) = self.held.as_mut() {
             if let Some(begin) = self.deferred_begin.take() {
@@ -200,15 +204,20 @@ impl Session {
         }
     }
 
-    /// Takes a server for a new unit: a parked one of this session, or one from a pool. Reports failures to the
-    /// client; returns false when the unit's frames must be dropped.
-    async fn acquire(&mut self, decision: &Decision, tag: u8) -> Result<bool, End> {
+    /// Takes a server for a new unit: a parked one of this session, or one from a pool (`if_free`: only one free
+    /// right now). Reports failures to the client.
+    async fn acquire(
+        &mut self,
+        decision: &Decision,
+        tag: u8,
+        if_free: bool,
+    ) -> Result<Placed, End> {
         tracing::debug!(client = self.id, route = ?decision.route, reason = decision.reason.label(), "routing");
         self.info.set_state(ClientState::Waiting);
         if self.shared.is_paused() {
             self.shared.wait_resumed().await;
         }
-        let checked_out = self.checkout(decision.route).await;
+        let checked_out = self.checkout(decision.route, if_free).await;
         self.info.set_state(if checked_out.is_ok() {
             ClientState::Active
         } else {
@@ -221,17 +230,18 @@ impl Session {
                     .routed(destination(held.target), decision.reason);
                 tracing::debug!(client = self.id, server = %held.conn.server, reason = decision.reason.label(), "routed");
                 self.held = Some(held);
-                Ok(true)
+                Ok(Placed::Send)
             }
+            Err(Checkout::Busy) => Ok(Placed::Busy),
             Err(Checkout::Server(frame)) => {
                 frame.encode(&mut self.cout);
                 self.after_failed_unit(tag);
-                Ok(false)
+                Ok(Placed::Dropped)
             }
             Err(Checkout::Failed(e)) => {
                 self.queue_error(Severity::Error, e.sqlstate(), &e.to_string());
                 self.after_failed_unit(tag);
-                Ok(false)
+                Ok(Placed::Dropped)
             }
         }
     }
@@ -252,34 +262,14 @@ impl Session {
         }
     }
 
-    /// Whether every pool a unit of this route could use is at its size (checking one out would wait).
-    pub(super) fn pools_full(&self, route: Route) -> bool {
-        let full = |t: Target| {
-            self.pools.pool(t).is_none_or(|p| {
-                let s = p.stats();
-                s.active >= s.size
-            })
-        };
-        let primary = self.shared.router.primary().map(Target::Primary);
-        match route {
-            Route::Write => primary.is_ok_and(full),
-            Route::Read => {
-                primary.is_ok_and(full)
-                    && self
-                        .shared
-                        .router
-                        .servers
-                        .load()
-                        .iter()
-                        .filter(|b| Ok(b.index) != self.shared.router.primary() && !b.is_retired())
-                        .all(|b| full(Target::Replica(b.index)))
-            }
-        }
-    }
-
     /// A server for `route`: a parked one of this session for the same kind of server, or one from the pool of
     /// the balancer's choice (a replica that cannot be reached is skipped and the read tried once elsewhere).
-    pub(super) async fn checkout(&mut self, route: Route) -> Result<Box<Held>, Checkout> {
+    /// `if_free`: only a connection free right now, never a wait in the pool's queue ([`Checkout::Busy`]).
+    pub(super) async fn checkout(
+        &mut self,
+        route: Route,
+        if_free: bool,
+    ) -> Result<Box<Held>, Checkout> {
         let floor = match route {
             Route::Write => 0,
             Route::Read => self.read_floor().await,
@@ -311,7 +301,15 @@ impl Session {
                 let lost = format!("server {} is not configured", target.index());
                 return Err(Checkout::Failed(Error::Unavailable(lost)));
             };
-            match pool.checkout().await {
+            let taken = if if_free {
+                match pool.try_checkout().await {
+                    Some(taken) => taken,
+                    None => return Err(Checkout::Busy),
+                }
+            } else {
+                pool.checkout().await
+            };
+            match taken {
                 Ok(c) => {
                     backend.mark_ok();
                     break c;

@@ -38,6 +38,7 @@ impl Session {
             match self.place(msg.frame.tag, &mut decision).await? {
                 Placed::Send => self.send_routed(msg, decision),
                 Placed::Dropped => {}
+                Placed::Busy => self.prepare_here(&msg, decision),
                 Placed::Wait => {
                     self.stalled = Some(msg);
                     return Ok(());
@@ -131,7 +132,7 @@ impl Session {
         let held = self.held.is_some();
         let step = match &msg.message {
             Message::Query { text } => self.query_step(text).await,
-            Message::Parse(parse) => self.parse_step(parse, &msg.frame.body).await,
+            Message::Parse(parse) => self.parse_step(parse).await,
             Message::Bind(bind) => self.bind_step(bind),
             Message::Describe(target) | Message::Close(target) => self.target_step(msg, target),
             // Execute follows its portal's Bind.
@@ -204,7 +205,7 @@ impl Session {
         Step::Route(decision)
     }
 
-    async fn parse_step(&mut self, parse: &Parse, body: &Bytes) -> Step {
+    async fn parse_step(&mut self, parse: &Parse) -> Step {
         let text = String::from_utf8_lossy(&parse.query);
         self.note_statement_hints(&text);
         if statements::names_reserved_statement(&text) {
@@ -270,23 +271,26 @@ impl Session {
             );
             return Step::Done;
         }
-        let just_prepare = self.held.is_none()
+        // Parse + Sync outside a transaction (libpq's PQprepare) goes to a server only if a connection is free
+        // right now; otherwise it is recorded and answered here, and prepared on whichever server a later Bind
+        // goes to. A synchronous client that prepares while its other connections hold the pool's slots (pgbench
+        // prepares on one thread for all its clients) must never wait for one: it would wait for itself. A text
+        // the server rejects then fails at that Bind, and the name is forgotten.
+        self.prepare_if_free = self.held.is_none()
             && self.deferred_begin.is_none()
             && !decision.effects.pins
             && named
-            && self.crbuf.starts_with(&[frontend::SYNC, 0, 0, 0, 4])
-            && self.pools_full(decision.route);
-        if just_prepare {
-            // Parse + Sync outside a transaction (libpq's PQprepare) while every connection it could use is
-            // taken: recorded and answered here, prepared on whichever server a later Bind goes to (a synchronous
-            // client that prepares while another of its connections holds the pool's last slot must not wait for
-            // one). A text the server rejects then fails at that Bind, and the name is forgotten. With a free
-            // connection the Parse goes to a server, as on PostgreSQL.
-            self.statements.parse(self.id, parse, body, decision);
-            messages::empty(&mut self.cout, backend::PARSE_COMPLETE);
-            return Step::Done;
-        }
+            && self.crbuf.starts_with(&[frontend::SYNC, 0, 0, 0, 4]);
         Step::Route(decision)
+    }
+
+    /// A standalone prepare that found no free connection: recorded and answered here (see `parse_step`).
+    fn prepare_here(&mut self, msg: &Decoded, decision: Decision) {
+        if let Message::Parse(parse) = &msg.message {
+            self.statements
+                .parse(self.id, parse, &msg.frame.body, decision);
+            messages::empty(&mut self.cout, backend::PARSE_COMPLETE);
+        }
     }
 
     fn bind_step(&mut self, bind: &Bind) -> Step {

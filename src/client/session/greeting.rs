@@ -88,7 +88,7 @@ impl Session {
                 Err(_) => [Route::Read, Route::Write],
             };
             for route in order {
-                match self.checkout(route).await {
+                match self.checkout(route, false).await {
                     Ok(h) => {
                         held = Some(h);
                         break;
@@ -158,6 +158,12 @@ impl Session {
                 Severity::Fatal,
                 sqlstate::CANNOT_CONNECT_NOW,
                 &e.to_string(),
+            ),
+            // Not asked for here (a greeting waits for its connection).
+            Checkout::Busy => self.queue_error(
+                Severity::Fatal,
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no server connection is free",
             ),
         }
         End::Fatal

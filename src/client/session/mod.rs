@@ -122,6 +122,8 @@ pub struct Session {
     skip_to_sync: bool,
     /// A Flush was sent to learn whether a pipelined Parse of the same name succeeded.
     flushed_for_parse: bool,
+    /// The unit being placed is a standalone prepare: it takes a server connection only if one is free now.
+    prepare_if_free: bool,
     /// The client's transaction failed before any server took it (see `dispatch::in_aborted_transaction`);
     /// `Some(true)` while an extended-protocol COMMIT/ROLLBACK is being answered.
     aborted: Option<bool>,
@@ -189,6 +191,7 @@ impl Session {
             skip_to_sync: false,
             aborted: None,
             flushed_for_parse: false,
+            prepare_if_free: false,
             batch_messages: 0,
             cancel_armed: false,
             stop,
