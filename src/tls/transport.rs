@@ -167,6 +167,20 @@ impl Transport {
         self.tcp.writable().await
     }
 
+    /// [`Transport::readable`] as a poll: no future to keep, the waker sits in the socket's own slot (one task
+    /// per connection).
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.tls {
+            Some(t) if t.buffered => Poll::Ready(Ok(())),
+            _ => self.tcp.poll_read_ready(cx),
+        }
+    }
+
+    /// [`Transport::writable`] as a poll.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp.poll_write_ready(cx)
+    }
+
     /// Whether ciphertext waits to be sent: keep waiting for `writable` and call [`Transport::try_write`].
     pub fn wants_write(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.conn.wants_write())

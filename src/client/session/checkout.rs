@@ -109,7 +109,8 @@ impl Session {
                     self.shared.stats.pinned(destination(h.target));
                 }
             }
-            Placement::Route => match self.acquire(decision, tag, if_free).await? {
+            // Boxed: a checkout's state is large; the routing of every message would carry it.
+            Placement::Route => match Box::pin(self.acquire(decision, tag, if_free)).await? {
                 Placed::Send => {}
                 other => return Ok(other),
             },

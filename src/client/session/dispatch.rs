@@ -30,7 +30,7 @@ impl Session {
             let mut decision = match self.first_steps(&msg).await? {
                 Step::Done => continue,
                 Step::Wait => {
-                    self.stalled = Some(msg);
+                    self.stalled = Some(Box::new(msg));
                     return Ok(());
                 }
                 Step::Route(decision) => decision,
@@ -40,7 +40,7 @@ impl Session {
                 Placed::Dropped => {}
                 Placed::Busy => self.prepare_here(&msg, decision),
                 Placed::Wait => {
-                    self.stalled = Some(msg);
+                    self.stalled = Some(Box::new(msg));
                     return Ok(());
                 }
             }
@@ -53,7 +53,7 @@ impl Session {
     fn next_message(&mut self) -> Result<Option<Decoded>, End> {
         loop {
             let msg = match self.stalled.take() {
-                Some(msg) => msg,
+                Some(msg) => *msg,
                 None => {
                     let frame = match Frame::split(&mut self.crbuf, self.max_message) {
                         Ok(Some(f)) => f,

@@ -33,7 +33,7 @@ impl Session {
                 return Local::Wait;
             }
             match command {
-                Ok(command) => self.run_pgsplit_command(command).await,
+                Ok(command) => Box::pin(self.run_pgsplit_command(command)).await,
                 Err(e) => self.queue_error(Severity::Error, e.sqlstate, &e.message),
             }
             let status = match &self.held {

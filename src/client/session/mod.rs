@@ -19,8 +19,10 @@ mod local;
 mod relay;
 mod rewrite;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -117,7 +119,7 @@ pub struct Session {
     /// Setting and savepoint events of the unit being sent, recorded once the server accepts them.
     unit_changes: Vec<SessionEvent>,
     /// A message waiting for the held server (see `checkout::Placement::Wait`).
-    stalled: Option<Decoded>,
+    stalled: Option<Box<Decoded>>,
     /// After an error in an extended-protocol batch: the client's messages are skipped up to its Sync.
     skip_to_sync: bool,
     /// A Flush was sent to learn whether a pipelined Parse of the same name succeeded.
@@ -226,8 +228,13 @@ impl Session {
             // Give back a server that has answered everything before routing what waits.
             self.maybe_release();
             self.sync_cancel();
-            if let Err(end) = self.dispatch().await {
-                return end;
+            // Boxed, and only when there is something to route: its state would otherwise be part of every
+            // client's task, also while it waits.
+            let routable = self.stalled.is_some() || self.crbuf.len() >= HEADER_LEN;
+            if routable {
+                if let Err(end) = Box::pin(self.dispatch()).await {
+                    return end;
+                }
             }
             self.maybe_release();
             self.sync_cancel();
@@ -377,26 +384,55 @@ impl Session {
         let server = held.as_ref().map(|h| &h.conn.stream);
         let server_writes = server.is_some_and(|s| !sout.is_empty() || s.wants_write());
         let client: &Transport = client;
-        tokio::select! {
-            r = client.readable(), if read_client => Event::ClientReadable(r),
-            r = client.writable(), if !cout.is_empty() || client.wants_write() => Event::ClientWritable(r),
-            r = async {
-                match server {
-                    Some(s) => s.readable().await,
-                    None => std::future::pending().await,
+        let client_writes = !cout.is_empty() || client.wants_write();
+        let server_reads = cout.len() < BUFFER_LIMIT;
+        let watch_stop = between_units && !*stop.borrow();
+        // Polled by hand rather than `select!`: readiness lives in the sockets' own waker slots, so a waiting
+        // client's task keeps no futures for them (this wait is where an idle client sits, and its task is
+        // as large as its largest wait).
+        let mut stopped = std::pin::pin!(stop.changed());
+        std::future::poll_fn(|cx| {
+            if client_writes {
+                if let Poll::Ready(r) = client.poll_writable(cx) {
+                    return Poll::Ready(Event::ClientWritable(r));
                 }
-            }, if server.is_some() && cout.len() < BUFFER_LIMIT => Event::ServerReadable(r),
-            r = async {
-                match server {
-                    Some(s) => s.writable().await,
-                    None => std::future::pending().await,
+            }
+            if let Some(s) = server {
+                if server_reads {
+                    if let Poll::Ready(r) = s.poll_readable(cx) {
+                        return Poll::Ready(Event::ServerReadable(r));
+                    }
                 }
-            }, if server_writes => Event::ServerWritable(r),
-            _ = stop.changed(), if between_units && !*stop.borrow() => Event::Shutdown,
-            _ = idle.timer(), if timer_needed => Event::Timer,
-            // Nothing to wait for (a stalled unit whose server was just released): route it now.
-            else => Event::Progress,
-        }
+                if server_writes {
+                    if let Poll::Ready(r) = s.poll_writable(cx) {
+                        return Poll::Ready(Event::ServerWritable(r));
+                    }
+                }
+            }
+            if read_client {
+                if let Poll::Ready(r) = client.poll_readable(cx) {
+                    return Poll::Ready(Event::ClientReadable(r));
+                }
+            }
+            if watch_stop && stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if timer_needed && idle.timer().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            let waits = client_writes
+                || (server.is_some() && (server_reads || server_writes))
+                || read_client
+                || watch_stop
+                || timer_needed;
+            if waits {
+                Poll::Pending
+            } else {
+                // Nothing to wait for (a stalled unit whose server was just released): route it now.
+                Poll::Ready(Event::Progress)
+            }
+        })
+        .await
     }
 
     async fn flush_client(&mut self) -> std::io::Result<()> {
