@@ -1,6 +1,21 @@
 //! Load benchmark: pgbench against the primary directly, through PgBouncer and through pgsplit.
 //!
-//! `cargo run --release -p pgsplit-bench --bin load` (a program, not a `cargo bench` target). It:
+//! `cargo run --release -p pgsplit-bench --bin load` (a program, not a `cargo bench` target). It has two modes.
+//!
+//! **Capped-host mode** (the default): each PostgreSQL server — a primary and three replicas — gets
+//! `PGSPLIT_BENCH_SERVER_CPU` cores (default 0.25) in a cgroup of its own (see [`cgroup`]; a 10 ms CFS period), so
+//! that on a small machine a replica adds a server's worth of capacity, as on real hosts. Workloads:
+//! `select-simple` (`-S`), `select-prepared`, `mix-90-10` (`-b select-only@9 -b simple-update@1`) and
+//! `write-read`; targets: direct, PgBouncer, pgsplit over 1 and 2 replicas (`pgsplit-1r`, `pgsplit-2r`) and over 2
+//! with `primary_reads = "include"` (`pgsplit-2r+prim`); `select-simple` adds pgsplit over 0 and 3 replicas for the
+//! scaling curve: TPS with 0–3 replicas over PgBouncer, over the 0-replica point and against linear (N servers
+//! taking reads × one), and the goals (2 replicas ≥ 1.9 × PgBouncer on `-S`, 2 + primary and 3 replicas ≥ 2.85 ×,
+//! the 90/10 mix ≥ 1.8 ×). Each run also shows every server's cores used and throttled periods, and the machine's
+//! busy share: keep it under 100 % (4 × 0.25 on 2 cores leaves one for pgbench and the proxy). Where cgroups are
+//! not writable it prints `cgroups not writable: running uncapped` and runs the same set without quotas. Report:
+//! `target/bench/load-capped.json`.
+//!
+//! **Uncapped mode** (`PGSPLIT_BENCH_SERVER_CPU=0`): the bench as it was. It:
 //!
 //! 1. starts a local primary and two streaming replicas ([`Cluster::start`]),
 //! 2. starts pgsplit in this process, on its own tokio runtime of `PGSPLIT_BENCH_WORKERS` threads (`[pools]`
@@ -17,10 +32,11 @@
 //! it; a select that does not find the row inserts its id into `ryw_stale`, counted after the run. It runs, 16
 //! clients, against pgsplit (default consistency, `session`), a third pgsplit with `consistency = "eventual"` and
 //! pgsplit with `read_write_split = false` (everything on the primary); its "to replica" is the share of the
-//! SELECTs (one per transaction) that ran on a replica.
+//! SELECTs (one per transaction) that ran on a replica. (In the capped mode it runs against the mode's targets.)
 //!
-//! Environment: `PGSPLIT_BENCH_ROUNDS` (default 3), `PGSPLIT_BENCH_SECONDS` (pgbench `-T`, default 10),
-//! `PGSPLIT_BENCH_WORKLOADS` (comma-separated workload names to run, default all: e.g. `write-read`),
+//! Environment: `PGSPLIT_BENCH_SERVER_CPU` (cores per server in the capped mode, default 0.25; 0: uncapped mode),
+//! `PGSPLIT_BENCH_ROUNDS` (default 3), `PGSPLIT_BENCH_SECONDS` (pgbench `-T`, default 10),
+//! `PGSPLIT_BENCH_WORKLOADS` (comma-separated names among the mode's workloads, default all: e.g. `write-read`),
 //! `PGSPLIT_BENCH_WORKERS` (pgsplit runtime threads, default 1: like PgBouncer's one thread, and what a 2-core
 //! machine that also runs the servers and pgbench does best with — `workers = 1` in a configuration),
 //! `PGSPLIT_LOG` (pgsplit's log filter, default `warn`), `PGSPLIT_BENCH_CLIENT_TLS` (`1`: clients talk TLS to
@@ -28,10 +44,11 @@
 //! a certificate made here — and pgbench connects with `sslmode=prefer`, so the direct rows stay plain text; run
 //! the bench with and without it, e.g. `PGSPLIT_BENCH_WORKLOADS=select-simple`, to compare the TLS cost).
 //!
-//! Measured per run: TPS (pgbench, without connection time), average latency (pgbench's `latency average`),
-//! p99 latency (computed here from pgbench's per-transaction logs, `-l`), failed transactions, and the proxy's
-//! CPU time per transaction: for pgsplit this process's user+system CPU (getrusage) over the run — the bench
-//! itself only waits for pgbench meanwhile — and for PgBouncer its process's `/proc/<pid>/stat` utime+stime.
+//! Measured per run: the machine's busy share (/proc/stat busy CPU / (elapsed × CPUs)), TPS (pgbench, without
+//! connection time), average latency (pgbench's `latency average`), p99 latency (computed here from pgbench's
+//! per-transaction logs, `-l`), failed transactions, and the proxy's CPU time per transaction: for pgsplit this
+//! process's user+system CPU (getrusage) over the run — the bench itself only waits for pgbench meanwhile — and
+//! for PgBouncer its process's `/proc/<pid>/stat` utime+stime.
 //!
 //! Requirements. As root (what this machine runs): nothing but the PostgreSQL server binaries and pgbench (as for
 //! the tests); when `pgbouncer` is missing the bench runs `apt-get update` and `apt-get install -y pgbouncer`
@@ -40,7 +57,7 @@
 //! which is searched too) or the PgBouncer rows are skipped with a message; PostgreSQL and PgBouncer then run as
 //! you, in temporary directories you own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
@@ -54,11 +71,13 @@ use std::time::{Duration, Instant};
 
 use pgsplit::classify::Reason;
 use pgsplit::config::Config;
-use pgsplit::demo::local_config;
 use pgsplit::proxy::{Proxy, ProxyHandle, Shared};
 use pgsplit::stats::Destination;
 use pgsplit_harness::{find_program, free_port, is_root, postgres_owner, Cluster, ClusterOptions};
 use serde_json::{json, Value};
+
+mod capped;
+mod cgroup;
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
@@ -82,6 +101,10 @@ enum Target {
     PgsplitNoSplit,
     /// pgsplit with `[routing] consistency = "eventual"` (no read-your-writes: the behaviour before issue 14).
     PgsplitEventual,
+    /// Capped mode: pgsplit over the first N replicas (0 to 3); the primary takes reads only as the fallback.
+    PgsplitReplicas(u8),
+    /// Capped mode: pgsplit over replicas 1 and 2 with `[routing] primary_reads = "include"`.
+    PgsplitWithPrimary,
 }
 
 impl Target {
@@ -92,8 +115,45 @@ impl Target {
             Target::Pgsplit => "pgsplit",
             Target::PgsplitNoSplit => "pgsplit-nosplit",
             Target::PgsplitEventual => "pgsplit-eventual",
+            Target::PgsplitReplicas(n) => ["pgsplit-0r", "pgsplit-1r", "pgsplit-2r", "pgsplit-3r"]
+                .get(usize::from(n))
+                .copied()
+                .unwrap_or("pgsplit-?r"),
+            Target::PgsplitWithPrimary => "pgsplit-2r+prim",
         }
     }
+
+    /// How the bench starts the pgsplit behind this target; `None` for the targets that are not pgsplit.
+    fn proxy(self) -> Option<ProxySpec> {
+        let spec = |replicas, split, routing, optional| ProxySpec {
+            replicas,
+            split,
+            routing,
+            optional,
+        };
+        match self {
+            Target::Direct | Target::PgBouncer => None,
+            Target::Pgsplit => Some(spec(None, true, "", false)),
+            Target::PgsplitNoSplit => Some(spec(None, false, "", false)),
+            Target::PgsplitEventual => Some(spec(None, true, "consistency = \"eventual\"\n", true)),
+            Target::PgsplitReplicas(n) => Some(spec(Some(usize::from(n)), true, "", false)),
+            Target::PgsplitWithPrimary => {
+                Some(spec(Some(2), true, "primary_reads = \"include\"\n", true))
+            }
+        }
+    }
+}
+
+/// What a pgsplit target's configuration differs in.
+struct ProxySpec {
+    /// The first N replicas of the cluster; `None`: all of them.
+    replicas: Option<usize>,
+    /// `[routing] read_write_split`.
+    split: bool,
+    /// Lines added to `[routing]`.
+    routing: &'static str,
+    /// A pgsplit that does not know the setting cannot run these rows: they are skipped, with a message.
+    optional: bool,
 }
 
 struct Workload {
@@ -207,6 +267,11 @@ struct RunResult {
     /// Busy CPU time of the whole machine (every process: pgbench, the servers, the proxy, the kernel) per
     /// transaction, from /proc/stat: what the proxy costs everything else too.
     machine_us_per_txn: Option<f64>,
+    /// The machine's busy share over the run: busy CPU time / (elapsed × CPUs). Near 1: saturated, and the
+    /// run measures the machine rather than the target.
+    machine_busy: Option<f64>,
+    /// Capped mode: each server's CPU over the run.
+    servers: Vec<capped::ServerRun>,
     /// pgsplit only: the share of units of work (statements or batches up to Sync) it sent to a replica; for
     /// `write-read`, the share of its SELECTs (one per transaction) that ran on a replica.
     replica_share: Option<f64>,
@@ -251,21 +316,17 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// The workloads `PGSPLIT_BENCH_WORKLOADS` names (comma-separated), or all of them.
-fn selected_workloads() -> Result<Vec<&'static Workload>> {
+/// The workloads of `all` that `PGSPLIT_BENCH_WORKLOADS` names (comma-separated), or all of them.
+fn selected_workloads(all: &'static [Workload]) -> Result<Vec<&'static Workload>> {
     let Ok(list) = std::env::var("PGSPLIT_BENCH_WORKLOADS") else {
-        return Ok(WORKLOADS.iter().collect());
+        return Ok(all.iter().collect());
     };
     let mut selected = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let w = WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| {
+        let w = all.iter().find(|w| w.name == name).ok_or_else(|| {
             format!(
-                "PGSPLIT_BENCH_WORKLOADS: no workload {name:?}; the workloads are {}",
-                WORKLOADS
-                    .iter()
-                    .map(|w| w.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "PGSPLIT_BENCH_WORKLOADS: no workload {name:?} in this mode; its workloads are {}",
+                all.iter().map(|w| w.name).collect::<Vec<_>>().join(", ")
             )
         })?;
         if !selected.iter().any(|s: &&Workload| s.name == w.name) {
@@ -275,16 +336,22 @@ fn selected_workloads() -> Result<Vec<&'static Workload>> {
     if selected.is_empty() {
         return Err("PGSPLIT_BENCH_WORKLOADS names no workload".into());
     }
-    // In the order of WORKLOADS.
-    selected.sort_by_key(|w| WORKLOADS.iter().position(|x| x.name == w.name));
+    // In the order of `all`.
+    selected.sort_by_key(|w| all.iter().position(|x| x.name == w.name));
     Ok(selected)
 }
 
 fn run() -> Result<()> {
     let rounds = env_number("PGSPLIT_BENCH_ROUNDS", 3)? as usize;
     let seconds = env_number("PGSPLIT_BENCH_SECONDS", 10)?;
-    let workloads = selected_workloads()?;
-    let uses = |t: Target| workloads.iter().any(|w| w.targets.contains(&t));
+    // Capped-host mode (the default): its own workloads and targets, three replicas, servers in CPU quotas.
+    let server_cpu = capped::server_cpu()?;
+    let workloads = selected_workloads(if server_cpu.is_some() {
+        capped::WORKLOADS
+    } else {
+        WORKLOADS
+    })?;
+    let replicas = if server_cpu.is_some() { 3 } else { 2 };
     let bindir = Cluster::find_bindir()?;
     // The versioned bin directory first: /usr/bin/pgbench is Debian's Perl wrapper.
     let pgbench = find_program("pgbench", std::slice::from_ref(&bindir))
@@ -301,10 +368,10 @@ fn run() -> Result<()> {
         bindir.display()
     );
 
-    eprintln!("load bench: starting a primary and 2 streaming replicas…");
+    eprintln!("load bench: starting a primary and {replicas} streaming replicas…");
     let started = Instant::now();
     let cluster = Cluster::start(ClusterOptions {
-        replicas: 2,
+        replicas,
         setup_sql: vec![format!("CREATE DATABASE {DB}"), RYW_SETUP.to_string()],
         ..ClusterOptions::default()
     })?;
@@ -337,9 +404,13 @@ fn run() -> Result<()> {
         cluster.wait_replayed(&r.name, Duration::from_secs(300))?;
     }
     eprintln!(
-        "load bench: loaded and replayed on both replicas in {:.1} s",
+        "load bench: loaded and replayed on every replica in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+
+    // The servers' CPU quotas, once loaded (the load itself runs uncapped). Dropped before `cluster`, also on
+    // an error: the processes go back and the cgroups are removed.
+    let cap = server_cpu.map(|cpus| capped::Cap::apply(&cluster, cpus));
 
     // pgsplit, in this process.
     // Built as the pgsplit binary builds it: one thread runs everything with 1 worker, else a pool.
@@ -355,38 +426,42 @@ fn run() -> Result<()> {
             .enable_all()
             .build()?
     });
-    let start_proxy = |split: bool, routing: &str| -> Result<ProxyHandle> {
-        let config = proxy_config(&cluster, split, routing)?;
-        let handle = runtime.block_on(async { Proxy::bind(config).await?.spawn() })?;
-        Ok(handle)
-    };
-    let split = start_proxy(true, "").map_err(|e| format!("start pgsplit: {e}"))?;
-    let nosplit = start_proxy(false, "")
-        .map_err(|e| format!("start pgsplit (read_write_split = false): {e}"))?;
-    // A pgsplit that does not know `consistency` yet cannot run the eventual rows: they are skipped.
-    let eventual = if uses(Target::PgsplitEventual) {
-        match start_proxy(true, "consistency = \"eventual\"\n") {
+    let targets: BTreeSet<Target> = workloads
+        .iter()
+        .flat_map(|w| w.targets.iter().copied())
+        .collect();
+    let mut proxies: Vec<(Target, ProxyHandle)> = Vec::new();
+    for &target in &targets {
+        let Some(spec) = target.proxy() else {
+            continue;
+        };
+        let started = proxy_config(&cluster, &spec)
+            .and_then(|config| Ok(runtime.block_on(async { Proxy::bind(config).await?.spawn() })?));
+        match started {
             Ok(p) => {
+                let mut notes = vec![format!("{} replica(s)", spec.replicas.unwrap_or(replicas))];
+                if !spec.split {
+                    notes.push("read_write_split = false".into());
+                }
+                notes.extend(spec.routing.lines().map(str::to_string));
                 eprintln!(
-                    "load bench: pgsplit with consistency = \"eventual\" on {}",
-                    p.addr
+                    "load bench: {} on {} ({})",
+                    target.label(),
+                    p.addr,
+                    notes.join(", ")
                 );
-                Some(p)
+                proxies.push((target, p));
             }
-            Err(e) => {
-                eprintln!(
-                    "load bench: cannot start pgsplit with consistency = \"eventual\" ({e}): skipping its rows"
-                );
-                None
-            }
+            // A pgsplit that does not know the setting yet cannot run these rows: they are skipped.
+            Err(e) if spec.optional => eprintln!(
+                "load bench: cannot start {} ({e}): skipping its rows",
+                target.label()
+            ),
+            Err(e) => return Err(format!("start {}: {e}", target.label()).into()),
         }
-    } else {
-        None
-    };
+    }
     eprintln!(
-        "load bench: pgsplit on {} (split) and {} (read_write_split = false), {} worker thread(s)",
-        split.addr,
-        nosplit.addr,
+        "load bench: pgsplit with {} worker thread(s)",
         workers.max(1)
     );
     // A thread that drives the runtime for the whole bench (a single-threaded runtime runs tasks only inside
@@ -418,15 +493,11 @@ fn run() -> Result<()> {
     let ports: BTreeMap<Target, u16> = [
         (Target::Direct, Some(cluster.primary().port)),
         (Target::PgBouncer, bouncer.as_ref().map(|b| b.port)),
-        (Target::Pgsplit, Some(split.addr.port())),
-        (Target::PgsplitNoSplit, Some(nosplit.addr.port())),
-        (
-            Target::PgsplitEventual,
-            eventual.as_ref().map(|p| p.addr.port()),
-        ),
     ]
     .into_iter()
     .filter_map(|(t, p)| p.map(|p| (t, p)))
+    .chain(proxies.iter().map(|(t, p)| (*t, p.addr.port())))
+    .filter(|(t, _)| targets.contains(t))
     .collect();
 
     // Warm-up: fill every pool and the caches, so that the first measured run is not the one that connects.
@@ -455,6 +526,9 @@ fn run() -> Result<()> {
             let Some(&port) = ports.get(target) else {
                 continue;
             };
+            if *target == Target::PgBouncer && !w.pgbouncer {
+                continue;
+            }
             let mut args: Vec<&str> = w.args.to_vec();
             let path = path.to_string_lossy();
             args.extend(["-f", &path]);
@@ -469,23 +543,19 @@ fn run() -> Result<()> {
         }
     }
 
+    let cgroups = cap.as_ref().and_then(|c| c.cgroups());
+    let cap_start = cgroups.map(|g| (Instant::now(), g.stats()));
     let bench = Bench {
         pgbench: &pgbench,
         cluster: &cluster,
         ports: &ports,
-        proxies: [
-            (Target::Pgsplit, Some(split.shared.clone())),
-            (Target::PgsplitNoSplit, Some(nosplit.shared.clone())),
-            (
-                Target::PgsplitEventual,
-                eventual.as_ref().map(|p| p.shared.clone()),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(t, s)| s.map(|s| (t, s)))
-        .collect(),
+        proxies: proxies
+            .iter()
+            .map(|(t, p)| (*t, p.shared.clone()))
+            .collect(),
         scripts: scripts.path(),
         bouncer_pid: bouncer.as_ref().map(|b| b.pid),
+        cgroups,
         seconds,
     };
     let mut rows = Vec::new();
@@ -518,6 +588,11 @@ fn run() -> Result<()> {
             }
         }
     }
+    // The servers' counters over every measured run (and the pauses between them).
+    let cap_totals = match (cgroups, cap_start) {
+        (Some(g), Some((at, before))) => Some(capped::ServerTotals::since(g, at, &before)),
+        _ => None,
+    };
 
     let report = Report::new(
         &rows,
@@ -525,31 +600,37 @@ fn run() -> Result<()> {
         rounds,
         seconds,
         bouncer.as_ref().map(|b| b.version.clone()),
+        cap.as_ref().map(|c| (c, cap_totals)),
     );
     print!("{}", report.table());
     // The repository's `target/bench/`, where it was when this program was a `cargo bench` target.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = if cap.is_some() {
+        "load-capped.json"
+    } else {
+        "load.json"
+    };
     let path = fs::canonicalize(&repo)
         .unwrap_or(repo)
-        .join("target/bench/load.json");
+        .join("target/bench")
+        .join(file);
     fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")?;
     println!("\nwritten: {}", path.display());
 
-    // Clean up: PgBouncer, the proxies, then the servers (Cluster's Drop).
+    // Clean up: PgBouncer, the proxies, the cgroups, then the servers (Cluster's Drop).
     drop(bouncer);
     let _ = driver_stop.send(());
     let _ = driver.join();
     runtime.block_on(async {
-        split.shutdown().await;
-        nosplit.shutdown().await;
-        if let Some(p) = eventual {
+        for (_, p) in proxies {
             p.shutdown().await;
         }
     });
     if let Ok(runtime) = Arc::try_unwrap(runtime) {
         runtime.shutdown_timeout(Duration::from_secs(5));
     }
+    drop(cap);
     drop(cluster);
     Ok(())
 }
@@ -563,6 +644,12 @@ fn brief(r: &RunResult) -> String {
         fmt_opt(r.cpu_us_per_txn, 1),
         r.failed
     );
+    if let Some(busy) = r.machine_busy {
+        let _ = write!(s, "  machine busy {:.0}%", busy * 100.0);
+    }
+    if !r.servers.is_empty() {
+        let _ = write!(s, "  servers {}", capped::ServerRun::brief(&r.servers));
+    }
     if let Some(share) = r.replica_share {
         let _ = write!(s, "  to replica {:.1}%", share * 100.0);
     }
@@ -575,8 +662,6 @@ fn brief(r: &RunResult) -> String {
     s
 }
 
-/// pgsplit's configuration: the local cluster's, with a trust user and the bench's pool and lag settings;
-/// `routing` is added to `[routing]`.
 /// `PGSPLIT_BENCH_CLIENT_TLS=1`: a certificate and key for the proxies' client side, made once (rcgen), in a
 /// directory PgBouncer's user can read.
 struct ClientTlsFiles {
@@ -624,7 +709,10 @@ fn make_client_tls() -> Result<ClientTlsFiles> {
     Ok(files)
 }
 
-fn proxy_config(cluster: &Cluster, split: bool, routing: &str) -> Result<Config> {
+/// pgsplit's configuration: the local cluster's primary and the replicas `spec` names, with a trust user and the
+/// bench's pool and lag settings; `spec.routing` is added to `[routing]`.
+fn proxy_config(cluster: &Cluster, spec: &ProxySpec) -> Result<Config> {
+    let ProxySpec { split, routing, .. } = spec;
     let tls = client_tls().map_or_else(String::new, |f| {
         format!(
             "[tls]\nclient_mode = \"require\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
@@ -641,7 +729,21 @@ fn proxy_config(cluster: &Cluster, split: bool, routing: &str) -> Result<Config>
          [[databases]]\nname = \"{RYW_DB}\"\n\
          [[users]]\nname = \"{USER}\"\nauth = \"trust\"\n"
     );
-    Ok(local_config(cluster, 0, &extra, "<load bench>")?)
+    let mut toml = format!(
+        "listen = \"127.0.0.1:0\"\n{extra}\n\
+         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        cluster.primary().port
+    );
+    let replicas = cluster.replicas();
+    let n = spec.replicas.unwrap_or(replicas.len()).min(replicas.len());
+    for r in &replicas[..n] {
+        let _ = write!(
+            toml,
+            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            r.name, r.port
+        );
+    }
+    Ok(Config::from_toml_str(&toml, "<load bench>")?)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -653,6 +755,8 @@ struct Bench<'a> {
     ports: &'a BTreeMap<Target, u16>,
     proxies: BTreeMap<Target, Arc<Shared>>,
     bouncer_pid: Option<u32>,
+    /// Capped mode: the servers' cgroups, read before and after each run.
+    cgroups: Option<&'a cgroup::ServerCgroups>,
     seconds: u64,
     /// Where the workloads' scripts are (`<name>.sql`, written at the warm-up).
     scripts: &'a Path,
@@ -685,14 +789,24 @@ impl Bench<'_> {
         let port = self.ports[&target];
         let units_before = self.proxies.get(&target).map(|s| units(s));
         let cpu_before = self.proxy_cpu(target);
+        let servers_before = self.cgroups.map(|g| g.stats());
         let machine_before = machine_busy_us();
+        let started = Instant::now();
         let mut r = pgbench_run(self.pgbench, port, w.db, &args, self.seconds)?;
+        let elapsed = started.elapsed().as_secs_f64();
         let machine_after = machine_busy_us();
+        let servers_after = self.cgroups.map(|g| g.stats());
         let cpu_after = self.proxy_cpu(target);
-        if let (Some(a), Some(b)) = (machine_before, machine_after) {
+        if let (Some((a, cores)), Some((b, _))) = (machine_before, machine_after) {
             if r.transactions > 0 {
                 r.machine_us_per_txn = Some((b - a) / r.transactions as f64);
             }
+            if elapsed > 0.0 && cores > 0 {
+                r.machine_busy = Some((b - a) / (elapsed * 1e6 * cores as f64));
+            }
+        }
+        if let (Some(before), Some(after)) = (servers_before, servers_after) {
+            r.servers = capped::ServerRun::between(&before, &after, elapsed);
         }
         if let (Some((p0, r0)), Some(shared)) = (units_before, self.proxies.get(&target)) {
             let (p1, r1) = units(shared);
@@ -731,9 +845,11 @@ impl Bench<'_> {
         match target {
             Target::Direct => None,
             Target::PgBouncer => self.bouncer_pid.and_then(process_cpu_us),
-            Target::Pgsplit | Target::PgsplitNoSplit | Target::PgsplitEventual => {
-                Some(self_cpu_us())
-            }
+            Target::Pgsplit
+            | Target::PgsplitNoSplit
+            | Target::PgsplitEventual
+            | Target::PgsplitReplicas(_)
+            | Target::PgsplitWithPrimary => Some(self_cpu_us()),
         }
     }
 }
@@ -847,11 +963,15 @@ fn p99_from_logs(dir: &Path) -> Result<Option<f64>> {
     Ok(Some(latencies[rank.clamp(1, latencies.len()) - 1] as f64))
 }
 
-/// This process's user + system CPU time so far, in µs.
-/// Busy CPU time of the whole machine so far, µs (/proc/stat: user + nice + system + irq + softirq).
-fn machine_busy_us() -> Option<f64> {
+/// Busy CPU time of the whole machine so far, µs (/proc/stat: user + nice + system + irq + softirq), and the
+/// machine's number of CPUs (its `cpuN` lines).
+fn machine_busy_us() -> Option<(f64, usize)> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
@@ -860,9 +980,10 @@ fn machine_busy_us() -> Option<f64> {
     let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(busy * 1e6 / hz)
+    Some((busy * 1e6 / hz, cores))
 }
 
+/// This process's user + system CPU time so far, in µs.
 fn self_cpu_us() -> f64 {
     // SAFETY: getrusage only writes into the zeroed struct we pass.
     let usage = unsafe {
@@ -977,6 +1098,7 @@ impl PgBouncer {
         let ini = format!(
             "[databases]\n\
              {DB} = host=127.0.0.1 port={primary_port} dbname={DB}\n\
+             {RYW_DB} = host=127.0.0.1 port={primary_port} dbname={RYW_DB}\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {port}\n\
@@ -1108,11 +1230,15 @@ fn fmt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
 }
 
+fn fmt_pct0(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.0}%", v * 100.0))
+}
+
 /// One line of the run and median tables.
-fn table_line(c: [&str; 10]) -> String {
+fn table_line(c: [&str; 11]) -> String {
     format!(
-        "{:<16} {:<16} {:>5} {:>9} {:>8} {:>8} {:>10} {:>12} {:>10} {:>6}\n",
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
+        "{:<16} {:<16} {:>5} {:>9} {:>8} {:>8} {:>10} {:>12} {:>6} {:>10} {:>6}\n",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
     )
 }
 
@@ -1133,6 +1259,7 @@ struct Summary {
     p99_ms: Option<f64>,
     cpu_us_per_txn: Option<f64>,
     machine_us_per_txn: Option<f64>,
+    machine_busy: Option<f64>,
     replica_share: Option<f64>,
     /// Stale reads over all rounds (`write-read` only).
     stale_reads: Option<u64>,
@@ -1147,6 +1274,8 @@ struct Report<'a> {
     seconds: u64,
     pgbouncer: Option<String>,
     summaries: Vec<(&'static str, Target, Summary)>,
+    /// Capped mode: the quotas (or why there are none) and the servers' counters over the measured runs.
+    cap: Option<(&'a capped::Cap, Option<capped::ServerTotals>)>,
 }
 
 impl<'a> Report<'a> {
@@ -1156,16 +1285,15 @@ impl<'a> Report<'a> {
         rounds: usize,
         seconds: u64,
         pgbouncer: Option<String>,
+        cap: Option<(&'a capped::Cap, Option<capped::ServerTotals>)>,
     ) -> Report<'a> {
+        let targets: BTreeSet<Target> = workloads
+            .iter()
+            .flat_map(|w| w.targets.iter().copied())
+            .collect();
         let mut summaries = Vec::new();
         for w in workloads {
-            for target in [
-                Target::Direct,
-                Target::PgBouncer,
-                Target::Pgsplit,
-                Target::PgsplitNoSplit,
-                Target::PgsplitEventual,
-            ] {
+            for &target in &targets {
                 let mine: Vec<&Row> = rows
                     .iter()
                     .filter(|r| r.workload == w.name && r.target == target)
@@ -1194,6 +1322,7 @@ impl<'a> Report<'a> {
                         p99_ms: med(|r| r.p99_ms),
                         cpu_us_per_txn: med(|r| r.cpu_us_per_txn),
                         machine_us_per_txn: med(|r| r.machine_us_per_txn),
+                        machine_busy: med(|r| r.machine_busy),
                         replica_share: med(|r| r.replica_share),
                         stale_reads: results
                             .iter()
@@ -1212,6 +1341,7 @@ impl<'a> Report<'a> {
             seconds,
             pgbouncer,
             summaries,
+            cap,
         }
     }
 
@@ -1245,6 +1375,7 @@ impl<'a> Report<'a> {
             "p99 ms",
             "CPU µs/txn",
             "machine µs/txn",
+            "busy",
             "to replica",
             "failed",
         ]);
@@ -1253,8 +1384,8 @@ impl<'a> Report<'a> {
             out,
             "\npgbench -T {} s per run, {} round(s), scale {SCALE}, pools of {POOL_SIZE}; -c 16 -j 2 unless noted, \
              select-1client is -c 1 -j 1.\nCPU: the proxy's own CPU time per transaction; machine: busy CPU of the whole machine (pgbench, servers, \
-             proxy, kernel) per transaction. to replica: share of \
-             pgsplit's units of work sent to a replica.",
+             proxy, kernel) per transaction; busy: the machine's busy share over the run (busy / (elapsed × CPUs)). \
+             to replica: share of pgsplit's units of work sent to a replica.",
             self.seconds, self.rounds
         );
         out.push_str(&header);
@@ -1273,6 +1404,7 @@ impl<'a> Report<'a> {
                         &fmt_opt(x.p99_ms, 3),
                         &fmt_opt(x.cpu_us_per_txn, 1),
                         &fmt_opt(x.machine_us_per_txn, 1),
+                        &fmt_pct0(x.machine_busy),
                         &fmt_pct(x.replica_share),
                         &x.failed.to_string(),
                     ]);
@@ -1285,6 +1417,7 @@ impl<'a> Report<'a> {
                     r.workload,
                     r.target.label(),
                     &round,
+                    na,
                     na,
                     na,
                     na,
@@ -1314,11 +1447,12 @@ impl<'a> Report<'a> {
                     &fmt_opt(s.p99_ms, 3),
                     &fmt_opt(s.cpu_us_per_txn, 1),
                     &fmt_opt(s.machine_us_per_txn, 1),
+                    &fmt_pct0(s.machine_busy),
                     &fmt_pct(s.replica_share),
                     &s.failed.to_string(),
                 ])
             } else {
-                table_line([w, t.label(), "-", na, na, na, na, na, na, na])
+                table_line([w, t.label(), "-", na, na, na, na, na, na, na, na])
             });
         }
 
@@ -1332,22 +1466,30 @@ impl<'a> Report<'a> {
             "workload", "ratio", "TPS", "avg", "p99", "CPU"
         );
         let _ = writeln!(out, "{}", "-".repeat(79));
-        let pairs = [
-            ("pgsplit/pgbouncer", Target::Pgsplit, Target::PgBouncer),
-            ("pgsplit/direct", Target::Pgsplit, Target::Direct),
-            (
-                "split on/off (pgsplit)",
-                Target::Pgsplit,
-                Target::PgsplitNoSplit,
-            ),
-            (
-                "pgsplit split off/pgbouncer",
-                Target::PgsplitNoSplit,
-                Target::PgBouncer,
-            ),
-        ];
+        let pairs: Vec<(String, Target, Target)> = if self.cap.is_some() {
+            capped::ratio_pairs()
+        } else {
+            [
+                ("pgsplit/pgbouncer", Target::Pgsplit, Target::PgBouncer),
+                ("pgsplit/direct", Target::Pgsplit, Target::Direct),
+                (
+                    "split on/off (pgsplit)",
+                    Target::Pgsplit,
+                    Target::PgsplitNoSplit,
+                ),
+                (
+                    "pgsplit split off/pgbouncer",
+                    Target::PgsplitNoSplit,
+                    Target::PgBouncer,
+                ),
+            ]
+            .into_iter()
+            .map(|(l, a, b)| (l.to_string(), a, b))
+            .collect()
+        };
         for w in self.workloads {
-            for (label, a, b) in pairs {
+            for (label, a, b) in &pairs {
+                let (a, b) = (*a, *b);
                 let Some(r) = self.ratios(w.name, a, b) else {
                     continue;
                 };
@@ -1363,7 +1505,9 @@ impl<'a> Report<'a> {
                 );
             }
         }
-        if self.workloads.iter().any(|w| w.name == "write-read") {
+        if self.cap.is_some() {
+            out.push_str(&capped::tables(self));
+        } else if self.workloads.iter().any(|w| w.name == "write-read") {
             out.push_str(&self.write_read_table());
         }
         out
@@ -1432,6 +1576,8 @@ impl<'a> Report<'a> {
                         "p99_ms": opt(x.p99_ms),
                         "cpu_us_per_txn": opt(x.cpu_us_per_txn),
                         "machine_us_per_txn": opt(x.machine_us_per_txn),
+                        "machine_busy": opt(x.machine_busy),
+                        "servers": capped::ServerRun::json(&x.servers),
                         "replica_share": opt(x.replica_share),
                         "transactions": x.transactions,
                         "failed": x.failed,
@@ -1461,6 +1607,7 @@ impl<'a> Report<'a> {
                         "median_p99_ms": opt(s.p99_ms),
                         "median_cpu_us_per_txn": opt(s.cpu_us_per_txn),
                         "median_machine_us_per_txn": opt(s.machine_us_per_txn),
+                        "median_machine_busy": opt(s.machine_busy),
                         "median_replica_share": opt(s.replica_share),
                         "failed": s.failed,
                         "errored_runs": s.errors,
@@ -1539,6 +1686,9 @@ impl<'a> Report<'a> {
         });
         if let Some(w) = write_read {
             report["write_read"] = w;
+        }
+        if self.cap.is_some() {
+            capped::add_json(self, &mut report);
         }
         report
     }
