@@ -2,6 +2,7 @@
 //! while idle. Re-armed lazily from the last activity instead of on every message: it may fire early, and then
 //! only re-arms.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ pub(super) enum Due {
 }
 
 pub(super) struct IdleClock {
-    timer: Pin<Box<Sleep>>,
+    /// Made when first needed; dropped once the buffers are given back without an idle timeout to watch, so an
+    /// idle client holds none (busy clients keep theirs: no allocation per unit).
+    timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
     /// The last I/O event.
     last_active: Instant,
@@ -36,7 +39,7 @@ impl IdleClock {
     pub(super) fn new(timeout: Duration) -> IdleClock {
         let now = Instant::now();
         IdleClock {
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer: None,
             armed: false,
             last_active: now,
             last_shrink: now,
@@ -54,7 +57,10 @@ impl IdleClock {
     pub(super) fn arm(&mut self, between_units: bool, shrink_due: bool) -> bool {
         let watch_idle = between_units && !self.timeout.is_zero();
         let needed = watch_idle || shrink_due;
-        if needed && !self.armed {
+        if !needed {
+            return false;
+        }
+        if !self.armed {
             let shrink_at = self.last_active.max(self.last_shrink) + SHRINK_AFTER;
             let idle_at = self.last_active + self.timeout;
             let due = match (watch_idle, shrink_due) {
@@ -62,15 +68,21 @@ impl IdleClock {
                 (true, false) => idle_at,
                 _ => shrink_at,
             };
-            self.timer.as_mut().reset(due);
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(due),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
             self.armed = true;
         }
-        needed
+        true
     }
 
-    /// The timer to wait on (see [`IdleClock::arm`]).
-    pub(super) fn timer(&mut self) -> Pin<&mut Sleep> {
-        self.timer.as_mut()
+    /// Polls the timer armed by [`IdleClock::arm`] (pending when none is).
+    pub(super) fn poll_timer(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
     }
 
     /// The timer fired: what is due, for a session that is `idle` between units.
@@ -82,6 +94,9 @@ impl IdleClock {
         }
         if now.duration_since(self.last_active.max(self.last_shrink)) >= SHRINK_AFTER {
             self.last_shrink = now;
+            if self.timeout.is_zero() {
+                self.timer = None;
+            }
             return Due::Shrink;
         }
         Due::Nothing
@@ -96,10 +111,10 @@ mod tests {
     async fn it_closes_an_idle_client_after_the_timeout_and_shrinks_before() {
         let mut clock = IdleClock::new(Duration::from_secs(5));
         assert!(clock.arm(true, true));
-        clock.timer().await;
+        std::future::poll_fn(|cx| clock.poll_timer(cx)).await;
         assert_eq!(clock.fired(true), Due::Shrink);
         assert!(clock.arm(true, false));
-        clock.timer().await;
+        std::future::poll_fn(|cx| clock.poll_timer(cx)).await;
         assert_eq!(clock.fired(true), Due::Close);
         // Busy: the timeout does not close it, and no timer is needed without buffers to give back.
         let mut clock = IdleClock::new(Duration::from_secs(5));

@@ -88,8 +88,6 @@ pub struct Session {
     cout: BytesMut,
     /// Bytes for the held server.
     sout: BytesMut,
-    user: String,
-    database: String,
     pools: Arc<PoolSet>,
     key: (i32, i32),
     cancel: Arc<CancelSlot>,
@@ -155,7 +153,7 @@ impl Session {
     ) -> Session {
         let (key, cancel) = shared.cancels.register();
         let id = shared.next_client_id();
-        let info = Arc::new(ClientInfo::new(id, user.clone(), database.clone(), peer));
+        let info = Arc::new(ClientInfo::new(id, user, database, peer));
         shared.stats.clients.add(info.clone());
         let config = shared.config();
         let keep_servers = config.pool_mode == PoolMode::Session;
@@ -171,8 +169,6 @@ impl Session {
             crbuf,
             cout: BytesMut::new(),
             sout: BytesMut::new(),
-            user,
-            database,
             pools,
             key,
             cancel,
@@ -204,7 +200,7 @@ impl Session {
 
     /// Greets the client and serves it until it leaves.
     pub async fn run(&mut self) {
-        tracing::debug!(client = self.id, peer = %self.peer, user = %self.user, db = %self.database, "client connected");
+        tracing::debug!(client = self.id, peer = %self.peer, user = %self.info.user, db = %self.info.database, "client connected");
         // The greeting and the finish run once: boxed, so their state does not sit in every idle client's task.
         let end = match Box::pin(self.greet()).await {
             Ok(()) => self.serve().await,
@@ -417,7 +413,7 @@ impl Session {
             if watch_stop && stopped.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
-            if timer_needed && idle.timer().poll(cx).is_ready() {
+            if timer_needed && idle.poll_timer(cx).is_ready() {
                 return Poll::Ready(Event::Timer);
             }
             let waits = client_writes
