@@ -55,17 +55,46 @@ pub fn demo_config(cluster: &Cluster, listen_port: u16) -> Result<Config, Config
     )
 }
 
-/// Runs the demo until `stop` completes.
+/// The demo's messages on standard error: plain lines, or log events when the logs are JSON (`json`), so that
+/// every line of standard error is then JSON.
+#[derive(Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn info(self, msg: &str) {
+        if self.json {
+            tracing::info!("{msg}");
+        } else {
+            eprintln!("pgsplit demo: {msg}");
+        }
+    }
+
+    fn fail(self, msg: &str) -> ExitCode {
+        if self.json {
+            tracing::error!("{msg}");
+        } else {
+            eprintln!("pgsplit demo: {msg}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the demo until `stop` completes. `json_logs`: logging writes JSON lines, and so do the demo's messages.
 pub async fn run(
     replicas: usize,
     port: Option<u16>,
+    json_logs: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
+    let say = Say { json: json_logs };
     if let Err(e) = Cluster::find_bindir() {
-        eprintln!("pgsplit demo: {e}");
-        return ExitCode::FAILURE;
+        return say.fail(&e.to_string());
     }
-    eprintln!("pgsplit demo: starting a primary and {replicas} streaming replica(s)…");
+    say.info(&format!(
+        "starting a primary and {replicas} streaming replica(s)…"
+    ));
     let options = ClusterOptions {
         replicas,
         setup_sql: vec![
@@ -80,22 +109,13 @@ pub async fn run(
     };
     let mut cluster = match tokio::task::spawn_blocking(move || Cluster::start(options)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            eprintln!("pgsplit demo: {e}");
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("pgsplit demo: {e}");
-            return ExitCode::FAILURE;
-        }
+        Ok(Err(e)) => return say.fail(&e.to_string()),
+        Err(e) => return say.fail(&e.to_string()),
     };
     let wanted = port.unwrap_or(6432);
     let config = match demo_config(&cluster, wanted) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("pgsplit demo: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return say.fail(&e.to_string()),
     };
     let proxy = match Proxy::bind(config.clone()).await {
         Ok(p) => p,
@@ -106,19 +126,13 @@ pub async fn run(
             c.admin_listen.set_port(0);
             match Proxy::bind(c).await {
                 Ok(p) => p,
-                Err(e) => {
-                    eprintln!("pgsplit demo: cannot listen: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return say.fail(&format!("cannot listen: {e}")),
             }
         }
     };
     let addr = match proxy.local_addr() {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("pgsplit demo: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return say.fail(&e.to_string()),
     };
     let url =
         |port: u16| format!("postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DB}");
@@ -132,13 +146,13 @@ pub async fn run(
         let _ = writeln!(out, "DASHBOARD_URL=http://{admin}/dashboard");
     }
     let _ = out.flush();
-    eprintln!(
-        "pgsplit demo: ready. Try: psql \"{}\" -c 'SELECT inet_server_port(), pg_is_in_recovery()'",
+    say.info(&format!(
+        "ready. Try: psql \"{}\" -c 'SELECT inet_server_port(), pg_is_in_recovery()'",
         url(addr.port())
-    );
-    eprintln!("pgsplit demo: press Ctrl-C to stop and remove everything.");
+    ));
+    say.info("press Ctrl-C to stop and remove everything.");
     proxy.run(stop).await;
-    eprintln!("pgsplit demo: stopping…");
+    say.info("stopping…");
     let _ = tokio::task::spawn_blocking(move || cluster.shutdown()).await;
     ExitCode::SUCCESS
 }

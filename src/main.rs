@@ -1,11 +1,12 @@
 //! The `pgsplit` command: `run`, `check-config`, `demo` (with the default `demo` feature).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pgsplit::config::Config;
+use pgsplit::config::{Config, LogFormat};
 use pgsplit::proxy::Proxy;
 
 #[derive(Parser)]
@@ -53,27 +54,34 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Logging starts once the format is known: from `PGSPLIT_LOG_FORMAT`, else from the configuration file.
+    let env_format = match std::env::var("PGSPLIT_LOG_FORMAT") {
+        Ok(v) if !v.trim().is_empty() => match LogFormat::parse(&v) {
+            Some(f) => Some(f),
+            None => {
+                eprintln!("pgsplit: PGSPLIT_LOG_FORMAT must be `text` or `json`, not `{v}`");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     raise_fd_limit();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
+                init_logging(env_format.unwrap_or(config.log_format));
                 print!("{}", config.effective_toml());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(env_format.unwrap_or_default(), &e),
         },
         Command::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return fail(env_format.unwrap_or_default(), &e),
             };
+            let format = env_format.unwrap_or(config.log_format);
+            init_logging(format);
             runtime(config.workers).block_on(async move {
                 // Listened for before anything is bound: a SIGHUP sent once the ports answer must not find the
                 // default action (which ends the process).
@@ -81,8 +89,10 @@ fn main() -> ExitCode {
                 let proxy = match Proxy::bind_file(config.clone(), path).await {
                     Ok(p) => p,
                     Err(e) => {
-                        eprintln!("pgsplit: cannot listen on {}: {e}", config.listen);
-                        return ExitCode::FAILURE;
+                        return report(
+                            format,
+                            &format!("pgsplit: cannot listen on {}: {e}", config.listen),
+                        )
                     }
                 };
                 tracing::info!(listen = %config.listen, primary = %config.primary.address(), replicas = config.replicas.len(), "pgsplit listening");
@@ -93,17 +103,38 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo { replicas, port } => {
-            runtime(0).block_on(pgsplit::demo::run(replicas, port, shutdown_signal()))
+            let format = env_format.unwrap_or_default();
+            init_logging(format);
+            runtime(0).block_on(pgsplit::demo::run(
+                replicas,
+                port,
+                format == LogFormat::Json,
+                shutdown_signal(),
+            ))
         }
         #[cfg(not(feature = "demo"))]
-        Command::Demo { .. } => {
-            eprintln!(
-                "pgsplit demo: this pgsplit was built without the `demo` feature (cargo build \
-                 --no-default-features); build it with default features to get the demo"
-            );
-            ExitCode::FAILURE
-        }
+        Command::Demo { .. } => fail(
+            env_format.unwrap_or_default(),
+            &"pgsplit demo: this pgsplit was built without the `demo` feature (cargo build \
+              --no-default-features); build it with default features to get the demo",
+        ),
     }
+}
+
+/// Starts logging in `format` and reports a fatal error ([`report`]).
+fn fail(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
+    init_logging(format);
+    report(format, error)
+}
+
+/// Reports a fatal error once logging has started: an `ERROR` line in JSON, else the message alone (as a person
+/// reads it, e.g. ``pgsplit.toml:14: users[1].auth: md5 needs `password` ``). Returns failure.
+fn report(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
+    match format {
+        LogFormat::Json => tracing::error!("{error}"),
+        LogFormat::Text => eprintln!("{error}"),
+    }
+    ExitCode::FAILURE
 }
 
 /// The runtime: one thread runs everything when `workers = 1` (no hand-offs between threads at all), else a
@@ -126,14 +157,25 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     }
 }
 
-fn init_logging() {
+/// Logs to standard error at the level `PGSPLIT_LOG` (else `RUST_LOG`, else `info`) sets: JSON lines, or text
+/// coloured only when standard error is a terminal (and `NO_COLOR` is not set).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGSPLIT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => {
+            let _ = builder.json().flatten_event(true).try_init();
+        }
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            let _ = builder.with_ansi(colour).try_init();
+        }
+    }
 }
 
 /// Lets pgsplit hold as many sockets as the hard limit allows.

@@ -37,6 +37,7 @@ pub fn keeping_restart_settings(mut new: Config, old: &Config) -> Config {
     new.listen = old.listen;
     new.admin_listen = old.admin_listen;
     new.workers = old.workers;
+    new.log_format = old.log_format;
     new.limits.max_logins_in_progress = old.limits.max_logins_in_progress;
     new
 }
@@ -61,10 +62,11 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             d.removed.push(o.display_name());
         }
     }
-    let restart: [(&'static str, bool); 4] = [
+    let restart: [(&'static str, bool); 5] = [
         ("listen", old.listen != new.listen),
         ("admin_listen", old.admin_listen != new.admin_listen),
         ("workers", old.workers != new.workers),
+        ("log_format", old.log_format != new.log_format),
         (
             "limits.max_logins_in_progress",
             old.limits.max_logins_in_progress != new.limits.max_logins_in_progress,

@@ -29,8 +29,8 @@ pub use diff::{diff, keeping_restart_settings, ConfigDiff};
 pub use duration::{format_duration, parse_duration};
 pub use load::ConfigError;
 pub use sections::{
-    AuthMethod, Balancer, DatabaseConfig, Fallback, LagConfig, LimitsConfig, PoolMode, PoolsConfig,
-    PrimaryReads, PrimaryUnknown, RoutingConfig, ServerConfig, Timeouts, UserConfig,
+    AuthMethod, Balancer, DatabaseConfig, Fallback, LagConfig, LimitsConfig, LogFormat, PoolMode,
+    PoolsConfig, PrimaryReads, PrimaryUnknown, RoutingConfig, ServerConfig, Timeouts, UserConfig,
     VolatileFunctions,
 };
 pub use tls::{
@@ -75,6 +75,10 @@ pub struct Config {
     /// Runtime worker threads; 0 (default) means one per CPU core.
     #[serde(default)]
     pub workers: usize,
+    /// `text` (default) or `json` log lines on standard error; `PGSPLIT_LOG_FORMAT` overrides it. Read at
+    /// start only.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Largest client message accepted, in bytes. Default 256 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,

@@ -21,6 +21,28 @@ pub enum PoolMode {
     Session,
 }
 
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's fields.
+    Json,
+}
+
+impl LogFormat {
+    /// The format named `text` or `json` (as in the file and `PGSPLIT_LOG_FORMAT`).
+    pub fn parse(name: &str) -> Option<LogFormat> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
 /// One PostgreSQL server (the primary or a replica).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -192,3 +192,160 @@ fn run_on_one_thread_routes_and_stops_on_sigterm() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// Runs the `pgsplit` binary in front of the shared cluster with `top` as top-level settings and `envs` set, its
+/// standard error redirected to a file; runs one read (as `postgres`, trust) through it, stops it with SIGTERM,
+/// and returns what it wrote to standard error.
+fn stderr_of_a_read(top: &str, envs: &[(&str, &str)]) -> String {
+    let env = crate::common::env();
+    let port = pgsplit_harness::free_port().expect("free port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgsplit.toml");
+    let mut toml = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n{top}\n\
+         [primary]\nname = \"primary\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        env.cluster.primary().port
+    );
+    for r in env.cluster.replicas() {
+        toml.push_str(&format!(
+            "[[replicas]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            r.name, r.port
+        ));
+    }
+    toml.push_str(
+        "[lag]\nmax_lag = \"60s\"\n[[databases]]\nname = \"postgres\"\n\
+         [[users]]\nname = \"postgres\"\nauth = \"trust\"\n",
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("PGSPLIT_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start pgsplit");
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args(["-X", "-At", &url, "-c", sql])
+            .output()
+            .expect("psql")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !psql("SELECT 1").status.success() {
+        assert!(Instant::now() < deadline, "pgsplit did not start serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let read = psql("SELECT 'logged read'");
+    assert!(read.status.success(), "{read:?}");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pgsplit did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    std::fs::read_to_string(&log).expect("read stderr")
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_a_routing_reason() {
+    let stderr = stderr_of_a_read("log_format = \"json\"", &[("PGSPLIT_LOG", "debug")]);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            assert!(value.is_object(), "not an object: {line}");
+            for key in ["timestamp", "level", "target"] {
+                assert!(value.get(key).is_some(), "no `{key}`: {line}");
+            }
+            value
+        })
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["message"] == "pgsplit listening"),
+        "{stderr}"
+    );
+    let routed: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["message"] == "routed").collect();
+    assert!(
+        routed.iter().any(|v| v["level"] == "DEBUG"
+            && v["reason"] == "read_only_query"
+            && v["route"] == "read"
+            && v["server"].is_string()
+            && v["client"].is_u64()),
+        "no routing line with its reason: {stderr}"
+    );
+    // One line per unit: no separate line before the checkout.
+    assert!(!lines.iter().any(|v| v["message"] == "routing"), "{stderr}");
+}
+
+#[test]
+fn text_logs_to_a_file_have_no_colour_codes() {
+    let stderr = stderr_of_a_read("", &[("PGSPLIT_LOG", "debug")]);
+    assert!(stderr.contains("pgsplit listening"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("routed") && l.contains("reason=\"read_only_query\"")),
+        "no routing line with its reason: {stderr}"
+    );
+    assert!(
+        !stderr.contains("\x1b["),
+        "colour codes in a file: {stderr:?}"
+    );
+}
+
+#[test]
+fn log_format_from_the_environment_covers_startup_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "log_format = \"xml\"\n[primary]\nhost = \"db\"\n").expect("write");
+    let run = |format: &str| {
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("PGSPLIT_LOG_FORMAT", format)
+            .output()
+            .expect("run")
+    };
+    let out = run("json");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(lines[0]["level"], "ERROR", "{stderr}");
+    let message = lines[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bad.toml:1: log_format: unknown variant `xml`"),
+        "{stderr}"
+    );
+    // Text: the error alone, as before; an unknown format is refused.
+    let out = run("text");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:1: log_format", file.display())),
+        "{stderr}"
+    );
+    let out = run("yaml");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("PGSPLIT_LOG_FORMAT must be `text` or `json`"),
+        "{:?}",
+        out.stderr
+    );
+}

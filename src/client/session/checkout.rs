@@ -213,7 +213,6 @@ impl Session {
         tag: u8,
         if_free: bool,
     ) -> Result<Placed, End> {
-        tracing::debug!(client = self.id, route = ?decision.route, reason = decision.reason.label(), "routing");
         self.info.set_state(ClientState::Waiting);
         if self.shared.is_paused() {
             self.shared.wait_resumed().await;
@@ -229,7 +228,18 @@ impl Session {
                 self.shared
                     .stats
                     .routed(destination(held.target), decision.reason);
-                tracing::debug!(client = self.id, server = %held.conn.server, reason = decision.reason.label(), "routed");
+                // The one routing line per unit routed (units that follow a held server are not routed again):
+                // where it runs and why.
+                tracing::debug!(
+                    client = self.id,
+                    server = %held.conn.server,
+                    route = match decision.route {
+                        Route::Read => "read",
+                        Route::Write => "write",
+                    },
+                    reason = decision.reason.label(),
+                    "routed"
+                );
                 self.held = Some(held);
                 Ok(Placed::Send)
             }

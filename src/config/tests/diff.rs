@@ -72,12 +72,12 @@ fn a_server_that_moved_is_retired_and_added_again() {
 }
 
 #[test]
-fn listen_admin_listen_workers_and_login_cap_need_a_restart() {
+fn listen_admin_listen_workers_log_format_and_login_cap_need_a_restart() {
     let old = parse(BASE).expect("valid");
     let new = with(
         BASE,
         "listen = \"127.0.0.1:6432\"",
-        "listen = \"127.0.0.1:7432\"\nadmin_listen = \"127.0.0.1:9931\"\nworkers = 3\n\
+        "listen = \"127.0.0.1:7432\"\nadmin_listen = \"127.0.0.1:9931\"\nworkers = 3\nlog_format = \"json\"\n\
          [limits]\nmax_logins_in_progress = 7",
     );
     let d = diff(&old, &new);
@@ -87,6 +87,7 @@ fn listen_admin_listen_workers_and_login_cap_need_a_restart() {
             "listen",
             "admin_listen",
             "workers",
+            "log_format",
             "limits.max_logins_in_progress"
         ]
     );
@@ -97,7 +98,7 @@ fn listen_admin_listen_workers_and_login_cap_need_a_restart() {
     // What a reload puts in force keeps the running values, and the next reload still reports them.
     let kept = keeping_restart_settings(new.clone(), &old);
     assert_eq!(kept, old);
-    assert_eq!(diff(&kept, &new).restart_needed.len(), 4);
+    assert_eq!(diff(&kept, &new).restart_needed.len(), 5);
 }
 
 #[test]

@@ -65,6 +65,12 @@ fn syntax_and_type_errors_name_line_and_field() {
         "unknown variant `statement`",
     );
     expect_err(
+        &format!("log_format = \"xml\"\n{MINIMAL}"),
+        Some(1),
+        Some("log_format"),
+        "unknown variant `xml`",
+    );
+    expect_err(
         &format!("{MINIMAL}auth = \"sha\"\n"),
         Some(10),
         Some("users[0].auth"),

@@ -60,6 +60,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.listen, "127.0.0.1:6432".parse().unwrap());
     assert_eq!(c.admin_listen, "127.0.0.1:9930".parse().unwrap());
     assert_eq!(c.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.max_client_connections, 1000);
     assert_eq!(c.max_message_bytes, 268_435_456);
     assert!(c.write_functions.is_empty());
@@ -136,6 +137,16 @@ fn server_names_are_filled_in() {
         tls_server_name: None,
     };
     assert_eq!(unnamed.display_name(), "h:1");
+}
+
+#[test]
+fn log_format_is_text_or_json() {
+    let c = parse(&format!("log_format = \"json\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert!(c.effective_toml().contains("log_format = \"json\""));
+    assert_eq!(LogFormat::parse(" JSON "), Some(LogFormat::Json));
+    assert_eq!(LogFormat::parse("text"), Some(LogFormat::Text));
+    assert_eq!(LogFormat::parse("xml"), None);
 }
 
 #[test]
