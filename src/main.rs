@@ -1,12 +1,13 @@
 //! The `pgsplit` command: `run`, `check-config`, `demo` (with the default `demo` feature).
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use pgsplit::config::{Config, LogFormat};
+use pgsplit::config::{env, Config, ConfigError, Flags, LogFormat, Source};
 use pgsplit::proxy::Proxy;
 
 #[derive(Parser)]
@@ -22,16 +23,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy, from a configuration file, from server URLs (a sidecar needs no file), or both (the flags
+    /// win over the file). PGSPLIT_<OPTION> and PGSPLIT_<TABLE>__<OPTION> environment variables override
+    /// options (e.g. PGSPLIT_POOLS__READ_POOL_SIZE=10).
     Run {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
     },
-    /// Validate a configuration file and print the effective configuration.
+    /// Validate a configuration (a file, flags, PGSPLIT_* variables, as `run` takes them) and print the effective
+    /// configuration, secrets redacted.
     CheckConfig {
-        /// Configuration file (TOML).
-        file: PathBuf,
+        /// Configuration file (TOML); same as --config.
+        #[arg(conflicts_with = "config")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Start a local primary and streaming replicas with pgsplit in front, for a first look.
     #[cfg(feature = "demo")]
@@ -52,6 +58,78 @@ enum Command {
     },
 }
 
+/// Where the configuration comes from.
+#[derive(Args)]
+struct SourceArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The primary's URL, postgres://user:password@host[:port]/database[?sslmode=...]: clients log in as that user
+    /// with that password (SCRAM) to that database, and pgsplit logs in to the servers with them. Default:
+    /// $PGSPLIT_PRIMARY_URL.
+    #[arg(long, value_name = "URL")]
+    primary: Option<String>,
+    /// A replica's URL, postgres://host[:port][?sslmode=...] (repeatable). Default: $PGSPLIT_REPLICA_URLS
+    /// (comma-separated).
+    #[arg(long = "replica", value_name = "URL")]
+    replicas: Vec<String>,
+    /// Address clients connect to (overrides `listen`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address of the admin endpoint (overrides `admin_listen`).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+}
+
+impl SourceArgs {
+    /// The sources: the file, the flags (URLs from the environment when no flag gives them), the environment.
+    fn source(self, file: Option<PathBuf>) -> Result<Source, ConfigError> {
+        let file = file.or(self.config);
+        let primary = self
+            .primary
+            .or_else(|| std::env::var("PGSPLIT_PRIMARY_URL").ok());
+        let mut replicas = self.replicas;
+        if replicas.is_empty() {
+            if let Ok(list) = std::env::var("PGSPLIT_REPLICA_URLS") {
+                replicas = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
+        if file.is_none() && primary.is_none() {
+            return Err(ConfigError {
+                file: pgsplit::config::NO_FILE.to_string(),
+                line: None,
+                field: None,
+                message:
+                    "give a configuration file (--config FILE) or the primary's URL (--primary \
+                          postgres://user:password@host/database, or $PGSPLIT_PRIMARY_URL)"
+                        .to_string(),
+            });
+        }
+        Ok(Source {
+            file,
+            flags: Flags::parse(
+                primary.as_deref(),
+                &replicas,
+                self.listen,
+                self.admin_listen,
+            )?,
+            env: env::from_process()?,
+        })
+    }
+}
+
+/// The sources and the configuration merged from them.
+fn load(args: SourceArgs, file: Option<PathBuf>) -> Result<(Source, Config), ConfigError> {
+    let source = args.source(file)?;
+    let config = source.load()?;
+    Ok((source, config))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logging starts once the format is known: from `PGSPLIT_LOG_FORMAT`, else from the configuration file.
@@ -67,17 +145,18 @@ fn main() -> ExitCode {
     };
     raise_fd_limit();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(config) => {
+        Command::CheckConfig { file, source } => match load(source, file) {
+            Ok((source, config)) => {
                 init_logging(env_format.unwrap_or(config.log_format));
+                println!("# from: {}", source.describe());
                 print!("{}", config.effective_toml());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(env_format.unwrap_or_default(), &e),
         },
-        Command::Run { config: path } => {
-            let config = match Config::load(&path) {
-                Ok(c) => c,
+        Command::Run { source } => {
+            let (source, config) = match load(source, None) {
+                Ok(loaded) => loaded,
                 Err(e) => return fail(env_format.unwrap_or_default(), &e),
             };
             let format = env_format.unwrap_or(config.log_format);
@@ -86,7 +165,8 @@ fn main() -> ExitCode {
                 // Listened for before anything is bound: a SIGHUP sent once the ports answer must not find the
                 // default action (which ends the process).
                 let hup = sighup();
-                let proxy = match Proxy::bind_file(config.clone(), path).await {
+                let from = source.describe();
+                let proxy = match Proxy::bind_source(config.clone(), source).await {
                     Ok(p) => p,
                     Err(e) => {
                         return report(
@@ -95,7 +175,7 @@ fn main() -> ExitCode {
                         )
                     }
                 };
-                tracing::info!(listen = %config.listen, primary = %config.primary.address(), replicas = config.replicas.len(), "pgsplit listening");
+                tracing::info!(listen = %config.listen, primary = %config.primary.address(), replicas = config.replicas.len(), %from, "pgsplit listening");
                 reload_on_sighup(hup, proxy.shared());
                 proxy.run(shutdown_signal()).await;
                 ExitCode::SUCCESS

@@ -49,6 +49,15 @@ impl Proxy {
         Proxy::bind_shared(Shared::from_file(config, path)).await
     }
 
+    /// Binds the listeners for a configuration merged from `source` (`RELOAD` and SIGHUP merge it again when it has
+    /// a file, and are refused when it has none).
+    pub async fn bind_source(
+        config: Config,
+        source: crate::config::Source,
+    ) -> std::io::Result<Proxy> {
+        Proxy::bind_shared(Shared::from_source(config, source)).await
+    }
+
     /// The shared state (for the SIGHUP handler).
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()

@@ -1,5 +1,6 @@
 //! Live reload (SIGHUP, console `RELOAD`): re-read the file the configuration came from with the same loader and
-//! validation as at start, refuse it whole when it is invalid or cannot be applied, else put it in force
+//! validation as at start (and the same command-line flags and `PGSPLIT_*` environment set over it; without a
+//! file there is nothing to re-read and the reload is refused), refuse it whole when it is invalid or cannot be applied, else put it in force
 //! ([`Shared::apply`]) without dropping clients. What needs a restart is logged as such; the rest applies.
 //! Every attempt is recorded in a [`ReloadLog`] (`SHOW CONFIG`, `/status`, `pgsplit_reloads_total`).
 
@@ -52,12 +53,22 @@ impl Shared {
     /// Re-reads the configuration file and puts it in force; a file that does not load, or a change that cannot
     /// be applied, is refused and the configuration in force stays entirely. Logged and recorded either way.
     pub fn reload(&self) -> Result<Reloaded, Refused> {
-        let Some(path) = self.config_path.clone() else {
-            let why =
-                "pgsplit was not started from a configuration file: there is no file to reload";
-            return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why.into()));
+        let source = match &self.source {
+            Some(source) if source.reloadable() => source,
+            Some(_) => {
+                let why = "pgsplit was started without a configuration file (--primary/--replica flags and \
+                           PGSPLIT_* environment variables only): there is nothing to re-read; restart pgsplit \
+                           to change its configuration";
+                return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why.into()));
+            }
+            None => {
+                let why =
+                    "pgsplit was not started from a configuration file: there is no file to reload";
+                return Err(self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why.into()));
+            }
         };
-        match Config::load(&path) {
+        // The file again, with the same flags and the environment captured at start set over it.
+        match source.load() {
             Ok(config) => self.reload_with(config),
             Err(e) => Err(self.refuse(sqlstate::CONFIG_FILE_ERROR, e.to_string())),
         }

@@ -18,7 +18,9 @@ use crate::auth::ScramVerifier;
 use crate::auth_query::{AuthQuery, LookupError, Secret};
 use crate::cancel::CancelRegistry;
 use crate::classify::Classifier;
-use crate::config::{AuthMethod, Config, ConfigDiff, LiveConfig, UserConfig, VolatileFunctions};
+use crate::config::{
+    AuthMethod, Config, ConfigDiff, LiveConfig, Source, UserConfig, VolatileFunctions,
+};
 use crate::monitor::Monitor;
 use crate::router::{PoolSet, Router};
 use crate::server::Credential;
@@ -76,8 +78,11 @@ pub struct ReloadLog {
 /// State shared by every session.
 pub struct Shared {
     live: LiveConfig,
-    /// The file the configuration was read from (`None`: built in code; `RELOAD` then has nothing to read).
+    /// The file the configuration was read from (`None`: built in code or from command-line flags; `RELOAD` then
+    /// has nothing to read).
     pub config_path: Option<PathBuf>,
+    /// Where the configuration came from (`None`: built in code): what `RELOAD` re-reads and merges again.
+    pub source: Option<Source>,
     /// Statement classifier (the catalog task keeps its function catalog current).
     pub classifier: Arc<Classifier>,
     /// Servers and the balancer (the monitor sets the primary and who may take reads).
@@ -144,6 +149,7 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             reloads: Mutex::new(ReloadLog::default()),
             config_path: None,
+            source: None,
             live: Arc::new(ArcSwap::from_pointee(config)),
         }
     }
@@ -184,8 +190,15 @@ impl Shared {
 
     /// Like [`Shared::new`], remembering the file it came from (for `RELOAD` and SIGHUP).
     pub fn from_file(config: Config, path: PathBuf) -> Shared {
+        Shared::from_source(config, Source::file(path))
+    }
+
+    /// Like [`Shared::new`], remembering the sources it was merged from (a file, flags, the environment): `RELOAD`
+    /// and SIGHUP merge them again when there is a file, and are refused when there is none.
+    pub fn from_source(config: Config, source: Source) -> Shared {
         Shared {
-            config_path: Some(path),
+            config_path: source.file.clone(),
+            source: Some(source),
             ..Shared::new(config)
         }
     }

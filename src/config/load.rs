@@ -101,6 +101,23 @@ impl FieldPath {
         FieldPath(segs)
     }
 
+    /// Reads back a path as [`fmt::Display`] writes it (`users[1].auth`).
+    pub(super) fn parse(dotted: &str) -> Self {
+        let mut segs = Vec::new();
+        for part in dotted.split('.') {
+            let (key, indices) = part.split_once('[').unwrap_or((part, ""));
+            if !key.is_empty() {
+                segs.push(Seg::Key(key.to_string()));
+            }
+            for index in indices.split('[') {
+                if let Ok(i) = index.trim_end_matches(']').parse() {
+                    segs.push(Seg::Index(i));
+                }
+            }
+        }
+        FieldPath(segs)
+    }
+
     fn last_key(&self) -> Option<&str> {
         self.0.iter().rev().find_map(|s| match s {
             Seg::Key(k) => Some(k.as_str()),
@@ -138,7 +155,7 @@ pub(super) struct Locator<'a> {
 }
 
 impl<'a> Locator<'a> {
-    fn new(text: &'a str, file: &'a str) -> Self {
+    pub(super) fn new(text: &'a str, file: &'a str) -> Self {
         // Recoverable: even a file with syntax errors yields a partial tree for locating fields.
         let (tree, _errors) = DeTable::parse_recoverable(text);
         Locator { text, file, tree }
@@ -162,7 +179,7 @@ impl<'a> Locator<'a> {
         }
     }
 
-    fn line_of(&self, path: &FieldPath) -> Option<usize> {
+    pub(super) fn line_of(&self, path: &FieldPath) -> Option<usize> {
         let mut best: Option<usize> = None;
         let mut value: Option<&Spanned<DeValue<'a>>> = None;
         for seg in &path.0 {
@@ -238,7 +255,7 @@ impl<'a> Locator<'a> {
     }
 
     /// Converts a toml parse/deserialize error, adding the line and the field path.
-    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+    pub(super) fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let mut message = e.message().trim().to_string();
         let missing = message
             .strip_prefix("missing field `")

@@ -9,7 +9,9 @@
 //!
 //! Here: [`Config`] and its rendering. `sections`: the tables of the file and their defaults. `load`: reading a
 //! file and the `Locator` that ties an error to its line and field. `validate`: the checks serde cannot make.
-//! `duration`: duration strings. `diff`: what a reload changes.
+//! `duration`: duration strings. `diff`: what a reload changes. `source`: a file, command-line flags (`flags`,
+//! with `url` parsing `postgres://` URLs) and `PGSPLIT_*` environment overrides (`env`) merged into one
+//! configuration.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,24 +20,31 @@ use serde::{Deserialize, Serialize};
 
 mod diff;
 mod duration;
+pub mod env;
+mod flags;
 mod load;
 mod sections;
+mod source;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod url;
 mod validate;
 
 pub use diff::{diff, keeping_restart_settings, ConfigDiff};
 pub use duration::{format_duration, parse_duration};
+pub use flags::Flags;
 pub use load::ConfigError;
 pub use sections::{
     AuthMethod, Balancer, DatabaseConfig, Fallback, LagConfig, LimitsConfig, LogFormat, PoolMode,
     PoolsConfig, PrimaryReads, PrimaryUnknown, RoutingConfig, ServerConfig, Timeouts, UserConfig,
     VolatileFunctions,
 };
+pub use source::{Source, NO_FILE};
 pub use tls::{
     check_pair, read_certs, read_key, ClientTlsMode, PemError, ServerTlsMode, TlsConfig,
 };
+pub use url::{PgUrl, DEFAULT_PORT};
 
 /// The configuration in force, swappable (reload): sessions read it at unit boundaries, background tasks each
 /// tick.

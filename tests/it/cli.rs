@@ -1,4 +1,5 @@
-//! The `pgsplit` command line: `check-config` and `demo`, run as a user would.
+//! The `pgsplit` command line: `check-config`, `demo`, and `run` from a file or from server URLs alone, run as a
+//! user would.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -347,5 +348,152 @@ fn log_format_from_the_environment_covers_startup_errors() {
             .contains("PGSPLIT_LOG_FORMAT must be `text` or `json`"),
         "{:?}",
         out.stderr
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The sidecar start: no file, the servers' URLs as flags, a `PGSPLIT_POOLS__…` override; clients log in as the
+/// primary URL's user; reads go to a replica, writes to the primary; SIGHUP is refused (no file) and the proxy
+/// keeps serving; `check-config` shows the override and no password.
+#[tokio::test]
+async fn run_from_urls_and_environment_without_a_file() {
+    let env = crate::common::env();
+    let primary = env.cluster.primary().port;
+    let replicas: Vec<u16> = env.cluster.replicas().iter().map(|r| r.port).collect();
+    let port = pgsplit_harness::free_port().expect("free port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `%2D` is `-`: the password is percent-decoded.
+    let args = vec![
+        "--primary".to_string(),
+        format!("postgres://app:app%2Dsecret@127.0.0.1:{primary}/app?sslmode=disable"),
+        "--replica".to_string(),
+        format!("postgres://127.0.0.1:{}", replicas[0]),
+        "--replica".to_string(),
+        format!("postgres://app@127.0.0.1:{}/app", replicas[1]),
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--admin-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
+    let overrides = [
+        ("PGSPLIT_POOLS__READ_POOL_SIZE", "3"),
+        ("PGSPLIT_LAG__MAX_LAG", "60s"),
+        ("PGSPLIT_WORKERS", "1"),
+    ];
+
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .args(&args)
+        .envs(overrides)
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("read_pool_size = 3"), "{stdout}");
+    assert!(stdout.contains("max_lag = \"1m\""), "{stdout}");
+    assert!(stdout.contains("PGSPLIT_POOLS__READ_POOL_SIZE"), "{stdout}");
+    assert!(stdout.contains("password = \"<redacted>\""), "{stdout}");
+    assert!(
+        !stdout.contains("app-secret") && !stdout.contains("app%2Dsecret"),
+        "{stdout}"
+    );
+
+    let log = dir.path().join("pgsplit.log");
+    let mut child = Running(
+        Command::new(BIN)
+            .arg("run")
+            .args(&args)
+            .envs(overrides)
+            .env("PGSPLIT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start pgsplit"),
+    );
+    let url = format!("postgres://app:app-secret@127.0.0.1:{port}/app");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                break client;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "pgsplit did not start serving: {e}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let in_recovery = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let row = client.query_one(sql, &[]).await.expect(sql);
+            row.get::<_, bool>(0)
+        }
+    };
+    assert!(
+        in_recovery("SELECT pg_is_in_recovery()").await,
+        "a read ran on a replica"
+    );
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS sidecar_cli (a int)")
+        .await
+        .expect("create");
+    assert!(
+        !in_recovery(
+            "WITH w AS (INSERT INTO sidecar_cli VALUES (1) RETURNING a) SELECT pg_is_in_recovery() FROM w"
+        )
+        .await,
+        "a write ran on the primary"
+    );
+    // A wrong password is refused: clients log in with the URL's.
+    let wrong = format!("postgres://app:nope@127.0.0.1:{port}/app");
+    assert!(tokio_postgres::connect(&wrong, tokio_postgres::NoTls)
+        .await
+        .is_err());
+
+    // SIGHUP: nothing to re-read; refused, logged, and pgsplit keeps serving.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("nothing to re-read") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused reload in the log: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(in_recovery("SELECT pg_is_in_recovery()").await);
+    assert!(
+        child.0.try_wait().expect("wait").is_none(),
+        "pgsplit exited on SIGHUP"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("app-secret"),
+        "a password in the log: {text}"
     );
 }

@@ -1,5 +1,5 @@
 //! Tests of the configuration: defaults, names, the example file, rendering and redaction, loading. The errors
-//! each field can get are in `errors`.
+//! each field can get are in `errors`; merging a file, command-line flags and the environment in `source`.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use super::*;
 
 mod diff;
 mod errors;
+mod source;
 mod tls;
 
 const VERIFIER: &str = "SCRAM-SHA-256$4096:cGdzcGxpdC1leGFtcGxlIQ==$0n3xoMfihxm6HAUYzcDtHn5hY1AlNojFvbT/6iwzr0k=:VBmfeFF6msyoSLcz1rb44+oXsdPL/ijsCslBraQTV4w=";
