@@ -16,6 +16,7 @@ mod drivers;
 mod extended;
 mod failover;
 mod failover_load;
+mod prometheus;
 mod proxy;
 mod reload;
 mod routing;
