@@ -1,7 +1,8 @@
 //! Prometheus for real: Debian's `prometheus` scrapes a live pgsplit (with an admin token) using the shipped
 //! alert rules (`docker/prometheus/alerts.yml`, `for:` durations shortened in a copy); under load its HTTP API
 //! answers the routing rate, the latency p99 and each replica's lag, and with a replica's replay paused the lag and
-//! ineligibility alerts fire. `promtool` checks the shipped rules and scrape configuration.
+//! ineligibility alerts fire. `promtool` checks the shipped rules and scrape configuration, and runs the rules' unit
+//! tests (`docker/prometheus/alerts_test.yml`).
 //!
 //! Needs `prometheus` and `promtool` on `PATH` (`apt-get install prometheus`): without them the test fails, it is
 //! never skipped.
@@ -228,6 +229,12 @@ fn promtool_accepts_the_shipped_rules_and_scrape_config() {
         String::from_utf8_lossy(&out.stdout).contains("5 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // The rules' unit tests: every alert on synthetic series, firing and quiet.
+    let tests = shipped("alerts_test.yml");
+    assert_ok(
+        "promtool test rules docker/prometheus/alerts_test.yml",
+        &tool("promtool", &["test", "rules", &tests.to_string_lossy()]),
     );
     let config = shipped("prometheus.yml");
     assert_ok(
