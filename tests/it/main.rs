@@ -11,6 +11,7 @@ mod cli;
 mod cluster_harness;
 mod common;
 mod consistency;
+mod deploy;
 mod drills;
 mod drivers;
 mod extended;
