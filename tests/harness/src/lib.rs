@@ -43,8 +43,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use error::ClusterError;
-use os::{child_pids, conf_quote, free_ports, is_executable, log_tail, make_temp_dir, signal_pid};
-pub use os::{find_program, free_port, is_root, postgres_owner};
+pub use os::{child_pids, find_program, free_port, is_root, postgres_owner};
+use os::{conf_quote, free_ports, is_executable, log_tail, make_temp_dir, signal_pid};
 use runner::{run, Runner};
 use watchdog::spawn_watchdog;
 
@@ -404,6 +404,12 @@ impl Cluster {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The pid of server `name`'s running postmaster (`None` when it is not running or unknown).
+    pub fn postmaster_pid(&self, name: &str) -> Option<i32> {
+        let server = self.servers.iter().find(|s| s.name == name)?;
+        self.running_pid(server)
     }
 
     /// All servers, primary first.

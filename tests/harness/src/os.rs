@@ -197,7 +197,7 @@ pub(crate) fn signal_pid(pid: i32, signal: libc::c_int) {
 }
 
 /// Direct children of a process (from /proc).
-pub(crate) fn child_pids(parent: i32) -> Vec<i32> {
+pub fn child_pids(parent: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };

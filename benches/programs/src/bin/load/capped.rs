@@ -136,7 +136,7 @@ impl Cap {
         let servers: Vec<_> = cluster
             .servers()
             .iter()
-            .map(|s| (s.name.clone(), s.data_dir.clone()))
+            .map(|s| (s.name.clone(), cluster.postmaster_pid(&s.name)))
             .collect();
         let cgroups = ServerCgroups::create(&servers, cpus).map_err(|e| e.to_string());
         match &cgroups {

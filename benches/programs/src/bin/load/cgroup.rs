@@ -103,7 +103,7 @@ pub struct ServerCgroups {
 impl ServerCgroups {
     /// Puts each server (name, data directory) into its own cgroup with the quota of `cpus` cores. An error
     /// (no `cpu` controller, a read-only cgroup file system, a server not running…) leaves nothing behind.
-    pub fn create(servers: &[(String, PathBuf)], cpus: f64) -> io::Result<ServerCgroups> {
+    pub fn create(servers: &[(String, Option<i32>)], cpus: f64) -> io::Result<ServerCgroups> {
         let hierarchy = find_hierarchy()?;
         remove_stale(&hierarchy);
         let mut cgroups = ServerCgroups {
@@ -112,9 +112,11 @@ impl ServerCgroups {
             groups: Vec::new(),
         };
         // On an error `cgroups` is dropped: what was made so far is undone.
-        for (server, data_dir) in servers {
+        for (server, postmaster) in servers {
             let group = cgroups.make_group(server)?;
-            let moved = postmaster_pid(data_dir).and_then(|pid| move_tree(&group, pid));
+            let moved = postmaster
+                .ok_or_else(|| io::Error::other(format!("{server} is not running")))
+                .and_then(|pid| move_tree(&group, pid));
             cgroups.groups.push(group);
             moved?;
         }
@@ -363,7 +365,7 @@ fn remove_group(g: &Group, h: &Hierarchy) {
 /// Moves the postmaster, then its children: whatever it forks once it is inside is born inside.
 fn move_tree(g: &Group, postmaster: i32) -> io::Result<()> {
     move_pid(g, postmaster)?;
-    for child in child_pids(postmaster) {
+    for child in pgsplit_harness::child_pids(postmaster) {
         match move_pid(g, child) {
             Ok(()) => {}
             // Exited meanwhile.
@@ -388,36 +390,6 @@ fn move_pid(g: &Group, pid: i32) -> io::Result<()> {
         })?;
     }
     Ok(())
-}
-
-/// The postmaster's pid: the first line of `postmaster.pid` in the data directory.
-fn postmaster_pid(data_dir: &Path) -> io::Result<i32> {
-    let file = data_dir.join("postmaster.pid");
-    let text = fs::read_to_string(&file)?;
-    text.lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no pid in {}", file.display())))
-}
-
-/// The processes whose parent is `parent` (`PPid:` in `/proc/<pid>/status`).
-fn child_pids(parent: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("PPid:")?.trim().parse::<i32>().ok())
-                })
-                == Some(parent)
-        })
-        .collect()
 }
 
 #[cfg(test)]
