@@ -1,6 +1,7 @@
 //! Real drivers through pgsplit: psycopg 3, asyncpg and node-postgres run their own scripts
 //! (tests/drivers/) against the shared proxy, with prepared statements, pipelining, COPY and transactions,
-//! and check on which server every statement ran.
+//! and check on which server every statement ran. Two ORMs on psycopg 3 (SQLAlchemy 2 and Django) do the
+//! same with their own sessions, savepoints and schema creation.
 //!
 //! The drivers are installed by `bash .ci/run`. A missing one fails the test, it is never skipped.
 
@@ -15,7 +16,7 @@ const DIR: &str = env!("CARGO_MANIFEST_DIR");
 const TIMEOUT: Duration = Duration::from_secs(300);
 const PIP_INSTALL: &str =
     "python3 -m pip install --root-user-action=ignore --break-system-packages \
-     'psycopg[binary]==3.3.9' 'asyncpg==0.32.0'";
+     'psycopg[binary]==3.3.9' 'asyncpg==0.32.0' 'SQLAlchemy==2.0.58' 'Django==5.2.19'";
 const NPM_INSTALL: &str = "npm ci --prefix tests/drivers";
 
 /// Fails with install instructions when `probe` (a command line) does not succeed.
@@ -113,4 +114,32 @@ fn node_pg_named_statements_transactions_and_pool() {
         NPM_INSTALL,
     );
     run_script("node", "node_pg_test.js");
+}
+
+#[test]
+fn sqlalchemy_orm_session_savepoint_and_read_your_writes() {
+    require(
+        "python3 with SQLAlchemy 2 and psycopg 3 (modules sqlalchemy, psycopg)",
+        "python3",
+        &[
+            "-c",
+            "import sqlalchemy, psycopg; assert sqlalchemy.__version__.startswith('2.')",
+        ],
+        PIP_INSTALL,
+    );
+    run_script("python3", "sqlalchemy_test.py");
+}
+
+#[test]
+fn django_orm_migrate_save_and_read() {
+    require(
+        "python3 with Django 5 and psycopg 3 (modules django, psycopg)",
+        "python3",
+        &[
+            "-c",
+            "import django, psycopg; assert django.VERSION[0] >= 5",
+        ],
+        PIP_INSTALL,
+    );
+    run_script("python3", "django_test.py");
 }
