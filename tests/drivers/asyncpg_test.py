@@ -4,19 +4,14 @@ transactions on the primary, COPY (copy_records_to_table) and executemany.
 Env: DATABASE_URL (pgsplit), PRIMARY_PORT, REPLICA_PORTS (comma-separated). Prints `OK asyncpg_test.py`."""
 
 import asyncio
-import contextlib
 import faulthandler
-import os
-import sys
-import traceback
 import uuid
 
 import asyncpg
 
+from driver_common import PRIMARY, REPLICAS, URL, Script
+
 NAME = "asyncpg_test.py"
-URL = os.environ["DATABASE_URL"]
-PRIMARY = int(os.environ["PRIMARY_PORT"])
-REPLICAS = {int(p) for p in os.environ["REPLICA_PORTS"].split(",")}
 TABLE = f"drv_asyncpg_{uuid.uuid4().hex[:12]}"
 
 READ = "SELECT $1::int AS v, pg_is_in_recovery() AS r, inet_server_port() AS p"
@@ -24,20 +19,10 @@ WRITE = f"INSERT INTO {TABLE} (v) VALUES ($1) RETURNING inet_server_port()"
 PRIMARY_COUNT = f"/* pgsplit:primary */ SELECT count(*) FROM {TABLE}"
 
 
-def expect(cond, what):
-    if not cond:
-        print(f"{NAME}: FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
+_script = Script(NAME, asyncpg.PostgresError)
+expect, step = _script.expect, _script.step
 
 
-@contextlib.contextmanager
-def step(what):
-    """Turns a driver error in `what` into a failure that names the step."""
-    try:
-        yield
-    except asyncpg.PostgresError as e:
-        traceback.print_exc()
-        expect(False, f"{what}: {type(e).__name__}: {e}")
 
 
 def check_read(row, i, what):

@@ -5,17 +5,13 @@ atomic (savepoint) rolled back, and errors (in and out of a transaction) then re
 The model lives in tests/drivers/django_app/. Env: DATABASE_URL (pgsplit), PRIMARY_PORT, REPLICA_PORTS
 (comma-separated). Prints `OK django_test.py`."""
 
-import contextlib
 import faulthandler
 import os
-import sys
-import traceback
 from urllib.parse import unquote, urlsplit
 
+from driver_common import PRIMARY, REPLICAS, URL, Script
+
 NAME = "django_test.py"
-URL = os.environ["DATABASE_URL"]
-PRIMARY = int(os.environ["PRIMARY_PORT"])
-REPLICAS = {int(p) for p in os.environ["REPLICA_PORTS"].split(",")}
 TABLE = f"drv_django_{os.getpid()}"
 os.environ["DJANGO_TEST_TABLE"] = TABLE  # read by django_app/models.py
 
@@ -50,20 +46,10 @@ from django.db import DatabaseError, IntegrityError, connection, transaction  # 
 from django_app.models import Item  # noqa: E402
 
 
-def expect(cond, what):
-    if not cond:
-        print(f"{NAME}: FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
+_script = Script(NAME, DatabaseError)
+expect, step = _script.expect, _script.step
 
 
-@contextlib.contextmanager
-def step(what):
-    """Turns a database error in `what` into a failure that names the step."""
-    try:
-        yield
-    except DatabaseError as e:
-        traceback.print_exc()
-        expect(False, f"{what}: {type(e).__name__}: {e}")
 
 
 def where():

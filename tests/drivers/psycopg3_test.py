@@ -4,19 +4,14 @@ client from one server to another.
 
 Env: DATABASE_URL (pgsplit), PRIMARY_PORT, REPLICA_PORTS (comma-separated). Prints `OK psycopg3_test.py`."""
 
-import contextlib
 import faulthandler
-import os
-import sys
-import traceback
 import uuid
 
 import psycopg
 
+from driver_common import PRIMARY, REPLICAS, URL, Script
+
 NAME = "psycopg3_test.py"
-URL = os.environ["DATABASE_URL"]
-PRIMARY = int(os.environ["PRIMARY_PORT"])
-REPLICAS = {int(p) for p in os.environ["REPLICA_PORTS"].split(",")}
 TABLE = f"drv_psycopg3_{uuid.uuid4().hex[:12]}"
 
 READ = "SELECT %s::int, pg_is_in_recovery(), inet_server_port()"
@@ -24,20 +19,10 @@ WRITE = f"INSERT INTO {TABLE} (v) VALUES (%s) RETURNING inet_server_port()"
 PRIMARY_COUNT = f"/* pgsplit:primary */ SELECT count(*) FROM {TABLE}"
 
 
-def expect(cond, what):
-    if not cond:
-        print(f"{NAME}: FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
+_script = Script(NAME, psycopg.Error)
+expect, step = _script.expect, _script.step
 
 
-@contextlib.contextmanager
-def step(what):
-    """Turns a driver error in `what` into a failure that names the step."""
-    try:
-        yield
-    except psycopg.Error as e:
-        traceback.print_exc()
-        expect(False, f"{what}: {type(e).__name__}: {e}")
 
 
 def check_read(row, i, what):

@@ -4,20 +4,16 @@ transaction on a replica, an error then recovery, a 1 MB parameter and a stateme
 
 Env: DATABASE_URL (pgsplit), PRIMARY_PORT, REPLICA_PORTS (comma-separated). Prints `OK sqlalchemy_test.py`."""
 
-import contextlib
 import faulthandler
 import os
-import sys
-import traceback
 
 import sqlalchemy
 from sqlalchemy import Integer, String, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from driver_common import PRIMARY, REPLICAS, URL, Script
+
 NAME = "sqlalchemy_test.py"
-URL = os.environ["DATABASE_URL"]
-PRIMARY = int(os.environ["PRIMARY_PORT"])
-REPLICAS = {int(p) for p in os.environ["REPLICA_PORTS"].split(",")}
 TABLE = f"drv_sqlalchemy_{os.getpid()}"
 
 WHERE = text("SELECT pg_is_in_recovery(), inet_server_port()")
@@ -34,20 +30,10 @@ class Item(Base):
     v: Mapped[int] = mapped_column(Integer)
 
 
-def expect(cond, what):
-    if not cond:
-        print(f"{NAME}: FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
+_script = Script(NAME, sqlalchemy.exc.SQLAlchemyError)
+expect, step = _script.expect, _script.step
 
 
-@contextlib.contextmanager
-def step(what):
-    """Turns a database error in `what` into a failure that names the step."""
-    try:
-        yield
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        traceback.print_exc()
-        expect(False, f"{what}: {type(e).__name__}: {e}")
 
 
 def on_primary(row, what):
