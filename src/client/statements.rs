@@ -190,6 +190,36 @@ pub fn names_reserved_statement(sql: &str) -> bool {
     false
 }
 
+/// The statement `DEALLOCATE [PREPARE] name` names, when that is all the text holds (a trailing `;` and comments
+/// aside), as PostgreSQL resolves it: a bare name folded to lower case, a quoted one as written. `None` for any
+/// other text, `DEALLOCATE ALL` included.
+pub fn deallocated_name(sql: &str) -> Option<Vec<u8>> {
+    let mut toks = Lexer::new(sql.as_bytes());
+    if !toks.next()?.is("deallocate") {
+        return None;
+    }
+    let mut tok = toks.next()?;
+    if tok.is("prepare") {
+        tok = toks.next()?;
+    }
+    let name = match tok {
+        Tok::Word(w) if !tok.is("all") => w.to_ascii_lowercase(),
+        Tok::Quoted(q) if q.len() >= 2 && q.starts_with(b"\"") && q.ends_with(b"\"") => {
+            let inner = String::from_utf8_lossy(q.get(1..q.len() - 1)?).into_owned();
+            // Only doubled quotes inside: `"a""` is unterminated.
+            if inner.replace("\"\"", "").contains('"') {
+                return None;
+            }
+            inner.replace("\"\"", "\"").into_bytes()
+        }
+        _ => return None,
+    };
+    match (toks.next(), toks.next()) {
+        (None, _) | (Some(Tok::Punct(b';')), None) => Some(name),
+        _ => None,
+    }
+}
+
 fn encode_parse(name: &[u8], view: &Parse) -> Bytes {
     let mut out =
         BytesMut::with_capacity(16 + name.len() + view.query.len() + view.param_types.len());
@@ -201,6 +231,35 @@ fn encode_parse(name: &[u8], view: &Parse) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::names_reserved_statement as reserved;
+
+    #[test]
+    fn deallocate_of_one_name_is_read_as_postgresql_resolves_it() {
+        use super::deallocated_name as name;
+        let some = |s: &str| Some(s.as_bytes().to_vec());
+        assert_eq!(
+            name("DEALLOCATE pdo_stmt_00000001"),
+            some("pdo_stmt_00000001")
+        );
+        assert_eq!(name("deallocate prepare S_1;"), some("s_1"));
+        assert_eq!(name("DEALLOCATE \"S_1\""), some("S_1"));
+        assert_eq!(name("DEALLOCATE \"a\"\"b\" ; -- done"), some("a\"b"));
+        assert_eq!(name("/* x */ DEALLOCATE PREPARE \"all\""), some("all"));
+        for other in [
+            "DEALLOCATE ALL",
+            "DEALLOCATE PREPARE ALL",
+            "DEALLOCATE",
+            "DEALLOCATE a; DEALLOCATE b",
+            "DEALLOCATE a b",
+            "SELECT 1",
+            "DEALLOCATE 'a'",
+            "DEALLOCATE U&\"a\"",
+            "DEALLOCATE \"a\"\"",
+            "DEALLOCATE \"",
+            "",
+        ] {
+            assert_eq!(name(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn reserved_statement_names_are_found_in_sql() {

@@ -232,3 +232,32 @@ fn a_function_call_message_runs_on_the_primary() {
         "pg_is_in_recovery() via FunctionCall ran on the primary"
     );
 }
+
+#[test]
+fn a_statement_prepared_first_in_a_transaction_reads_on_replicas_after_it() {
+    let mut c = raw();
+    c.query("BEGIN");
+    c.until_ready();
+    // The Parse decides the deferred transaction's server (the primary); the statement itself is a read.
+    c.parse("inside", "SELECT pg_is_in_recovery()::text");
+    c.sync();
+    c.until_ready();
+    c.bind_execute("inside");
+    c.sync();
+    assert_eq!(
+        first_value(&c.until_ready()).as_deref(),
+        Some("false"),
+        "in the transaction: the primary"
+    );
+    c.query("COMMIT");
+    c.until_ready();
+    for i in 0..4 {
+        c.bind_execute("inside");
+        c.sync();
+        assert_eq!(
+            first_value(&c.until_ready()).as_deref(),
+            Some("true"),
+            "execution {i} after the transaction: a replica"
+        );
+    }
+}

@@ -35,10 +35,13 @@ impl Session {
                 }
                 Step::Route(decision) => decision,
             };
+            // A prepared statement keeps the classifier's decision: what `place` makes of it (a transaction's
+            // first statement, `SET pgsplit.route`, reads of a pinned client) holds for this unit only.
+            let classified = decision;
             match self.place(msg.frame.tag, &mut decision).await? {
-                Placed::Send => self.send_routed(msg, decision),
+                Placed::Send => self.send_routed(msg, classified),
                 Placed::Dropped => {}
-                Placed::Busy => self.prepare_here(&msg, decision),
+                Placed::Busy => self.prepare_here(&msg, classified),
                 Placed::Wait => {
                     self.stalled = Some(Box::new(msg));
                     return Ok(());
@@ -182,6 +185,11 @@ impl Session {
             Local::Wait => return Step::Wait,
             Local::NotMine => {}
         }
+        if let Some(name) = statements::deallocated_name(&text) {
+            if !name.is_empty() && self.statements.get(&name).is_some() {
+                return self.deallocate(&name);
+            }
+        }
         self.note_statement_hints(&text);
         if statements::names_reserved_statement(&text) {
             self.refuse(
@@ -282,6 +290,29 @@ impl Session {
             && named
             && self.crbuf.starts_with(&[frontend::SYNC, 0, 0, 0, 4]);
         Step::Route(decision)
+    }
+
+    /// `DEALLOCATE name` of a statement the client prepared with the protocol (PostgreSQL lets SQL deallocate
+    /// those; pdo_pgsql does it for every statement it destroys). Servers know the statement by pgsplit's name,
+    /// so it is answered here, in order once the replies in flight are in: the statement is forgotten as after a
+    /// Close (copies on server connections go as their caches evict them), or, in a failed transaction, 25P02.
+    fn deallocate(&mut self, name: &[u8]) -> Step {
+        if self.held.as_ref().is_some_and(|h| !h.lease.is_quiet()) {
+            return Step::Wait;
+        }
+        let status = match &self.held {
+            Some(h) => h.conn.status,
+            None if self.deferred_begin.is_some() => backend::IN_TRANSACTION,
+            None => backend::IDLE,
+        };
+        if status == backend::FAILED_TRANSACTION {
+            self.failed_transaction_error();
+        } else {
+            self.statements.close(name);
+            messages::command_complete(&mut self.cout, "DEALLOCATE");
+        }
+        messages::ready_for_query(&mut self.cout, status);
+        Step::Done
     }
 
     /// A standalone prepare that found no free connection: recorded and answered here (see `parse_step`).
