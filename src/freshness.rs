@@ -15,9 +15,33 @@ use crate::router::{Backend, ReadTarget, Router};
 const MIN_CHECK_GAP: Duration = Duration::from_micros(500);
 
 /// What a check reads: the replay position of a replica; the insert position of a primary, at or past the end
-/// of every commit it has acknowledged (even with `synchronous_commit = off`).
-const CHECK: &str = "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() \
-     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text";
+/// of every commit it has acknowledged (even with `synchronous_commit = off`), with its offset in its WAL segment
+/// and the WAL page size (see [`end_of_wal`]).
+const CHECK: &str = "SELECT r, l.lsn::text, \
+     CASE WHEN r THEN NULL ELSE (pg_walfile_name_offset(l.lsn)).file_offset END, \
+     current_setting('wal_block_size')::int4 \
+     FROM (SELECT pg_is_in_recovery() AS r) s, LATERAL (SELECT CASE WHEN r \
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END AS lsn) l";
+
+/// Size of the header of a WAL page: of the first page of a segment, of the others (64-bit builds).
+const LONG_PAGE_HEADER: i32 = 40;
+const SHORT_PAGE_HEADER: i32 = 24;
+
+/// The end of what a primary has written, from its insert position `lsn` at `offset` in its segment. The insert
+/// position of a page that holds nothing yet points past the page's header, where no record ends; the records
+/// written so far end at the page's start, and that is as far as a replica replays while the primary is idle
+/// (right after a segment switch, say). A floor past the header would keep every read on the primary until the
+/// next write.
+fn end_of_wal(lsn: u64, offset: Option<i32>, block_size: i32) -> u64 {
+    let empty_page_header = match offset {
+        Some(LONG_PAGE_HEADER) => LONG_PAGE_HEADER,
+        Some(o) if block_size > 0 && o > block_size && o % block_size == SHORT_PAGE_HEADER => {
+            SHORT_PAGE_HEADER
+        }
+        _ => 0,
+    };
+    lsn.saturating_sub(u64::from(empty_page_header.unsigned_abs()))
+}
 
 /// A position the monitor's probe read. A replica's replay position counts; a primary's is its write position,
 /// which can lag behind an asynchronous commit: the primary's position comes from checks only.
@@ -109,10 +133,12 @@ async fn check(
     let row = c.query_one(CHECK, &[]).await?;
     let in_recovery: bool = row.try_get(0)?;
     let lsn: Option<String> = row.try_get(1)?;
+    let offset: Option<i32> = row.try_get(2)?;
+    let block_size: i32 = row.try_get(3)?;
     Ok(lsn
         .as_deref()
         .and_then(Lsn::parse)
-        .map(|l| (in_recovery, l.0)))
+        .map(|l| (in_recovery, end_of_wal(l.0, offset, block_size))))
 }
 
 /// Asks the replicas that may take reads but are not known to be at `floor` for fresh positions, without waiting:
@@ -169,5 +195,35 @@ pub async fn primary_position_since(
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of_wal;
+
+    #[test]
+    fn an_empty_pages_header_is_not_part_of_the_written_wal() {
+        let segment = 0x0400_0000;
+        // A segment's first page, empty: its long header.
+        assert_eq!(end_of_wal(segment + 40, Some(40), 8192), segment);
+        // Another page, empty: its short header.
+        assert_eq!(
+            end_of_wal(segment + 8192 + 24, Some(8192 + 24), 8192),
+            segment + 8192
+        );
+        // Records on the page: their end.
+        for offset in [96, 8192 + 40, 8192 + 64, 3 * 8192 + 1000] {
+            assert_eq!(
+                end_of_wal(segment + offset as u64, Some(offset), 8192),
+                segment + offset as u64
+            );
+        }
+        // A replica's position, or no page size: as read.
+        assert_eq!(end_of_wal(segment + 40, None, 8192), segment + 40);
+        assert_eq!(
+            end_of_wal(segment + 8192 + 24, Some(8192 + 24), 0),
+            segment + 8192 + 24
+        );
     }
 }

@@ -828,3 +828,67 @@ async fn a_floor_ahead_of_a_promoted_replica_does_not_stop_the_session() {
     eprintln!("reads after the failover, per port: {seen:?}");
     proxy.shutdown().await;
 }
+
+/// After a WAL segment switch an idle primary's insert position points past the new segment's page header, where
+/// no record ends, and replicas replay only up to the segment's start. A floor taken there must be reached by
+/// them: the reads that follow a write which wrote no WAL still run on replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floor_taken_on_an_idle_primary_after_a_wal_switch_is_reached_by_the_replicas() {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(start_cluster)
+            .await
+            .expect("cluster"),
+    );
+    let proxy = start_proxy(&cluster, "[routing]\ncausal_wait = \"1s\"").await;
+    let shared = proxy.shared.clone();
+    wait_for("both replicas eligible", Duration::from_secs(20), || {
+        status(&shared, "replica1").eligible && status(&shared, "replica2").eligible
+    })
+    .await;
+    create_table(&cluster, proxy.addr).await;
+    let c = connect_opts(proxy.addr, SYNC_COMMIT).await;
+    for round in 0..3 {
+        on_cluster(&cluster, |cluster| {
+            // Not `wait_replayed`: it writes WAL, which would move the primary off the page header.
+            let switched = cluster
+                .psql(
+                    "primary",
+                    "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()",
+                )
+                .expect("pg_switch_wal");
+            let end = switched
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let replayed = format!("SELECT pg_last_wal_replay_lsn() >= '{end}'");
+            for r in ["replica1", "replica2"] {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while cluster.psql(r, &replayed).expect("replay position") != "t" {
+                    assert!(Instant::now() < deadline, "{r} did not replay up to {end}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+        .await;
+        // A write that writes no WAL: the client's floor is the primary's position, right after the switch.
+        let (at, _) = first_row(
+            &c,
+            "WITH u AS (UPDATE ryw SET at = now() WHERE false RETURNING 1) \
+             SELECT inet_server_port() FROM (SELECT count(*) FROM u) n",
+        )
+        .await;
+        assert_eq!(
+            at,
+            [cluster.primary().port.to_string()],
+            "round {round}: the write"
+        );
+        let (values, _) = first_row(&c, "SELECT pg_is_in_recovery()").await;
+        assert_eq!(
+            values,
+            ["t"],
+            "round {round}: the read after it runs on a replica, which has replayed everything"
+        );
+    }
+}
