@@ -1,7 +1,8 @@
-//! Real drivers through pgsplit: psycopg 3, asyncpg and node-postgres run their own scripts
-//! (tests/drivers/) against the shared proxy, with prepared statements, pipelining, COPY and transactions,
-//! and check on which server every statement ran. Two ORMs on psycopg 3 (SQLAlchemy 2 and Django) do the
-//! same with their own sessions, savepoints and schema creation.
+//! Real drivers through pgsplit, each running its own program (tests/drivers/) against the shared proxy and
+//! checking on which server every statement ran: psycopg 3, asyncpg, node-postgres and postgres.js, pgjdbc, pgx,
+//! ruby-pg with ActiveRecord, and PHP's PDO, with their prepared statements (named, unnamed, cached, emulated),
+//! pipelining, COPY, transactions, savepoints and read-only transactions; and two ORMs on psycopg 3 (SQLAlchemy
+//! 2 and Django) with their own sessions and schema steps. sqlx, in Rust, is `sqlx_driver`.
 //!
 //! The drivers are installed by `bash .ci/run`. A missing one fails the test, it is never skipped.
 
@@ -18,6 +19,14 @@ const PIP_INSTALL: &str =
     "python3 -m pip install --root-user-action=ignore --break-system-packages \
      'psycopg[binary]==3.3.9' 'asyncpg==0.32.0' 'SQLAlchemy==2.0.58' 'Django==5.2.19'";
 const NPM_INSTALL: &str = "npm ci --prefix tests/drivers";
+/// Debian's packages for the Java, Go, Ruby and PHP drivers (`.ci/run` installs the missing ones).
+const APT_INSTALL: &str =
+    "apt-get install --no-install-recommends default-jdk-headless libpostgresql-jdbc-java \
+     golang-go golang-github-jackc-pgx-v4-dev ruby-activerecord ruby-pg php-cli php-pgsql";
+/// pgjdbc as Debian installs it.
+const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+/// Go in GOPATH mode over Debian's Go sources (pgx and its dependencies): nothing is downloaded.
+const GOPATH: &str = "/usr/share/gocode";
 
 /// Fails with install instructions when `probe` (a command line) does not succeed.
 fn require(what: &str, program: &str, args: &[&str], install: &str) {
@@ -35,13 +44,20 @@ fn require(what: &str, program: &str, args: &[&str], install: &str) {
     );
 }
 
-/// Runs a driver script with the proxy's URL and the servers' ports, and fails with its output unless it
-/// exits 0 and prints `OK <script>`.
+/// Runs `program tests/drivers/<script>` as [`run_driver`] does.
 fn run_script(program: &str, script: &str) {
+    let mut command = Command::new(program);
+    command.arg(Path::new("tests/drivers").join(script));
+    run_driver(command, script);
+}
+
+/// Runs a driver program (from the repository's root) with the proxy's URL and the servers' ports, and fails
+/// with its output unless it exits 0 and prints `OK <name>`.
+fn run_driver(mut command: Command, name: &str) {
     let env = env();
     let replicas: Vec<String> = replica_ports().iter().map(u16::to_string).collect();
-    let mut child = Command::new(program)
-        .arg(Path::new("tests/drivers").join(script))
+    let program = format!("{command:?}");
+    let mut child = command
         .current_dir(DIR)
         .env("DATABASE_URL", url(env.proxy, APP))
         .env("PRIMARY_PORT", primary_port().to_string())
@@ -50,7 +66,7 @@ fn run_script(program: &str, script: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {program} {script}: {e}"));
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = Vec::new();
@@ -78,8 +94,8 @@ fn run_script(program: &str, script: &str) {
         Some(s) => s.to_string(),
     };
     assert!(
-        status.is_some_and(|s| s.success()) && stdout.contains(&format!("OK {script}")),
-        "{program} tests/drivers/{script}: {outcome}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        status.is_some_and(|s| s.success()) && stdout.contains(&format!("OK {name}")),
+        "{program}: {outcome}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     );
 }
 
@@ -142,4 +158,88 @@ fn django_orm_migrate_save_and_read() {
         PIP_INSTALL,
     );
     run_script("python3", "django_test.py");
+}
+
+#[test]
+fn postgresjs_pipelined_named_and_unnamed_statements() {
+    require(
+        "node with postgres.js (tests/drivers/node_modules/postgres)",
+        "node",
+        &["-e", "require('./tests/drivers/node_modules/postgres')"],
+        NPM_INSTALL,
+    );
+    run_script("node", "postgresjs_test.js");
+}
+
+#[test]
+fn pgjdbc_prepare_thresholds_batches_and_transactions() {
+    require(
+        "a JDK (java with its compiler module) and pgjdbc (/usr/share/java/postgresql.jar)",
+        "sh",
+        &[
+            "-c",
+            "test -r /usr/share/java/postgresql.jar && java --describe-module jdk.compiler",
+        ],
+        APT_INSTALL,
+    );
+    let mut java = Command::new("java");
+    // Java's single-file source launcher: compiled in memory, no build step.
+    java.args(["-cp", PGJDBC_JAR, "tests/drivers/PgJdbcTest.java"]);
+    run_driver(java, "PgJdbcTest.java");
+}
+
+/// `go` in GOPATH mode over Debian's sources, with a build cache under `target/`.
+fn go(args: &[&str]) -> Command {
+    let mut go = Command::new("go");
+    go.args(args)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("GOFLAGS", "")
+        .env("GOCACHE", Path::new(DIR).join("target/go-cache"));
+    go
+}
+
+#[test]
+fn pgx_statement_cache_describe_and_simple_protocol_modes() {
+    let probe = go(&[
+        "list",
+        "github.com/jackc/pgx/v4",
+        "github.com/jackc/pgx/v4/pgxpool",
+    ])
+    .current_dir(DIR)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .is_ok_and(|s| s.success());
+    assert!(
+        probe,
+        "Go with pgx v4 is missing: run `bash .ci/run`, or install it with `{APT_INSTALL}`"
+    );
+    run_driver(go(&["run", "./tests/drivers/pgx"]), "pgx");
+}
+
+#[test]
+fn activerecord_migration_models_and_ruby_pg_prepared_statements() {
+    require(
+        "ruby with ActiveRecord 6.1 and ruby-pg",
+        "ruby",
+        &[
+            "-e",
+            "require 'active_record'; require 'pg'; \
+             exit(ActiveRecord::VERSION::STRING.start_with?('6.1') ? 0 : 1)",
+        ],
+        APT_INSTALL,
+    );
+    run_script("ruby", "activerecord_test.rb");
+}
+
+#[test]
+fn pdo_pgsql_emulated_unprepared_and_native_prepares() {
+    require(
+        "php with PDO pgsql",
+        "php",
+        &["-r", "exit(extension_loaded('pdo_pgsql') ? 0 : 1);"],
+        APT_INSTALL,
+    );
+    run_script("php", "pdo_test.php");
 }

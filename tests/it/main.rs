@@ -21,4 +21,5 @@ mod prometheus;
 mod proxy;
 mod reload;
 mod routing;
+mod sqlx_driver;
 mod tls;

@@ -1,0 +1,1 @@
+DROP TABLE drv_sqlx_items;
