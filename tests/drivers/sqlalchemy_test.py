@@ -1,14 +1,20 @@
 """SQLAlchemy 2 ORM (psycopg 3 dialect) through pgsplit: DDL by metadata.create_all and ORM writes on the
-primary, read-your-writes after a commit, autocommit reads on replicas, a rolled-back savepoint, a read-only
-transaction on a replica, an error then recovery, a 1 MB parameter and a statement psycopg prepares.
+primary, read-your-writes after a commit (and 20 rounds of autocommit insert then select), autocommit reads on
+both replicas, a rolled-back savepoint, a read-only transaction on a replica whose write fails with 25006, an
+error in a transaction then 25P02 then rollback and recovery, a 1 MB parameter (stored and read back) and a
+statement psycopg prepares (on both replicas, then in a transaction on the primary).
 
 Env: DATABASE_URL (pgsplit), PRIMARY_PORT, REPLICA_PORTS (comma-separated). Prints `OK sqlalchemy_test.py`."""
 
 import faulthandler
+import hashlib
 import os
+import random
+import string
+import time
 
 import sqlalchemy
-from sqlalchemy import Integer, String, create_engine, func, select, text
+from sqlalchemy import Integer, String, Text, create_engine, func, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from driver_common import PRIMARY, REPLICAS, URL, Script
@@ -28,6 +34,7 @@ class Item(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     v: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 _script = Script(NAME, sqlalchemy.exc.SQLAlchemyError)
@@ -90,8 +97,24 @@ def run(engine):
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             expect(conn.execute(text("SELECT pg_is_in_recovery()")).scalar() is True,
                    "SELECT pg_is_in_recovery() outside a transaction should run on a replica")
-            seen = {on_replica(conn.execute(WHERE).one(), "autocommit read") for _ in range(40)}
-        expect(seen == REPLICAS, f"40 autocommit reads should reach both replicas {sorted(REPLICAS)}; saw {seen}")
+            seen = set()
+            for i in range(400):  # right after the writes above only replicas that replayed them take reads
+                seen.add(on_replica(conn.execute(WHERE).one(), "autocommit read"))
+                if seen == REPLICAS and i >= 40:
+                    break
+                if seen != REPLICAS:
+                    time.sleep(0.02)
+        expect(seen == REPLICAS, f"autocommit reads should reach both replicas {sorted(REPLICAS)}; saw {seen}")
+
+    with step("read-your-writes: autocommit insert then select it at once, 20 rounds"):
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for i in range(20):
+                row = conn.execute(insert(Item).values(id=100 + i, name=f"ryw{i}", v=i)
+                                   .returning(func.inet_server_port())).one()
+                expect(row[0] == PRIMARY, f"round {i}: autocommit insert on the primary; got {tuple(row)}")
+                got = conn.execute(select(Item.name, Item.v).where(Item.id == 100 + i)).one_or_none()
+                expect(got is not None and tuple(got) == (f"ryw{i}", i), f"round {i}: the row just inserted: {got}")
+            conn.execute(sqlalchemy.delete(Item).where(Item.id >= 100))
 
     with step("a savepoint rolled back inside a committed transaction"):
         with Session(engine) as session:
@@ -115,6 +138,15 @@ def run(engine):
                 n = conn.execute(select(func.count()).select_from(Item)).scalar()
                 expect(n == 2, f"read-only transaction counts 2 rows; got {n}")
                 on_replica(conn.execute(WHERE).one(), "later statement of a read-only transaction")
+        sqlstate = None
+        try:
+            with engine.connect().execution_options(postgresql_readonly=True) as conn:
+                with conn.begin():
+                    on_replica(conn.execute(WHERE).one(), "a read-only transaction that writes")
+                    conn.execute(insert(Item).values(id=90, name="ro", v=0))
+        except sqlalchemy.exc.DBAPIError as e:
+            sqlstate = getattr(e.orig, "sqlstate", None)
+        expect(sqlstate == "25006", f"a write in a read-only transaction fails with 25006; got {sqlstate}")
 
     with step("an error inside a transaction, rollback, recovery"):
         with Session(engine) as session:
@@ -126,6 +158,12 @@ def run(engine):
             except sqlalchemy.exc.DBAPIError as e:
                 failed = "division by zero" in str(e)
             expect(failed, "division by zero reaches the session")
+            sqlstate = None
+            try:
+                session.execute(text("SELECT 1"))
+            except sqlalchemy.exc.DBAPIError as e:
+                sqlstate = getattr(e.orig, "sqlstate", None)
+            expect(sqlstate == "25P02", f"a statement after the error fails with 25P02; got {sqlstate}")
             session.rollback()
             expect(session.get(Item, 4) is None, "the row inserted before the error was rolled back")
             session.add(Item(id=5, name="after", v=50))
@@ -135,6 +173,8 @@ def run(engine):
         with Session(engine) as session:
             ids = session.scalars(select(Item.id).order_by(Item.id)).all()
         expect(ids == [1, 2, 5], f"after the error and recovery the table holds ids [1, 2, 5]; got {ids}")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            on_replica(conn.execute(WHERE).one(), "an autocommit read after the recovery")
 
     with step("a 1 MB parameter round trip"):
         big = "x" * (1 << 20)
@@ -147,15 +187,27 @@ def run(engine):
             session.commit()
             back = session.execute(text(f"SELECT length(name || :b) FROM {TABLE} WHERE id = 6"), {"b": big}).scalar()
         expect(back == len("big") + (1 << 20), f"1 MB parameter in a write transaction: {back}")
+        body = "".join(random.choice(string.ascii_letters) for _ in range(1 << 20))
+        with Session(engine) as session:
+            session.add(Item(id=7, name="body", v=0, body=body))
+            session.commit()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            row = conn.execute(select(func.length(Item.body), func.md5(Item.body), Item.body).where(Item.id == 7)).one()
+        expect((row[0], row[1]) == (1 << 20, hashlib.md5(body.encode()).hexdigest()) and row[2] == body,
+               f"1 MB text stored and read back (length, md5): {(row[0], row[1])}")
 
     with step("one statement executed many times (psycopg prepares it after 5)"):
         query = select(Item.name, func.pg_is_in_recovery(), func.inet_server_port()).where(Item.id == 1)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             seen = set()
-            for i in range(30):
+            for i in range(400):  # right after the writes above only replicas that replayed them take reads
                 row = conn.execute(query).one()
                 expect(row[0] == "first", f"prepared read {i}: {tuple(row)}")
                 seen.add(on_replica(row[1:], f"prepared autocommit read {i}"))
+                if seen == REPLICAS and i >= 30:
+                    break
+                if seen != REPLICAS:
+                    time.sleep(0.02)
         expect(seen == REPLICAS, f"the prepared read should reach both replicas; saw {sorted(seen)}")
         with Session(engine) as session:
             for i in range(30):

@@ -1,3 +1,4 @@
+"""A one-model Django app for tests/drivers/django_test.py (no migrations: `migrate --run-syncdb` creates it)."""
 import os
 
 from django.db import models
@@ -6,6 +7,7 @@ from django.db import models
 class Item(models.Model):
     name = models.CharField(max_length=100)
     v = models.IntegerField()
+    body = models.TextField(default="")
 
     class Meta:
         app_label = "django_app"
