@@ -234,6 +234,58 @@ impl<'a> BindView<'a> {
     }
 }
 
+/// Parameter `n` (1-based) of a Bind, from the part after its names (`rest`), as text: `Some(None)` for NULL,
+/// `None` when it cannot be read as text (absent, malformed, or binary unless `binary_is_text`: the statement
+/// declared the parameter's type as `text` or `varchar`, whose binary form is the text itself).
+pub fn bind_text_param(rest: &[u8], n: usize, binary_is_text: bool) -> Option<Option<&[u8]>> {
+    let index = n.checked_sub(1)?;
+    let u16_at = |b: &[u8], i: usize| -> Option<usize> {
+        Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize)
+    };
+    let formats = u16_at(rest, 0)?;
+    let format = match formats {
+        0 => 0,
+        1 => u16_at(rest, 2)?,
+        _ if index < formats => u16_at(rest, 2 + 2 * index)?,
+        _ => return None,
+    };
+    if format != 0 && !(format == 1 && binary_is_text) {
+        return None;
+    }
+    let mut at = 2 + 2 * formats;
+    let count = u16_at(rest, at)?;
+    if index >= count {
+        return None;
+    }
+    at += 2;
+    for i in 0..=index {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        let value = match usize::try_from(len) {
+            Ok(len) => {
+                let value = rest.get(at..at + len)?;
+                at += len;
+                Some(value)
+            }
+            Err(_) => None,
+        };
+        if i == index {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The type OID the Parse section `param_types` (count + OIDs) declares for parameter `n` (1-based); 0 when
+/// not declared.
+pub fn declared_param_type(param_types: &[u8], n: usize) -> u32 {
+    let at = 2 + 4 * n.saturating_sub(1);
+    param_types
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +297,38 @@ mod tests {
         build(&mut out);
         let frame = Frame::split(&mut out, 1 << 20).unwrap().unwrap();
         Decoded::decode(frame).map(|d| d.message)
+    }
+
+    #[test]
+    fn bind_parameters_are_read_as_text_when_they_are_text() {
+        // formats: none (all text); params: 'UTC', NULL.
+        let mut rest = vec![0, 0, 0, 2, 0, 0, 0, 3];
+        rest.extend_from_slice(b"UTC");
+        rest.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(bind_text_param(&rest, 1, false), Some(Some(&b"UTC"[..])));
+        assert_eq!(bind_text_param(&rest, 2, false), Some(None));
+        assert_eq!(bind_text_param(&rest, 3, false), None);
+        assert_eq!(bind_text_param(&rest, 0, false), None);
+        // One binary format for all: only when the declared type makes binary the text.
+        let mut binary = vec![0, 1, 0, 1, 0, 1, 0, 0, 0, 1, b'x'];
+        assert_eq!(bind_text_param(&binary, 1, false), None);
+        assert_eq!(bind_text_param(&binary, 1, true), Some(Some(&b"x"[..])));
+        // Per-parameter formats: text then binary.
+        binary = vec![0, 2, 0, 0, 0, 1, 0, 2, 0, 0, 0, 1, b'a', 0, 0, 0, 1, b'b'];
+        assert_eq!(bind_text_param(&binary, 1, false), Some(Some(&b"a"[..])));
+        assert_eq!(bind_text_param(&binary, 2, false), None);
+        // Truncated or malformed: nothing.
+        for bad in [
+            &[][..],
+            &[0],
+            &[0, 0, 0, 1, 0, 0, 0, 9, b'a'],
+            &[0, 0, 0, 1, 0, 0],
+        ] {
+            assert_eq!(bind_text_param(bad, 1, false), None, "{bad:?}");
+        }
+        assert_eq!(declared_param_type(&[0, 2, 0, 0, 0, 25, 0, 0, 0, 0], 1), 25);
+        assert_eq!(declared_param_type(&[0, 2, 0, 0, 0, 25, 0, 0, 0, 0], 2), 0);
+        assert_eq!(declared_param_type(&[0, 0], 1), 0);
     }
 
     #[test]

@@ -272,6 +272,15 @@ const PINNED_SETTINGS: &[&str] = &["role", "session_authorization"];
 /// The setting and savepoint events of `sql`, in order; `None` when it changes settings in a way pgsplit
 /// cannot follow (the client then keeps its server connections).
 pub fn session_events(sql: &[u8]) -> Option<Vec<SessionEvent>> {
+    session_events_bound(sql, &|_| None)
+}
+
+/// [`session_events`] of a prepared statement run with parameters: `param(n)` is the text of `$n`, when it can
+/// be read (a `set_config('TimeZone', $1, false)`, as Django sends with server-side binding, is followed).
+pub fn session_events_bound(
+    sql: &[u8],
+    param: &dyn Fn(usize) -> Option<String>,
+) -> Option<Vec<SessionEvent>> {
     let mut out = Vec::new();
     let mut set_config = false;
     for s in statements(sql) {
@@ -307,7 +316,7 @@ pub fn session_events(sql: &[u8]) -> Option<Vec<SessionEvent>> {
     if set_config {
         let text = std::str::from_utf8(sql).ok()?;
         out.extend(
-            set_config_calls(text)?
+            set_config_calls(text, param)?
                 .into_iter()
                 .map(SessionEvent::Change),
         );
@@ -450,8 +459,12 @@ pub fn quote_literal(value: &str) -> String {
     s
 }
 
-/// `set_config(name, value, false)` calls with literal arguments; `None` when a call cannot be read that way.
-fn set_config_calls(sql: &str) -> Option<Vec<SessionChange>> {
+/// `set_config(name, value, false)` calls with literal arguments, or parameters `param` can read; `None` when a
+/// call cannot be read that way.
+fn set_config_calls(
+    sql: &str,
+    param: &dyn Fn(usize) -> Option<String>,
+) -> Option<Vec<SessionChange>> {
     use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
     if sql.len() > 8 * 1024 {
         return None; // too long to walk here: the client keeps its connections instead
@@ -468,7 +481,14 @@ fn set_config_calls(sql: &str) -> Option<Vec<SessionChange>> {
             return ControlFlow::Continue(());
         }
         let literal = |a: &FunctionArg| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => Some(v.value.clone()),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+                Value::Placeholder(p) => p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse().ok())
+                    .and_then(param)
+                    .map(Value::SingleQuotedString),
+                value => Some(value.clone()),
+            },
             _ => None,
         };
         let args: Vec<Option<Value>> = match &f.args {
@@ -641,6 +661,17 @@ mod tests {
             Some(vec![set("search_path", "E''")])
         );
         assert_eq!(events("SELECT set_config('role', 'x', false)"), None);
+        let utc = |n: usize| (n == 1).then(|| "UTC".to_string());
+        assert_eq!(
+            session_events_bound(b"SELECT set_config('TimeZone', $1, false)", &utc),
+            Some(vec![set("timezone", "E'UTC'")])
+        );
+        assert_eq!(
+            session_events_bound(b"SELECT set_config('TimeZone', $2, false)", &utc),
+            None,
+            "a parameter that cannot be read"
+        );
+        assert_eq!(events("SELECT set_config('TimeZone', $1, false)"), None);
         assert_eq!(events("SELECT set_config(name, 'x', false) FROM t"), None);
         assert_eq!(
             events("SAVEPOINT \"S\"; ROLLBACK TO s; ROLLBACK WORK TO SAVEPOINT s; RELEASE SAVEPOINT s; ROLLBACK"),

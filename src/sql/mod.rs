@@ -12,8 +12,8 @@ pub mod pgsplit;
 pub mod transaction;
 
 pub use effects::{
-    effects, is_plain_name, quote_literal, session_events, set_statement, Effects, SessionChange,
-    SessionEvent,
+    effects, is_plain_name, quote_literal, session_events, session_events_bound, set_statement,
+    Effects, SessionChange, SessionEvent,
 };
 pub use hint::{
     leading_hint, leading_hints, route_setting, Hint, Route, RouteSetting, StatementHints,

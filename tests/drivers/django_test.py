@@ -43,10 +43,12 @@ def database_settings(url):
 def prepared_settings(url):
     """Server-side binding, every query prepared by psycopg at its first execution (Django's default: none).
 
-    The session starts in UTC (startup option), so Django need not run `SELECT set_config('TimeZone', $1, false)`:
-    pgsplit cannot read a set_config whose value is a parameter, and keeps such a client on its first servers."""
+    The session starts in another time zone than Django's (UTC), so Django sends
+    `SELECT set_config('TimeZone', $1, false)` with the zone as a bound parameter, which pgsplit must follow to
+    every server (else it would keep the client on its first servers, and the replica checks would fail)."""
     s = database_settings(url)
-    s["OPTIONS"] = {**s["OPTIONS"], "server_side_binding": True, "prepare_threshold": 0, "options": "-c TimeZone=UTC"}
+    s["OPTIONS"] = {**s["OPTIONS"], "server_side_binding": True, "prepare_threshold": 0,
+                    "options": "-c TimeZone=America/Chicago"}
     return s
 
 
@@ -272,8 +274,10 @@ def run_prepared():
         prepared.ensure_connection()
         expect(prepared.connection.prepare_threshold == 0, "psycopg prepares every query on this alias")
         seen = set()
+        zone = {"z": RawSQL("current_setting('TimeZone')", [])}
         for i in range(400):
-            row = items.filter(pk=first).annotate(**where_).values_list("name", "r", "p").get()
+            row = items.filter(pk=first).annotate(**where_, **zone).values_list("name", "r", "p", "z").get()
+            expect(row[3] == "UTC", f"Django's set_config('TimeZone', $1, false) holds on {row[2]}: {row}")
             expect(row[0] == "first" and row[1] is True and row[2] in REPLICAS,
                    f"prepared read {i} should run on a replica {sorted(REPLICAS)}: {row}")
             seen.add(row[2])

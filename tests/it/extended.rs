@@ -261,3 +261,33 @@ fn a_statement_prepared_first_in_a_transaction_reads_on_replicas_after_it() {
         );
     }
 }
+
+#[test]
+fn set_config_with_a_bound_parameter_is_followed_to_every_server() {
+    let mut c = raw();
+    // As Django sends it with server-side binding: the value is a text parameter.
+    c.send(&wire::parse(
+        "",
+        "SELECT set_config('TimeZone', $1, false)",
+        &[],
+    ));
+    c.send(&wire::bind("", "", &[Some(b"America/Chicago")]));
+    c.send(&wire::execute("", 0));
+    c.sync();
+    assert_eq!(
+        first_value(&c.until_ready()).as_deref(),
+        Some("America/Chicago")
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        c.query("SELECT current_setting('TimeZone') || ' ' || inet_server_port()");
+        let row = first_value(&c.until_ready()).expect("a row");
+        let (zone, port) = row.split_once(' ').expect("zone and port");
+        assert_eq!(zone, "America/Chicago", "read {i} on {port}");
+        seen.insert(port.to_string());
+    }
+    assert!(
+        seen.len() >= 2,
+        "the client is not kept on its first server: reads ran on {seen:?}"
+    );
+}

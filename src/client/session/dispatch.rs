@@ -343,12 +343,20 @@ impl Session {
             .unwrap_or_default();
         self.set_statement_hints(hints);
         if decision.effects.session {
-            let text = self
-                .statements
-                .get(&bind.statement)
-                .and_then(|s| s.query_text().map(str::to_string));
-            if let Some(text) = text {
-                self.note_session_changes(&text);
+            let statement = self.statements.get(&bind.statement);
+            let parse = statement.and_then(|s| frontend::ParseView::decode(&s.parse));
+            if let Some(parse) = parse {
+                let text = String::from_utf8_lossy(parse.query).into_owned();
+                let param = |n: usize| {
+                    let declared = frontend::declared_param_type(parse.param_types, n);
+                    let binary_is_text = matches!(declared, TEXT_OID | VARCHAR_OID);
+                    frontend::bind_text_param(&bind.params, n, binary_is_text)
+                        .flatten()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_string)
+                };
+                let events = crate::sql::session_events_bound(text.as_bytes(), &param);
+                self.note_session_events(events);
             }
         }
         Step::Route(decision)
@@ -514,7 +522,11 @@ impl Session {
     /// Remembers the setting changes of a statement about to be sent; a change pgsplit cannot follow keeps the
     /// client on its server connections instead.
     fn note_session_changes(&mut self, text: &str) {
-        match crate::sql::session_events(text.as_bytes()) {
+        self.note_session_events(crate::sql::session_events(text.as_bytes()));
+    }
+
+    fn note_session_events(&mut self, events: Option<Vec<crate::sql::SessionEvent>>) {
+        match events {
             Some(changes) => self.unit_changes.extend(changes),
             None => {
                 tracing::debug!(
@@ -543,6 +555,10 @@ impl Session {
             .map_or_else(write_decision, |s| s.decision)
     }
 }
+
+/// Types whose binary form is their text: a Bind parameter declared so can be read as text in either format.
+const TEXT_OID: u32 = 25;
+const VARCHAR_OID: u32 = 1043;
 
 /// The error a SQL text naming a reserved statement gets.
 fn reserved_name_message() -> String {
