@@ -297,6 +297,11 @@ impl Session {
     /// so it is answered here, in order once the replies in flight are in: the statement is forgotten as after a
     /// Close (copies on server connections go as their caches evict them), or, in a failed transaction, 25P02.
     fn deallocate(&mut self, name: &[u8]) -> Step {
+        if self.held.as_ref().is_some_and(|h| h.lease.unsynced()) {
+            // Inside a batch not yet synced no answer comes before its Sync: the server answers in order.
+            self.deallocate_on_server(name);
+            return Step::Done;
+        }
         if self.held.as_ref().is_some_and(|h| !h.lease.is_quiet()) {
             return Step::Wait;
         }
@@ -313,6 +318,38 @@ impl Session {
         }
         messages::ready_for_query(&mut self.cout, status);
         Step::Done
+    }
+
+    /// `DEALLOCATE` of the statement under pgsplit's name on the held connection, when it is prepared there. Else
+    /// of a name no server statement has (26000): the client's own name could be another client's statement on
+    /// a shared connection.
+    fn deallocate_on_server(&mut self, name: &[u8]) {
+        let server_name = self.statements.get(name).map(|s| s.server_name.clone());
+        let Some(h) = self.held.as_mut() else { return };
+        let prepared = server_name.filter(|n| !n.is_empty() && h.conn.prepared.touch(n));
+        let target = match prepared {
+            Some(server_name) => {
+                h.conn.prepared.remove(&server_name);
+                self.statements.close(name);
+                server_name.to_vec()
+            }
+            None => statements::NEVER_PREPARED.to_vec(),
+        };
+        let mut body = b"DEALLOCATE \"".to_vec();
+        body.extend(target.iter().flat_map(
+            |&b| {
+                if b == b'"' {
+                    vec![b'"', b'"']
+                } else {
+                    vec![b]
+                }
+            },
+        ));
+        body.extend_from_slice(b"\"\0");
+        self.forward(&Frame {
+            tag: frontend::QUERY,
+            body: Bytes::from(body),
+        });
     }
 
     /// A standalone prepare that found no free connection: recorded and answered here (see `parse_step`).

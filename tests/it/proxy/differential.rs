@@ -387,6 +387,29 @@ fn scenarios() -> Vec<Scenario> {
             .q("DEALLOCATE pdo_stmt_3")
             .q("ROLLBACK")
             .q("DEALLOCATE pdo_stmt_3")
+            // Behind a batch still in flight: answered after it.
+            .batch(
+                &[
+                    parse("pdo_stmt_4", "SELECT 4 AS d", &[]),
+                    bind("", "pdo_stmt_4", &[]),
+                    execute("", 0),
+                    sync(),
+                    query("DEALLOCATE pdo_stmt_4"),
+                    query("DEALLOCATE pdo_stmt_4"),
+                ],
+                3,
+            )
+            // Inside an unsynced batch (no driver does this; PostgreSQL answers it in order).
+            .batch(
+                &[
+                    parse("pdo_stmt_5", "SELECT 5 AS e", &[]),
+                    bind("", "pdo_stmt_5", &[]),
+                    execute("", 0),
+                    query("DEALLOCATE pdo_stmt_5"),
+                    sync(),
+                ],
+                2,
+            )
             .q("DELETE FROM diff_dealloc RETURNING a"),
         // A statement prepared as a transaction's first statement, used again after the transaction.
         Scenario::new("prepared_in_transaction_used_after")
