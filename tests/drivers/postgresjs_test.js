@@ -14,57 +14,11 @@ const crypto = require('crypto');
 const net = require('net');
 const postgres = require('postgres');
 
+const { URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, readUntilBothReplicas } =
+  require('./driver_common');
+
 const NAME = 'postgresjs_test.js';
-const URL = process.env.DATABASE_URL;
-const PRIMARY = Number(process.env.PRIMARY_PORT);
-const REPLICAS = process.env.REPLICA_PORTS.split(',').map(Number);
 const TABLE = `drv_postgresjs_${crypto.randomBytes(6).toString('hex')}`;
-
-class Failed extends Error {}
-
-function expect(cond, what) {
-  if (!cond) throw new Failed(what);
-}
-
-// Runs one named step; any failure in it (a check or a driver error) becomes a Failed naming the step.
-async function step(name, fn) {
-  try {
-    return await fn();
-  } catch (err) {
-    if (!(err instanceof Failed)) console.error(err);
-    const what = err instanceof Failed ? err.message : `${err.name} ${err.code || ''}: ${err.message}`;
-    throw new Failed(`step "${name}": ${what}`);
-  }
-}
-
-const show = (row) => JSON.stringify(row);
-
-function onPrimary(row, what) {
-  expect(row.r === false && row.p === PRIMARY, `${what}: should run on the primary ${PRIMARY}; got ${show(row)}`);
-}
-
-function onReplica(row, what) {
-  expect(row.r === true && REPLICAS.includes(row.p), `${what}: should run on a replica ${REPLICAS}; got ${show(row)}`);
-  return row.p;
-}
-
-function sameSet(seen, ports) {
-  return seen.size === ports.length && ports.every((p) => seen.has(p));
-}
-
-// Runs `read(i)` (which returns the replica or replicas it ran on) at least `min` times, and on until both
-// replicas have been seen, for at most 5 s: right after this client's writes, pgsplit sends its reads only to a
-// replica known to have replayed them, which for a moment may be one of the two. Returns the number of calls.
-async function readUntilBothReplicas(min, read, what) {
-  const seen = new Set();
-  const deadline = Date.now() + 5000;
-  let i = 0;
-  for (; i < min || (!sameSet(seen, REPLICAS) && Date.now() < deadline); i++) {
-    [].concat(await read(i)).forEach((p) => seen.add(p));
-  }
-  expect(sameSet(seen, REPLICAS), `${what}: ${i} runs should reach both replicas ${REPLICAS}; saw ${[...seen]}`);
-  return i;
-}
 
 // The error a promise rejects with (null when it resolves).
 async function failure(promise) {
