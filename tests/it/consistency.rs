@@ -705,14 +705,15 @@ async fn reads_right_after_a_write_never_go_to_a_replica_delayed_by_300ms() {
     eventual.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_floor_ahead_of_a_promoted_replica_does_not_stop_the_session() {
+/// A cluster of the test's own, a pgsplit with `extra` in front of it once both replicas take reads, the drills'
+/// table, and a connection through pgsplit.
+async fn own_cluster(extra: &str) -> (Arc<Cluster>, ProxyHandle, Client) {
     let cluster = Arc::new(
         tokio::task::spawn_blocking(start_cluster)
             .await
             .expect("cluster"),
     );
-    let proxy = start_proxy(&cluster, "[lag]\nlag_check_interval = \"250ms\"").await;
+    let proxy = start_proxy(&cluster, extra).await;
     let shared = proxy.shared.clone();
     wait_for("both replicas eligible", Duration::from_secs(20), || {
         status(&shared, "replica1").eligible && status(&shared, "replica2").eligible
@@ -720,6 +721,13 @@ async fn a_floor_ahead_of_a_promoted_replica_does_not_stop_the_session() {
     .await;
     create_table(&cluster, proxy.addr).await;
     let c = connect_opts(proxy.addr, SYNC_COMMIT).await;
+    (cluster, proxy, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floor_ahead_of_a_promoted_replica_does_not_stop_the_session() {
+    let (cluster, proxy, c) = own_cluster("[lag]\nlag_check_interval = \"250ms\"").await;
+    let shared = proxy.shared.clone();
 
     // Both replicas stop receiving WAL (replica2 first, so replica1 is never behind it and replica2 can follow
     // replica1 later); pausing replay would not do, a promotion replays what was received.
@@ -834,19 +842,7 @@ async fn a_floor_ahead_of_a_promoted_replica_does_not_stop_the_session() {
 /// them: the reads that follow a write which wrote no WAL still run on replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_floor_taken_on_an_idle_primary_after_a_wal_switch_is_reached_by_the_replicas() {
-    let cluster = Arc::new(
-        tokio::task::spawn_blocking(start_cluster)
-            .await
-            .expect("cluster"),
-    );
-    let proxy = start_proxy(&cluster, "[routing]\ncausal_wait = \"1s\"").await;
-    let shared = proxy.shared.clone();
-    wait_for("both replicas eligible", Duration::from_secs(20), || {
-        status(&shared, "replica1").eligible && status(&shared, "replica2").eligible
-    })
-    .await;
-    create_table(&cluster, proxy.addr).await;
-    let c = connect_opts(proxy.addr, SYNC_COMMIT).await;
+    let (cluster, proxy, c) = own_cluster("[routing]\ncausal_wait = \"1s\"").await;
     for round in 0..3 {
         on_cluster(&cluster, |cluster| {
             // Not `wait_replayed`: it writes WAL, which would move the primary off the page header.
@@ -891,4 +887,5 @@ async fn a_floor_taken_on_an_idle_primary_after_a_wal_switch_is_reached_by_the_r
             "round {round}: the read after it runs on a replica, which has replayed everything"
         );
     }
+    proxy.shutdown().await;
 }
