@@ -263,8 +263,9 @@ pub fn bind_text_param(rest: &[u8], n: usize, binary_is_text: bool) -> Option<Op
         at += 4;
         let value = match usize::try_from(len) {
             Ok(len) => {
-                let value = rest.get(at..at + len)?;
-                at += len;
+                let end = at.checked_add(len)?;
+                let value = rest.get(at..end)?;
+                at = end;
                 Some(value)
             }
             Err(_) => None,

@@ -331,21 +331,12 @@ impl Session {
             Some(server_name) => {
                 h.conn.prepared.remove(&server_name);
                 self.statements.close(name);
-                server_name.to_vec()
+                server_name
             }
-            None => statements::NEVER_PREPARED.to_vec(),
+            None => Bytes::from_static(statements::NEVER_PREPARED),
         };
-        let mut body = b"DEALLOCATE \"".to_vec();
-        body.extend(target.iter().flat_map(
-            |&b| {
-                if b == b'"' {
-                    vec![b'"', b'"']
-                } else {
-                    vec![b]
-                }
-            },
-        ));
-        body.extend_from_slice(b"\"\0");
+        // pgsplit's names hold no quote.
+        let body = format!("DEALLOCATE \"{}\"\0", String::from_utf8_lossy(&target));
         self.forward(&Frame {
             tag: frontend::QUERY,
             body: Bytes::from(body),
