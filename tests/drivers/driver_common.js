@@ -56,6 +56,15 @@ async function readUntilBothReplicas(min, read, what) {
   return i;
 }
 
+// Fails the script `name` if it is still running after `ms` (a hang fails the test instead of blocking it).
+function failAfter(name, ms) {
+  const timer = setTimeout(() => {
+    console.error(`${name}: FAILED: timed out (a hang)`);
+    process.exit(1);
+  }, ms);
+  timer.unref();
+}
+
 module.exports = {
-  URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, sameSet, readUntilBothReplicas,
+  URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, sameSet, readUntilBothReplicas, failAfter,
 };

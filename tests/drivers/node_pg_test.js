@@ -12,7 +12,7 @@
 const crypto = require('crypto');
 const pg = require('pg');
 
-const { URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, readUntilBothReplicas } =
+const { URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, readUntilBothReplicas, failAfter } =
   require('./driver_common');
 
 const NAME = 'node_pg_test.js';
@@ -214,11 +214,7 @@ async function run(client) {
 }
 
 async function main() {
-  const timer = setTimeout(() => {
-    console.error(`${NAME}: FAILED: timed out (a hang)`);
-    process.exit(1);
-  }, 240000);
-  timer.unref();
+  failAfter(NAME, 240000);
 
   const client = new pg.Client({ connectionString: URL, connectionTimeoutMillis: 10000 });
   await client.connect();

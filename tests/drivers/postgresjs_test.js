@@ -14,7 +14,7 @@ const crypto = require('crypto');
 const net = require('net');
 const postgres = require('postgres');
 
-const { URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, readUntilBothReplicas } =
+const { URL, PRIMARY, REPLICAS, Failed, expect, step, show, onPrimary, onReplica, readUntilBothReplicas, failAfter } =
   require('./driver_common');
 
 const NAME = 'postgresjs_test.js';
@@ -100,11 +100,7 @@ function connect(options) {
 const where = 'pg_is_in_recovery() AS r, inet_server_port() AS p';
 
 async function main() {
-  const timer = setTimeout(() => {
-    console.error(`${NAME}: FAILED: timed out (a hang)`);
-    process.exit(1);
-  }, 240000);
-  timer.unref();
+  failAfter(NAME, 240000);
 
   const { sql, builds } = connect({});
   const t = sql(TABLE);
