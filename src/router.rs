@@ -489,25 +489,35 @@ fn no_replica(servers: &[Arc<Backend>], routing: &RoutingConfig, primary: usize)
     ReadTarget::Primary(why)
 }
 
-/// Fewest units in flight per unit of weight; ties are broken at random (a rotating start would alias with
-/// clients whose units come in fixed-size groups).
+/// Fewest units in flight per unit of weight; ties are broken uniformly at random (a rotating start would alias
+/// with clients whose units come in fixed-size groups, and a random start would favour the member after a gap).
 fn pick_least_loaded(servers: &[Arc<Backend>], member: &dyn Fn(usize) -> bool) -> Option<usize> {
-    let n = servers.len();
-    let start = rand::random::<u32>() as usize;
     let load =
         |b: &Backend| b.outstanding.load(Ordering::Relaxed) as u64 * 1_000_000 / b.weight() as u64;
-    let mut best: Option<(u64, usize)> = None;
-    for k in 0..n {
-        let i = (start + k) % n;
+    // (load, index, how many members tie at that load): each tie replaces the pick with chance 1/ties, so every
+    // tied member is equally likely whatever non-members (the primary) sit between them.
+    let mut best: Option<(u64, usize, u32)> = None;
+    for (i, b) in servers.iter().enumerate() {
         if !member(i) {
             continue;
         }
-        let l = load(&servers[i]);
-        if best.is_none_or(|(b, _)| l < b) {
-            best = Some((l, i));
-        }
+        let l = load(b);
+        best = match best {
+            Some((bl, _, _)) if l < bl => Some((l, i, 1)),
+            None => Some((l, i, 1)),
+            Some((bl, bi, ties)) if l == bl => {
+                let ties = ties + 1;
+                let pick = if rand::random::<u32>() % ties == 0 {
+                    i
+                } else {
+                    bi
+                };
+                Some((bl, pick, ties))
+            }
+            kept => kept,
+        };
     }
-    best.map(|(_, i)| i)
+    best.map(|(_, i, _)| i)
 }
 
 /// Weighted random choice among the members.
