@@ -452,6 +452,32 @@ async fn a_token_from_show_pgsplit_lsn_lets_other_connections_and_another_pgspli
     );
 }
 
+/// pgx, pdo_pgsql and ORMs prepare writes well before they run them: a Parse (and Describe) of a write runs
+/// nothing, so it must not give the session a floor that keeps its reads off replicas that have not caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_a_write_without_running_it_sets_no_floor() {
+    shared_table().await;
+    let c = connect_opts(env().proxy, SYNC_COMMIT).await;
+    let insert = c
+        .prepare("INSERT INTO ryw (id) VALUES ($1)")
+        .await
+        .expect("prepare the INSERT");
+    c.prepare("DELETE FROM ryw WHERE id = $1")
+        .await
+        .expect("prepare a DELETE");
+    assert_eq!(
+        show_lsn(&c).await,
+        "0/0",
+        "a prepared but never executed write gave the session a floor"
+    );
+    c.execute(&insert, &[&fresh_id()]).await.expect("insert");
+    assert_ne!(
+        show_lsn(&c).await,
+        "0/0",
+        "executing the prepared write gives the session a floor"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_works_as_a_startup_option_and_as_a_leading_comment() {
     shared_table().await;

@@ -132,8 +132,10 @@ impl Session {
             if decision.effects.poisons {
                 h.conn.broken = true;
             }
-            // Read-your-writes: the position after this unit is the client's floor (see `maybe_release`).
-            let may_write = decision.route == Route::Write
+            // Read-your-writes: the position after this unit is the client's floor (see `maybe_release`). A Parse
+            // or Describe of a write runs nothing: only a unit that executes one raises the floor.
+            let may_write = runs
+                && decision.route == Route::Write
                 && !matches!(
                     decision.reason,
                     Reason::SessionState | Reason::TransactionControl
