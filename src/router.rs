@@ -507,11 +507,7 @@ fn pick_least_loaded(servers: &[Arc<Backend>], member: &dyn Fn(usize) -> bool) -
             None => Some((l, i, 1)),
             Some((bl, bi, ties)) if l == bl => {
                 let ties = ties + 1;
-                let pick = if rand::random::<u32>() % ties == 0 {
-                    i
-                } else {
-                    bi
-                };
+                let pick = if rand::random_ratio(1, ties) { i } else { bi };
                 Some((bl, pick, ties))
             }
             kept => kept,
