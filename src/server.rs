@@ -324,6 +324,31 @@ impl ServerConn {
         }
     }
 
+    /// Whether this backend holds any advisory lock (asked outside a transaction: session locks only). An
+    /// answer pgsplit cannot read counts as yes.
+    pub async fn holds_advisory_locks(&mut self) -> Result<bool> {
+        let mut out = BytesMut::new();
+        messages::query(
+            &mut out,
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())",
+        );
+        self.write_all(&out).await?;
+        let mut none = false;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                backend::DATA_ROW => none = f.body.ends_with(b"f"),
+                backend::ERROR_RESPONSE => none = false,
+                backend::READY_FOR_QUERY => {
+                    self.status = f.body.first().copied().unwrap_or(backend::IDLE);
+                    return Ok(!none);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Brings the session back to what pgsplit's bookkeeping says it is: no cursors, no role or session
     /// authorization but the login's, no LISTEN, no temporary objects, no sequence state, no session advisory
     /// locks, no SQL-level prepared statements, and exactly the settings `applied` records. Protocol-level

@@ -17,9 +17,13 @@ use super::lexer::{join, statements, Tok};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Effects {
     /// Leaves session-bound state the client will use again (temporary objects, LISTEN, WITH HOLD cursors,
-    /// session advisory locks, SQL-level PREPARE, a role or session authorization, a loaded library): the
-    /// client keeps its server connections for the rest of its session.
+    /// SQL-level PREPARE, a role or session authorization, a loaded library): the client keeps its server
+    /// connections for the rest of its session.
     pub pins: bool,
+    /// Takes a session advisory lock: the client keeps its server connections while it holds one.
+    pub locks: bool,
+    /// Releases session advisory locks (`pg_advisory_unlock*`): a client they alone pinned may be free again.
+    pub unlocks: bool,
     /// Starts listening: the connection stays held while the client is idle, so notifications reach it.
     pub listens: bool,
     /// Leaves something no reset removes (LOAD): the connection is closed when the client is done with it.
@@ -35,14 +39,23 @@ impl Effects {
     /// Leaves nothing behind.
     pub const NONE: Effects = Effects {
         pins: false,
+        locks: false,
+        unlocks: false,
         listens: false,
         poisons: false,
         dirty: false,
         session: false,
     };
 
+    /// Keeps the client on its server connections (for good, or while it holds an advisory lock).
+    pub fn holds_session(&self) -> bool {
+        self.pins || self.locks
+    }
+
     fn merge(&mut self, o: Effects) {
         self.pins |= o.pins;
+        self.locks |= o.locks;
+        self.unlocks |= o.unlocks;
         self.listens |= o.listens;
         self.poisons |= o.poisons;
         self.dirty |= o.dirty;
@@ -50,16 +63,23 @@ impl Effects {
     }
 }
 
-/// Functions whose effect outlives the transaction and that the client relies on later.
-const PINNING_FUNCTIONS: &[&str] = &[
+/// Functions that take a session advisory lock: it outlives the transaction, until released.
+const LOCKING_FUNCTIONS: &[&str] = &[
     "pg_advisory_lock",
     "pg_advisory_lock_shared",
     "pg_try_advisory_lock",
     "pg_try_advisory_lock_shared",
-    "dblink_connect",
-    "dblink_connect_u",
-    "dblink_open",
 ];
+
+/// Functions that release session advisory locks.
+const UNLOCKING_FUNCTIONS: &[&str] = &[
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
+/// Functions whose effect outlives the transaction and that the client relies on later.
+const PINNING_FUNCTIONS: &[&str] = &["dblink_connect", "dblink_connect_u", "dblink_open"];
 
 /// The effects of every statement in `sql`.
 pub fn effects(sql: &[u8]) -> Effects {
@@ -77,8 +97,8 @@ fn statement_effects(s: &[Tok<'_>]) -> Effects {
     e
 }
 
-/// Effects of words anywhere in the statement: temporary objects, session advisory locks, `set_config`,
-/// sequence functions.
+/// Effects of words anywhere in the statement: temporary objects, session advisory locks and their release,
+/// `set_config`, sequence functions.
 fn word_effects(s: &[Tok<'_>], e: &mut Effects) {
     let is = |i: usize, w: &str| s.get(i).is_some_and(|t| t.is(w));
     let mut buf = [0u8; 32];
@@ -128,6 +148,8 @@ fn word_effects(s: &[Tok<'_>], e: &mut Effects) {
             // Sequence state (currval, lastval) outlives the transaction.
             "nextval" | "setval" => e.dirty = true,
             w if PINNING_FUNCTIONS.contains(&w) => e.pins = true,
+            w if LOCKING_FUNCTIONS.contains(&w) => e.locks = true,
+            w if UNLOCKING_FUNCTIONS.contains(&w) => e.unlocks = true,
             _ => {}
         }
     }
@@ -542,8 +564,6 @@ mod tests {
             "CREATE GLOBAL TEMPORARY TABLE t (a int)",
             "SELECT 1; LISTEN ch",
             "DECLARE c CURSOR WITH\nHOLD FOR SELECT 1",
-            "SELECT pg_advisory_lock(1)",
-            "select 1; select pg_catalog.pg_try_advisory_lock(2)",
             "PREPARE p AS SELECT 1",
             "SET ROLE r1",
             "SELECT 1; SET ROLE r1",
@@ -552,10 +572,27 @@ mod tests {
             "LOAD 'auto_explain'",
             "SELECT 1 AS a INTO LOCAL TEMP t",
             "SELECT 1 AS a INTO \"pg_temp\".t",
-            "SELECT \"pg_advisory_lock\"(18)",
         ] {
             assert!(fx(sql).pins, "{sql}");
         }
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "select 1; select pg_catalog.pg_try_advisory_lock(2)",
+            "SELECT \"pg_advisory_lock\"(18)",
+            "SELECT PG_ADVISORY_LOCK_SHARED(3)",
+        ] {
+            let e = fx(sql);
+            assert!(e.locks && !e.pins && e.holds_session(), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_advisory_unlock(1)",
+            "select pg_catalog.pg_advisory_unlock_shared(2)",
+            "SELECT pg_advisory_unlock_all()",
+        ] {
+            let e = fx(sql);
+            assert!(e.unlocks && !e.holds_session(), "{sql}");
+        }
+        assert!(!fx("SELECT 'pg_advisory_unlock(1)'").unlocks);
         assert!(fx("SELECT \"set_config\"('a', 'b', false)").session);
         assert!(fx("EXPLAIN ANALYZE SELECT set_config('a', 'b', false)").dirty);
         assert!(fx("SELECT * FROM U&\"t\\0061\"").dirty);
@@ -565,12 +602,13 @@ mod tests {
             "SELECT temp FROM weather",
             "SELECT 'pg_advisory_lock(1)', 'create temp table'",
             "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_advisory_unlock(1)",
             "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
             "SET LOCAL ROLE r1",
             "-- SET ROLE r1\nSELECT 1",
             "DISCARD TEMP",
         ] {
-            assert!(!fx(sql).pins, "{sql}");
+            assert!(!fx(sql).holds_session(), "{sql}");
         }
     }
 

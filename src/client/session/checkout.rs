@@ -93,6 +93,10 @@ impl Session {
     /// Places a unit's routable message: settles its route (deferred BEGIN, `pgsplit.route`, pinned reads) and
     /// makes sure a server is held for it, sending a deferred BEGIN first.
     pub(super) async fn place(&mut self, tag: u8, decision: &mut Decision) -> Result<Placed, End> {
+        if self.locks_check_due && self.held.is_none() {
+            // Boxed: rare, and its state would otherwise enlarge every client's task.
+            Box::pin(self.unpin_if_unlocked()).await;
+        }
         self.settle_route(decision);
         let if_free = std::mem::take(&mut self.prepare_if_free);
         match self.placement(decision.route) {
@@ -128,6 +132,10 @@ impl Session {
             );
             if decision.effects.dirty && runs {
                 h.conn.needs_reset = true;
+            }
+            if runs && decision.effects.unlocks && self.pinned_by_locks {
+                // Advisory locks released: check for any left before the next unit (see `unpin_if_unlocked`).
+                self.locks_check_due = true;
             }
             if decision.effects.poisons {
                 h.conn.broken = true;
@@ -165,20 +173,11 @@ impl Session {
             decision.route = route;
             decision.reason = Reason::Hint;
         }
-        if decision.effects.pins {
-            // Session-bound state (temporary tables, cursors, SQL-level prepared statements) lives on the
-            // primary connection: the client's reads follow it there from now on.
-            self.reads_on_primary = true;
-        }
+        // Session-bound state (temporary tables, cursors, SQL-level prepared statements, advisory locks) lives
+        // on the primary connection: the client's reads follow it there while it is pinned.
+        self.note_pins(decision);
         if self.reads_on_primary && decision.reason != Reason::Hint {
             decision.route = Route::Write;
-        }
-        if decision.effects.pins && !self.keep_servers {
-            tracing::debug!(
-                client = self.id,
-                "statement pins the client to its server connections"
-            );
-            self.keep_servers = true;
         }
     }
 

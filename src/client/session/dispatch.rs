@@ -286,7 +286,7 @@ impl Session {
         // the server rejects then fails at that Bind, and the name is forgotten.
         self.prepare_if_free = self.held.is_none()
             && self.deferred_begin.is_none()
-            && !decision.effects.pins
+            && !decision.effects.holds_session()
             && named
             && self.crbuf.starts_with(&[frontend::SYNC, 0, 0, 0, 4]);
         Step::Route(decision)
@@ -561,7 +561,7 @@ impl Session {
                     client = self.id,
                     "untracked session change: the client keeps its server connections"
                 );
-                self.keep_servers = true;
+                self.pin_for_good(false);
             }
         }
     }

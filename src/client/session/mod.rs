@@ -16,6 +16,7 @@ mod failover;
 mod greeting;
 mod idle;
 mod local;
+mod pin;
 mod relay;
 mod rewrite;
 
@@ -101,6 +102,11 @@ pub struct Session {
     listening: bool,
     /// The client created session-bound state on the primary: its reads go there too.
     reads_on_primary: bool,
+    /// The servers are kept only because the client took session advisory locks: once it holds none, it is
+    /// free again.
+    pinned_by_locks: bool,
+    /// A unit released advisory locks since the servers were last checked for any left.
+    locks_check_due: bool,
     statements: Statements,
     /// A plain BEGIN answered locally: sent with the transaction's first statement, which picks its server.
     deferred_begin: Option<Frame>,
@@ -177,6 +183,8 @@ impl Session {
             keep_servers,
             listening: false,
             reads_on_primary: false,
+            pinned_by_locks: false,
+            locks_check_due: false,
             statements: Statements::default(),
             deferred_begin: None,
             route_override: None,

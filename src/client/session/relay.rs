@@ -217,8 +217,7 @@ impl Session {
                     client = self.id,
                     "settings uncertain after a failed unit: the client keeps its server connections"
                 );
-                self.keep_servers = true;
-                self.reads_on_primary = true;
+                self.pin_for_good(true);
             }
             None => {}
         }

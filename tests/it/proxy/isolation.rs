@@ -264,6 +264,99 @@ async fn a_role_set_by_a_client_holds_for_it_on_every_statement_and_only_for_it(
     }
 }
 
+/// Whether `c`'s reads reach a replica within a few tries (read-your-writes may keep the first on the primary).
+async fn reads_reach_a_replica(c: &Client) -> bool {
+    for _ in 0..50 {
+        if first_value(c, "SELECT pg_is_in_recovery()").await == "t" {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether ten of `c`'s reads all ran on the primary.
+async fn reads_stay_on_the_primary(c: &Client) -> bool {
+    for _ in 0..10 {
+        if first_value(c, "SELECT pg_is_in_recovery()").await != "f" {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_client_that_released_its_advisory_locks_gives_its_connections_back() {
+    setup().await;
+    // One primary connection: while A keeps it, B cannot have it.
+    let proxy = single_connection_proxy();
+    let a = connect_to(proxy, APP).await.expect("A");
+    let b = connect_to(proxy, APP).await.expect("B");
+    // Two session locks, by a simple Query and by a prepared statement: A keeps its connections, reads on the
+    // primary, until it holds neither.
+    a.simple_query("SELECT pg_advisory_lock(4201)")
+        .await
+        .expect("lock");
+    a.query("SELECT pg_try_advisory_lock($1)", &[&4202i64])
+        .await
+        .expect("try lock");
+    assert!(reads_stay_on_the_primary(&a).await, "locked: pinned");
+    a.simple_query("SELECT pg_advisory_unlock(4201)")
+        .await
+        .expect("unlock one");
+    assert!(reads_stay_on_the_primary(&a).await, "one lock left: pinned");
+    a.query("SELECT pg_advisory_unlock($1)", &[&4202i64])
+        .await
+        .expect("unlock the other");
+    assert!(reads_reach_a_replica(&a).await, "no lock left: unpinned");
+    // B gets the one primary connection, with nothing of A's left on it.
+    assert_eq!(first_value(&b, STATE).await, CLEAN, "after A unlocked");
+    // pg_advisory_unlock_all, in a transaction with other statements, lets go too.
+    a.simple_query("SELECT pg_advisory_lock_shared(4203); SELECT pg_advisory_lock(4204)")
+        .await
+        .expect("lock two");
+    assert!(reads_stay_on_the_primary(&a).await, "locked again: pinned");
+    a.simple_query("BEGIN; SELECT pg_advisory_unlock_all(); SELECT 1; COMMIT")
+        .await
+        .expect("unlock all");
+    assert!(reads_reach_a_replica(&a).await, "unlock_all: unpinned");
+    assert_eq!(first_value(&b, STATE).await, CLEAN, "after unlock_all");
+    // A lock that never took still pins until an unlock is run; then the check finds none.
+    let direct_url = env().cluster.url("primary", "postgres", "app");
+    let (c, conn) = tokio_postgres::connect(&direct_url, NoTls)
+        .await
+        .expect("direct");
+    tokio::spawn(conn);
+    c.simple_query("SELECT pg_advisory_lock(4205)")
+        .await
+        .expect("C locks");
+    assert_eq!(
+        first_value(&a, "SELECT pg_try_advisory_lock(4205)").await,
+        "f",
+        "C holds it"
+    );
+    assert!(reads_stay_on_the_primary(&a).await, "tried: pinned");
+    a.simple_query("SELECT pg_advisory_unlock_all()")
+        .await
+        .expect("A unlocks all");
+    assert!(reads_reach_a_replica(&a).await, "nothing held: unpinned");
+    drop(c);
+    // Other session-bound state taken while a lock is held pins for good.
+    a.simple_query("SELECT pg_advisory_lock(4206)")
+        .await
+        .expect("lock");
+    a.simple_query("CREATE TEMP TABLE iso_adv (a int)")
+        .await
+        .expect("temp table");
+    a.simple_query("SELECT pg_advisory_unlock(4206)")
+        .await
+        .expect("unlock");
+    assert!(
+        reads_stay_on_the_primary(&a).await,
+        "the temp table keeps it pinned"
+    );
+    assert_eq!(first_value(&a, "SELECT count(*) FROM iso_adv").await, "0");
+}
+
 #[tokio::test]
 async fn a_superuser_login_changing_session_authorization_keeps_working_and_leaks_nothing() {
     setup().await;
