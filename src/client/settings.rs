@@ -233,6 +233,17 @@ impl Settings {
             })
     }
 
+    /// Whether the client's transactions default to SERIALIZABLE, which a hot standby refuses to run.
+    pub fn serializable_by_default(&self) -> bool {
+        self.current
+            .iter()
+            .find(|s| s.name == "default_transaction_isolation")
+            .is_some_and(|s| {
+                let v = s.raw.as_deref().unwrap_or(&s.sql);
+                v.to_ascii_lowercase().contains("serializable")
+            })
+    }
+
     /// Whether the client encoding is one whose multi-byte characters may contain ASCII bytes (PostgreSQL
     /// accepts these only as client encodings).
     pub fn ascii_unsafe_encoding(&self) -> bool {

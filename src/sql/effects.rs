@@ -392,6 +392,9 @@ fn setting_change(s: &[Tok<'_>]) -> Option<Vec<SessionChange>> {
         }
         if is(i, "session") {
             i += 1;
+            if is(i, "characteristics") && is(i + 1, "as") && is(i + 2, "transaction") {
+                return characteristics(s.get(i + 3..)?);
+            }
         }
         let (name, value) = if is(i, "time") && is(i + 1, "zone") {
             ("timezone".to_string(), s.get(i + 2..)?)
@@ -427,6 +430,51 @@ fn setting_change(s: &[Tok<'_>]) -> Option<Vec<SessionChange>> {
         }
     }
     Some(vec![change])
+}
+
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION` modes (`ISOLATION LEVEL …`, `READ ONLY|WRITE`, `[NOT]
+/// DEFERRABLE`, separated by commas or spaces) as the `default_transaction_*` settings they set; `None` for
+/// anything else.
+fn characteristics(modes: &[Tok<'_>]) -> Option<Vec<SessionChange>> {
+    let is = |i: usize, w: &str| modes.get(i).is_some_and(|t| t.is(w));
+    let set = |name: &str, value: &str| SessionChange::Set {
+        name: name.into(),
+        value: value.into(),
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < modes.len() {
+        let (change, words) = if is(i, "isolation") && is(i + 1, "level") {
+            let level = if is(i + 2, "serializable") {
+                ("'serializable'", 3)
+            } else if is(i + 2, "repeatable") && is(i + 3, "read") {
+                ("'repeatable read'", 4)
+            } else if is(i + 2, "read") && is(i + 3, "committed") {
+                ("'read committed'", 4)
+            } else if is(i + 2, "read") && is(i + 3, "uncommitted") {
+                ("'read uncommitted'", 4)
+            } else {
+                return None;
+            };
+            (set("default_transaction_isolation", level.0), level.1)
+        } else if is(i, "read") && is(i + 1, "only") {
+            (set("default_transaction_read_only", "on"), 2)
+        } else if is(i, "read") && is(i + 1, "write") {
+            (set("default_transaction_read_only", "off"), 2)
+        } else if is(i, "deferrable") {
+            (set("default_transaction_deferrable", "on"), 1)
+        } else if is(i, "not") && is(i + 1, "deferrable") {
+            (set("default_transaction_deferrable", "off"), 2)
+        } else {
+            return None;
+        };
+        out.push(change);
+        i += words;
+        if modes.get(i) == Some(&Tok::Punct(b',')) && i + 1 < modes.len() {
+            i += 1;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// A setting name from its tokens (`name`, `"Name"`, `ext.name`), lower case; `None` unless plain.
@@ -692,8 +740,34 @@ mod tests {
         assert_eq!(events("SET ROLE TO r1"), None);
         assert_eq!(
             events("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
-            None
+            Some(vec![set("default_transaction_read_only", "on")])
         );
+        assert_eq!(
+            events(
+                "set session characteristics as transaction isolation level repeatable read, \
+                 read write not deferrable"
+            ),
+            Some(vec![
+                set("default_transaction_isolation", "'repeatable read'"),
+                set("default_transaction_read_only", "off"),
+                set("default_transaction_deferrable", "off"),
+            ])
+        );
+        assert_eq!(
+            events("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE DEFERRABLE"),
+            Some(vec![
+                set("default_transaction_isolation", "'serializable'"),
+                set("default_transaction_deferrable", "on"),
+            ])
+        );
+        for sql in [
+            "SET SESSION CHARACTERISTICS AS TRANSACTION",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY,",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SNAPSHOT",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ",
+        ] {
+            assert_eq!(events(sql), None, "{sql}");
+        }
         assert_eq!(
             events("SELECT pg_catalog.set_config('search_path', '', false)"),
             Some(vec![set("search_path", "E''")])

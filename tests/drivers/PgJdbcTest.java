@@ -2,6 +2,7 @@
 // replicas, read-your-writes, JDBC transactions (a savepoint rolled back; setReadOnly(true), which pgjdbc sends as
 // BEGIN READ ONLY, on a replica with a setFetchSize portal read; an error then recovery), a 1 MB parameter, and
 // server-side prepared statements that follow the client from server to server.
+// readOnlyMode=always and setTransactionIsolation (SET SESSION CHARACTERISTICS) are followed, not pinned.
 // Modes: prepareThreshold=5 (pgjdbc's default: 4 unnamed executions, then a named statement), prepareThreshold=1
 // (named from the first execution), and batch inserts with and without reWriteBatchedInserts=true.
 //
@@ -263,6 +264,7 @@ public class PgJdbcTest {
                         runMode(c, mode);
                     }
                 }
+                sessionCharacteristics();
             } catch (Exception e) {
                 try (Statement st = conn.createStatement()) {
                     st.execute("DROP TABLE IF EXISTS " + TABLE);
@@ -280,6 +282,43 @@ public class PgJdbcTest {
                 expect(left == 0, "the table is gone from the primary after DROP TABLE");
             });
         }
+    }
+
+    /**
+     * readOnlyMode=always and setTransactionIsolation: pgjdbc sends SET SESSION CHARACTERISTICS AS TRANSACTION …,
+     * which pgsplit follows as settings (the client is not pinned); SERIALIZABLE reads run on the primary (a hot
+     * standby refuses them).
+     */
+    static void sessionCharacteristics() {
+        step("readOnlyMode=always and setTransactionIsolation", () -> {
+            try (Connection c = connect(props("readOnlyMode", "always"))) {
+                c.setReadOnly(true);
+                readsReachBothReplicas("reads with readOnlyMode=always", i -> onReplica(where(c), "read " + i));
+                String state = sqlState(() -> {
+                    try (Statement st = c.createStatement()) {
+                        st.executeUpdate("UPDATE " + TABLE + " SET v = v WHERE false");
+                    }
+                });
+                expect("25006".equals(state), "a write under readOnlyMode=always fails with 25006; got " + state);
+                c.setReadOnly(false);
+                c.setTransactionIsolation(Connection.TRANSACTION_SERIALIZABLE);
+                for (int i = 0; i < 10; i++) {
+                    onPrimary(where(c), "SERIALIZABLE read " + i);
+                }
+                try (Statement st = c.createStatement();
+                        ResultSet rs = one(st.executeQuery("SHOW transaction_isolation"), "isolation")) {
+                    expect(rs.getString(1).equals("serializable"), "the default isolation is SERIALIZABLE");
+                }
+                c.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
+                try (Statement st = c.createStatement();
+                        ResultSet rs = one(st.executeQuery("SHOW transaction_isolation"), "isolation")) {
+                    expect(rs.getString(1).equals("read committed"), "back to READ COMMITTED");
+                }
+                try (Statement st = c.createStatement()) {
+                    st.executeUpdate("UPDATE " + TABLE + " SET v = v WHERE false");
+                }
+            }
+        });
     }
 
     /** Steps 2, 5, 6, 8, 9 (on the default connection); 3, 4, 7 and batches run in every mode. */

@@ -394,3 +394,105 @@ async fn a_function_created_after_start_is_read_from_the_catalog() {
         "a STABLE user function should be allowed on replicas"
     );
 }
+
+/// `(default_transaction_read_only, transaction_isolation, pg_is_in_recovery(), inet_server_port())` of a read.
+async fn read_with_defaults(c: &Client) -> (String, String, bool, u16) {
+    let row = value(
+        c,
+        "SELECT concat_ws('|', current_setting('default_transaction_read_only'), \
+         current_setting('transaction_isolation'), pg_is_in_recovery(), inet_server_port())",
+    )
+    .await;
+    let mut parts = row.split('|');
+    let mut next = || parts.next().unwrap_or_default().to_string();
+    let (read_only, isolation, recovery, port) = (next(), next(), next(), next());
+    (
+        read_only,
+        isolation,
+        recovery == "t",
+        port.parse().expect("a port"),
+    )
+}
+
+#[tokio::test]
+async fn session_characteristics_follow_the_client_and_serializable_reads_stay_on_the_primary() {
+    setup_schema().await;
+    let c = connect().await;
+    let primary = primary_port();
+    // pgjdbc's readOnlyMode=always and setTransactionIsolation send these: tracked, not pinned. (No statement
+    // routed to the primary comes before the reads on replicas: its read-your-writes floor could hold them.)
+    c.simple_query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        .await
+        .expect("read only");
+    let mut replicas = HashSet::new();
+    for _ in 0..20 {
+        let (read_only, isolation, recovery, port) = read_with_defaults(&c).await;
+        assert_eq!(
+            (read_only.as_str(), isolation.as_str(), recovery),
+            ("on", "read committed", true),
+            "followed to every server; reads still on replicas"
+        );
+        replicas.insert(port);
+    }
+    assert_eq!(replicas.len(), 2, "both replicas: the client is not pinned");
+    c.simple_query(
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE, ISOLATION LEVEL REPEATABLE READ",
+    )
+    .await
+    .expect("read write, repeatable read");
+    for _ in 0..10 {
+        let (read_only, isolation, recovery, _) = read_with_defaults(&c).await;
+        assert_eq!(
+            (read_only.as_str(), isolation.as_str(), recovery),
+            ("off", "repeatable read", true)
+        );
+    }
+    // A hot standby refuses SERIALIZABLE transactions: the client's reads run on the primary, and succeed as on
+    // a direct connection, in autocommit and in a read-only transaction.
+    for set in [
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET default_transaction_isolation = 'SERIALIZABLE'",
+    ] {
+        c.simple_query(set).await.expect(set);
+        for _ in 0..10 {
+            let (_, isolation, recovery, port) = read_with_defaults(&c).await;
+            assert_eq!(
+                (isolation.as_str(), recovery, port),
+                ("serializable", false, primary),
+                "{set}"
+            );
+        }
+        c.simple_query("BEGIN READ ONLY")
+            .await
+            .expect("begin read only");
+        let (_, isolation, recovery, _) = read_with_defaults(&c).await;
+        assert_eq!(
+            (isolation.as_str(), recovery),
+            ("serializable", false),
+            "{set}"
+        );
+        c.simple_query("COMMIT").await.expect("commit");
+        c.simple_query("RESET default_transaction_isolation")
+            .await
+            .expect("reset");
+    }
+    c.simple_query("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .expect("read committed");
+    assert_eq!(read_with_defaults(&c).await.1, "read committed");
+    // Writes: refused under a read-only default, as PostgreSQL does, and run once it is lifted.
+    c.simple_query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        .await
+        .expect("read only");
+    let refused = c
+        .simple_query("UPDATE accounts SET balance = balance WHERE id = 1")
+        .await
+        .expect_err("a write in a read-only default transaction");
+    assert_eq!(refused.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+    c.simple_query("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+        .await
+        .expect("read write");
+    c.simple_query("UPDATE accounts SET balance = balance WHERE id = 1")
+        .await
+        .expect("writes run again");
+}

@@ -176,7 +176,9 @@ impl Session {
         // Session-bound state (temporary tables, cursors, SQL-level prepared statements, advisory locks) lives
         // on the primary connection: the client's reads follow it there while it is pinned.
         self.note_pins(decision);
-        if self.reads_on_primary && decision.reason != Reason::Hint {
+        // A hot standby refuses SERIALIZABLE transactions, the client's default ones included.
+        let serializable = decision.route == Route::Read && self.settings.serializable_by_default();
+        if (self.reads_on_primary || serializable) && decision.reason != Reason::Hint {
             decision.route = Route::Write;
         }
     }
