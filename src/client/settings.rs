@@ -448,6 +448,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_serializable_default_is_seen_however_it_was_set() {
+        let startup = |options: &str| {
+            Settings::from_startup(&[("options".into(), options.into())]).serializable_by_default()
+        };
+        assert!(startup("-c default_transaction_isolation=serializable"));
+        assert!(startup("--default-transaction-isolation=SERIALIZABLE"));
+        assert!(!startup(
+            "-c default_transaction_isolation=repeatable\\ read"
+        ));
+        let mut s = Settings::default();
+        assert!(!s.serializable_by_default());
+        let set = |value: &str| SessionChange::Set {
+            name: "default_transaction_isolation".into(),
+            value: value.into(),
+        };
+        s.record(&set("'serializable'"));
+        assert!(s.serializable_by_default());
+        s.record(&set("'read committed'"));
+        assert!(!s.serializable_by_default());
+        s.record(&set("SERIALIZABLE"));
+        assert!(s.serializable_by_default());
+        s.record(&SessionChange::Reset(
+            "default_transaction_isolation".into(),
+        ));
+        assert!(!s.serializable_by_default());
+    }
+
+    #[test]
     fn options_are_expanded() {
         let p = startup_settings(&[
             ("user".into(), "u".into()),
