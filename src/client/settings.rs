@@ -240,7 +240,10 @@ impl Settings {
             .find(|s| s.name == "default_transaction_isolation")
             .is_some_and(|s| {
                 let v = s.raw.as_deref().unwrap_or(&s.sql);
-                v.to_ascii_lowercase().contains("serializable")
+                // Asked for every read: compared in place, no allocation.
+                v.as_bytes()
+                    .windows(b"serializable".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"serializable"))
             })
     }
 
